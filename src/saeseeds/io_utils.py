@@ -17,6 +17,13 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; give the final file the mode a plain open() would have.
+    current = os.umask(0)
+    os.umask(current)
+    return 0o666 & ~current
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _umask_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -54,6 +62,7 @@ def atomic_save_safetensors(
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_name, metadata=metadata)
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _umask_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
