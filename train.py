@@ -1,5 +1,8 @@
 """Train one Top-K SAE: ``python train.py``; sweep: ``python train.py -m seed=1,2,3``."""
 
+import logging
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -10,9 +13,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from saeseeds.train_app import train  # heavy imports after Hydra has parsed the command line
+    # Heavy imports after Hydra has parsed the command line, so --help and --cfg stay fast.
+    from saeseeds.config.validation import ConfigError
+    from saeseeds.data.base import DataError
+    from saeseeds.train_app import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, DataError) as error:
+        # A user's input error: the message says what to change; a traceback would bury it.
+        logging.getLogger("saeseeds").error("%s", error)
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def recovered_fraction(run_dir, threshold=0.9) -> float:
 
 
 def test_synthetic_recovery_and_run_folder_contract(tmp_path):
-    from tests.conftest import compose_train
+    from tests.helpers import compose_train
 
     run_dir = tmp_path / "recovery"
     cfg = compose_train(

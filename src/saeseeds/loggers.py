@@ -25,10 +25,10 @@ def hydra_job_identity(run_dir: Path) -> tuple[str, str]:
     if not HydraConfig.initialized():
         return run_dir.name, run_dir.name
     hydra_cfg = HydraConfig.get()
-    name = hydra_cfg.job.override_dirname or run_dir.name
     if hydra_cfg.mode == RunMode.MULTIRUN:
         sweep_dir = Path(hydra_cfg.sweep.dir)
-        return f"{sweep_dir.parent.name}_{sweep_dir.name}", name
+        return f"{sweep_dir.parent.name}_{sweep_dir.name}", run_dir.name  # the job's folder
+    name = hydra_cfg.job.override_dirname or run_dir.name
     return f"{run_dir.parent.name}_{run_dir.name}", name
 
 
@@ -62,6 +62,5 @@ def finish_wandb(logger: Any, metrics: dict[str, Any]) -> None:
     if logger is None:
         return
     run = logger.experiment
-    for key, value in metrics.items():
-        run.summary[f"final/{key}"] = value
+    run.summary.update({f"final/{key}": value for key, value in metrics.items()})
     run.finish()

@@ -8,10 +8,19 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+MAX_FOLDER_NAME = 200  # file systems allow 255 bytes per path component
+
 
 def job_subdir(override_dirname: str, job_number: int) -> str:
-    """Name a sweep's job folder from its overrides; fall back to the job number."""
-    return override_dirname or str(job_number)
+    """Name a sweep's job folder from its overrides; fall back to the job number.
+
+    Names too long for a file system keep their start plus the job number, so they stay unique.
+    """
+    if not override_dirname:
+        return str(job_number)
+    if len(override_dirname.encode()) > MAX_FOLDER_NAME:
+        return f"{override_dirname[: MAX_FOLDER_NAME - 12]}...job{job_number}"
+    return override_dirname
 
 
 def register_configs() -> None:

@@ -1,0 +1,90 @@
+"""Every option of every config group composes; typed schemas reject bad values early."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from saeseeds.config.validation import ConfigError, validate_train_config
+from saeseeds.data.base import ActivationSource
+from saeseeds.sae import TopKSAE
+from tests.helpers import CONF_DIR, compose_train
+
+GROUPS = ("model", "hook", "sae", "data", "trainer", "logger", "paths")
+NEEDS_A_FILE = {"activations": ["data.path=/nonexistent.npy"]}
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [
+        (group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))
+    ]
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    extra = NEEDS_A_FILE.get(option, []) if group == "data" else []
+    cfg = compose_train([f"{group}={option}", *extra], tmp_path)
+    validate_train_config(cfg)
+    assert cfg[group] is not None
+
+
+def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):
+    cfg = compose_train(["data=synthetic", "data.n_tokens=2048", "sae.n_features=64"], tmp_path)
+    source = instantiate(cfg.data, _convert_="all")
+    assert isinstance(source, ActivationSource)
+    splits = source.load()
+    assert splits.train.shape == (2048, cfg.data.d_in)
+    sae = TopKSAE(splits.d_in, cfg.sae.n_features, cfg.sae.k)
+    assert sae.W_dec.shape == (64, cfg.data.d_in)
+
+
+def test_hydra_help_lists_every_group():
+    from tests.helpers import run_app
+
+    result = run_app("train.py", "--help", cwd=CONF_DIR.parent)
+    assert result.returncode == 0
+    for group in GROUPS:
+        assert f"{group}:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ("sae.n_features=abc", ValidationError, "Value 'abc' of type 'str' could not be converted"),
+        ("sae.k=1.5", ValidationError, "sae.k"),
+        ("sae.nonsense=1", ConfigCompositionException, "nonsense"),
+        ("sae=nonexistent", ConfigCompositionException, "Could not find 'sae/nonexistent'"),
+        ("data=nonexistent", ConfigCompositionException, "Available options in 'data'"),
+        ("trainer.max_epochs=many", ValidationError, "max_epochs"),
+    ],
+)
+def test_schema_rejects_bad_overrides_at_composition(tmp_path, override, error, message):
+    with pytest.raises((error, ConfigCompositionException, ConfigKeyError)) as raised:
+        compose_train([override], tmp_path)
+    assert message in str(raised.value) + str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sae.k=0"], "sae.k=0 must be a positive integer"),
+        (["sae.k=-3"], "sae.k=-3 must be a positive integer"),
+        (["sae.n_features=0"], "sae.n_features=0 must be a positive integer"),
+        (["sae.n_features=64", "sae.k=64"], "sae.k=64 must be smaller than sae.n_features=64"),
+        (["sae.n_features=64", "sae.k=100"], "valid k are 1..63"),
+        (["sae.lr=0"], "sae.lr=0.0 must be > 0"),
+        (["sae.lr=-1e-3"], "sae.lr=-0.001 must be > 0"),
+        (["seed=abc"], "seed='abc' is not an integer"),
+        (["seed=1.5"], "seed=1.5 is not an integer"),
+        (["trainer.precision=fp8"], "trainer.precision='fp8' is not valid"),
+        (["logger.mode=sometimes"], "logger.mode='sometimes' is not valid"),
+        (["sae.normalize=zscore"], "sae.normalize='zscore' is not valid"),
+    ],
+)
+def test_validation_names_the_bad_value_and_the_valid_range(tmp_path, overrides, message):
+    cfg = compose_train(overrides, tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        validate_train_config(cfg)
+    assert message in str(raised.value)
