@@ -99,7 +99,8 @@ def test_folded_weights_reconstruct_raw_activations_as_reported(train_config, tm
     sae.load_state_dict(weights)
     source = SyntheticSource(**{k: v for k, v in cfg.data.items() if k != "_target_"})
     heldout = source.load().heldout
-    error = (heldout - sae.decode(sae.encode(heldout))).pow(2).sum()
+    with torch.no_grad():
+        error = (heldout - sae.decode(sae.encode(heldout))).pow(2).sum()
     fvu = error / (heldout - heldout.mean(0)).pow(2).sum()
     assert float(fvu) == pytest.approx(metrics["fvu"], rel=1e-4)
 
@@ -141,6 +142,16 @@ def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     assert metrics["steps"] == 32  # 2 epochs x 16 batches
     straight = (tmp_path / "straight" / "sae_weights.safetensors").read_bytes()
     assert (interrupted / "sae_weights.safetensors").read_bytes() == straight
+
+
+def test_resume_with_another_seed_is_refused(train_config, tmp_path):
+    common = ("logger=none", "trainer.checkpoint_every_n_steps=5")
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        train(train_config("seed=3", *common, output_dir=interrupted), [InterruptAtStep(7)])
+    with pytest.raises(ValueError, match="Resume with the same seed"):
+        train(train_config("seed=4", "resume=true", *common, output_dir=interrupted))
+    assert not (interrupted / "COMPLETE").exists()
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(train_config, tmp_path):

@@ -49,11 +49,41 @@ class SeededBatchSampler(Sampler[Tensor]):
             yield order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
 
 
+def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
+    if saved != current:
+        raise ValueError(
+            f"The checkpoint was trained with data order {saved}, but this run has {current}. "
+            "Resume with the same seed, data and data.batch_size as the interrupted run."
+        )
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose checkpointed state is what fixes its order: seed, rows, batch size.
+
+    The position inside an epoch needs no saving (it is the global step). Being stateful tells
+    Lightning that resuming mid-epoch is exact.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        return {"seed": sampler.seed, "n_rows": sampler.n_rows, "batch_size": sampler.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        check_same_order(state, self.state_dict())
+
+
 class ActivationDataModule(L.LightningDataModule):
     def __init__(self, train: Tensor, heldout: Tensor, batch_size: int, seed: int):
         super().__init__()
         self.train_rows, self.heldout_rows = train, heldout
         self.batch_size, self.seed = batch_size, seed
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "n_rows": len(self.train_rows), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Restored from every checkpoint, so resuming with another seed or other data is refused.
+        check_same_order(state, self.state_dict())
 
     def _global_step(self) -> int:
         # Read when an epoch's iterator starts, i.e. after a checkpoint has been restored.
@@ -63,7 +93,7 @@ class ActivationDataModule(L.LightningDataModule):
         sampler = SeededBatchSampler(
             len(self.train_rows), self.batch_size, self.seed, self._global_step
         )
-        return DataLoader(RowBatches(self.train_rows), sampler=sampler, batch_size=None)
+        return ResumableLoader(RowBatches(self.train_rows), sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         n_rows = len(self.heldout_rows)
