@@ -1,0 +1,184 @@
+"""Typed schema of ``conf/analyze.yaml`` (Hydra ConfigStore) and the checks a type cannot express.
+
+Types and enums reject bad overrides at composition (``solver=foo``, ``bootstrap.n_samples=abc``);
+:func:`validate_config` rejects values that are well typed but meaningless. This module knows
+nothing of the training app's schemas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from saeseeds.analysis.errors import AnalysisConfigError
+
+
+class Solver(StrEnum):
+    """Linear-assignment solvers; both reach the same optimum (tested), lapjv is faster."""
+
+    lapjv = "lapjv"
+    scipy = "scipy"
+
+
+class Device(StrEnum):
+    """Where similarity matrices are computed; ``auto`` uses a CUDA GPU when one is present."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class MetricsSwitches:
+    """Which optional analyses run; decoder matching and the pair statistics always run."""
+
+    encoder: bool = True
+    """Encoder matching (needed for "shared" and "agreement")."""
+    reappearance: bool = True
+    """Per-feature reappearance p_i with stable and unstable shares (Gerasimov et al.)."""
+    overlap: bool = True
+    """Overlap vs number of seeds (Paulo & Belrose); needs ``encoder``."""
+    frequency: bool = True
+    """Matched similarity and reappearance vs firing frequency, with Spearman correlations."""
+    baseline: bool = True
+    """Random unit-norm dictionaries of the same shape (chance level) and a p-value."""
+    subspaces: bool = True
+    """Unstable-feature subspace overlap vs the random expectation r/d_in; needs reappearance."""
+
+
+@dataclass
+class ReappearanceConfig:
+    """Per-feature reappearance (Gerasimov et al.)."""
+
+    threshold: float = 0.7
+    """θ: feature i reappears in seed b when max_j C_dec[i, j] >= θ."""
+    epsilon: float = 0.05
+    """Stable: p_i >= 1 - ε; unstable: p_i <= ε."""
+
+
+@dataclass
+class SubspaceConfig:
+    """Span of the unstable features' decoder rows per seed."""
+
+    max_rank: int = 32
+    """r = min(max_rank, unstable count of either seed, d_in)."""
+
+
+@dataclass
+class BootstrapConfig:
+    """Seed bootstrap of the group statistics."""
+
+    n_samples: int = 1000
+    """Resamples of the group's seeds (with replacement)."""
+    confidence: float = 0.95
+    """Central interval reported."""
+    seed: int = 0
+
+
+@dataclass
+class BaselineConfig:
+    """Random unit-norm dictionaries of the runs' shape: the chance level."""
+
+    n_samples: int = 39
+    """Random dictionary pairs; the smallest reachable p-value is 1 / (n_samples + 1)."""
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    """What goes into the report folder."""
+
+    figures: bool = True
+    """Write the PNG figures (and embed them in report.md)."""
+    examples_per_feature: int = 5
+    """Top-activating contexts shown per feature in the example matched pairs."""
+
+
+@dataclass
+class LoggerConfig:
+    """The W&B analysis run (job_type=analysis). Same fields as the training app's logger group,
+    so ``conf/logger/{wandb,none}.yaml`` serve both apps: ``logger=none`` turns it off."""
+
+    enabled: bool = True
+    project: str = "saeseeds"
+    entity: str | None = None
+    mode: str = "auto"
+    """auto | online | offline | disabled; auto is online when an API key is available."""
+    group: str | None = None
+    """``null``: the sweep's group from environment.json, else DATE_TIME of the multirun folder."""
+    name: str | None = None
+    """``null``: "analysis-<group>"."""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnalyzeConfig:
+    """``python analyze.py [sweep_dir=PATH|[P1,P2]|'GLOB'] [overrides]``."""
+
+    sweep_dir: Any = None
+    """Multirun folder(s) or run folder(s): a path, a list or a glob. ``null``: the latest
+    multirun folder under ``outputs_root``/multirun."""
+    outputs_root: str = "outputs"
+    """Where the default sweep_dir is looked for."""
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9])
+    """τ values of the stability fractions (share of matched pairs with cosine >= τ)."""
+    shared_threshold: float = 0.7
+    """"Shared" latents have matched decoder and encoder cosines above this (Paulo & Belrose)."""
+    live_only: bool = True
+    """Also match only features live in both runs (fire_count > 0 on held-out tokens)."""
+    solver: Solver = Solver.lapjv
+    device: Device = Device.auto
+    block_size: int = 2048
+    """Rows of the similarity matrix computed at once (bounds temporary memory)."""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    metrics: MetricsSwitches = field(default_factory=MetricsSwitches)
+    reappearance: ReappearanceConfig = field(default_factory=ReappearanceConfig)
+    subspace: SubspaceConfig = field(default_factory=SubspaceConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    progress: bool = True
+    """Show a progress bar over seed pairs."""
+
+
+def register_analysis_configs() -> None:
+    """Make ``analyze_schema`` (and ``logger/logger_schema``) available to conf/analyze.yaml."""
+    store = ConfigStore.instance()
+    store.store(name="analyze_schema", node=AnalyzeConfig)
+    # conf/logger/*.yaml start from "logger_schema"; in this app it is the analysis schema.
+    store.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AnalysisConfigError(message)
+
+
+def validate_config(cfg: Any) -> None:
+    """Reject well-typed but meaningless values with a message naming the override to fix."""
+    for tau in cfg.thresholds:
+        _check(-1.0 <= tau <= 1.0, f"thresholds: {tau} is not a cosine in [-1, 1].")
+    _check(len(cfg.thresholds) > 0, "thresholds: give at least one τ, e.g. thresholds=[0.7,0.9].")
+    _check(-1.0 <= cfg.shared_threshold <= 1.0, "shared_threshold must be in [-1, 1].")
+    _check(-1.0 <= cfg.reappearance.threshold <= 1.0, "reappearance.threshold must be in [-1, 1].")
+    _check(
+        0.0 <= cfg.reappearance.epsilon < 0.5,
+        "reappearance.epsilon must be in [0, 0.5) so that stable and unstable do not overlap.",
+    )
+    _check(cfg.block_size >= 1, "block_size must be a positive number of rows.")
+    _check(cfg.bootstrap.n_samples >= 0, "bootstrap.n_samples must be >= 0 (0 turns it off).")
+    _check(0.0 < cfg.bootstrap.confidence < 1.0, "bootstrap.confidence must be in (0, 1).")
+    _check(
+        cfg.baseline.n_samples >= 1, "baseline.n_samples must be >= 1 (or metrics.baseline=false)."
+    )
+    _check(cfg.subspace.max_rank >= 1, "subspace.max_rank must be >= 1.")
+    _check(cfg.report.examples_per_feature >= 0, "report.examples_per_feature must be >= 0.")
+    if cfg.metrics.overlap and not cfg.metrics.encoder:
+        raise AnalysisConfigError(
+            "metrics.overlap needs metrics.encoder=true ('shared' uses both)."
+        )
+    if cfg.metrics.subspaces and not cfg.metrics.reappearance:
+        raise AnalysisConfigError("metrics.subspaces needs metrics.reappearance=true.")

@@ -1,0 +1,98 @@
+"""Finding run folders: from ``sweep_dir`` (a path, a list or a glob, or the latest multirun
+folder) to the job folders inside, each loaded or listed with the reason it is skipped.
+
+A job folder is any folder holding ``cfg.json`` or ``.hydra/``; the search does not descend
+into a job folder (its ``checkpoints/`` and ``wandb/`` are never read). Nothing here compares
+runs with each other beyond dropping a second copy of the same folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saeseeds.analysis.errors import AnalysisError, RunFolderError
+from saeseeds.analysis.loading import RunFolder, SkippedRun, load_run
+
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass
+class Discovery:
+    """What the inputs hold: usable runs, skipped folders with reasons, and the roots searched."""
+
+    roots: list[Path]
+    runs: list[RunFolder] = field(default_factory=list)
+    skipped: list[SkippedRun] = field(default_factory=list)
+
+
+def latest_multirun(outputs_root: Path) -> Path:
+    """The newest ``outputs/multirun/DATE/TIME`` folder (names sort by time)."""
+    multirun_root = outputs_root / "multirun"
+    candidates = sorted(path for path in multirun_root.glob("*/*") if path.is_dir())
+    if not candidates:
+        raise AnalysisError(
+            f"No sweep_dir given and no multirun folder under {multirun_root}. Train a sweep "
+            "first (python train.py -m seed=1,2,3 ...) or pass sweep_dir=PATH."
+        )
+    return candidates[-1]
+
+
+def resolve_roots(sweep_dir: str | Sequence[str] | None, outputs_root: Path) -> list[Path]:
+    """Expand ``sweep_dir`` into existing folders; a path that matches nothing is an error."""
+    if sweep_dir is None or sweep_dir == "":
+        return [latest_multirun(outputs_root)]
+    entries = [sweep_dir] if isinstance(sweep_dir, str | os.PathLike) else list(sweep_dir)
+    roots: list[Path] = []
+    for entry in entries:
+        text = os.path.expanduser(str(entry))
+        if GLOB_CHARACTERS & set(text):
+            matches = sorted(Path(match) for match in glob.glob(text) if Path(match).is_dir())
+            if not matches:
+                raise AnalysisError(f"sweep_dir glob {text!r} matches no folder.")
+            roots.extend(matches)
+        elif not Path(text).exists():
+            raise AnalysisError(f"sweep_dir {text} does not exist.")
+        elif not Path(text).is_dir():
+            raise AnalysisError(f"sweep_dir {text} is not a folder.")
+        else:
+            roots.append(Path(text))
+    return list(dict.fromkeys(root.resolve() for root in roots))
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "cfg.json").is_file() or (path / ".hydra").is_dir()
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """Job folders under ``root`` (or ``root`` itself), in sorted order."""
+    if is_run_folder(root):
+        return [root]
+    found: list[Path] = []
+    for current, subfolders, _ in os.walk(root):
+        current_path = Path(current)
+        if current_path != root and is_run_folder(current_path):
+            found.append(current_path)
+            subfolders.clear()
+            continue
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith((".", "wandb")))
+    return sorted(found)
+
+
+def discover(sweep_dir: str | Sequence[str] | None, outputs_root: Path) -> Discovery:
+    """Load every job folder under the inputs; bad ones become :class:`SkippedRun` entries."""
+    discovery = Discovery(roots=resolve_roots(sweep_dir, outputs_root))
+    seen: set[Path] = set()
+    for root in discovery.roots:
+        for run_path in find_run_folders(root):
+            if run_path in seen:
+                continue
+            seen.add(run_path)
+            try:
+                discovery.runs.append(load_run(run_path))
+            except RunFolderError as error:
+                discovery.skipped.append(SkippedRun(run_path, error.status, error.reason))
+    return discovery

@@ -1,0 +1,162 @@
+"""Statistics over the seed pairs of one group, with seed-bootstrap 95% intervals.
+
+Group value of a pair metric: the median over pairs for ``*median`` metrics (the "median
+best-match cosine" of the multi-seed study is the median of pair medians), the mean over pairs
+for everything else (mean cosine, stability fractions, shared, agreement, MMCS). The interval
+resamples seeds with replacement and recomputes the value on the pairs of distinct resampled
+seeds. Also here: the oriented views of a pair (seed a's features against seed b) that the
+per-feature analyses use, and matched similarity vs firing frequency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from saeseeds.analysis.loading import RunFolder
+from saeseeds.analysis.pair_metrics import (
+    PairResult,
+    cosines_by_column,
+    cosines_by_row,
+    shared_masks,
+)
+
+
+@dataclass
+class GroupPairs:
+    """The pairs of one group, keyed by (seed_a, seed_b) with seed_a < seed_b."""
+
+    runs: list[RunFolder]
+    pairs: dict[tuple[int, int], PairResult] = field(default_factory=dict)
+    statistics: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+    def run(self, seed: int) -> RunFolder:
+        return next(run for run in self.runs if run.seed == seed)
+
+    def _pair(self, seed: int, other: int) -> tuple[PairResult, bool]:
+        """The stored pair and whether ``seed`` is its row side."""
+        if (seed, other) in self.pairs:
+            return self.pairs[(seed, other)], True
+        return self.pairs[(other, seed)], False
+
+    def max_cosine(self, seed: int, other: int) -> np.ndarray:  # [n_features of seed]
+        """max_j C_dec[i, j] for each feature i of ``seed`` against ``other``."""
+        pair, forward = self._pair(seed, other)
+        return pair.best["row_max" if forward else "column_max"]
+
+    def best_partner(self, seed: int, other: int) -> np.ndarray:  # [n_features of seed]
+        pair, forward = self._pair(seed, other)
+        return pair.best["row_best" if forward else "column_best"]
+
+    def matched(self, seed: int, other: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hungarian decoder partner (-1 if unmatched) and matched cosine per feature of seed."""
+        pair, forward = self._pair(seed, other)
+        n_features = pair.n_features_a if forward else pair.n_features_b
+        partner = np.full(n_features, -1, dtype=np.int64)
+        own, theirs = (
+            (pair.decoder.rows, pair.decoder.columns)
+            if forward
+            else (pair.decoder.columns, pair.decoder.rows)
+        )
+        partner[own] = theirs
+        cosines = (
+            cosines_by_row(pair.decoder, n_features)
+            if forward
+            else cosines_by_column(pair.decoder, n_features)
+        )
+        return partner, cosines
+
+    def shared(self, seed: int, other: int, threshold: float) -> np.ndarray:  # [n_features] bool
+        pair, forward = self._pair(seed, other)
+        shared_a, shared_b = shared_masks(pair, threshold)
+        return shared_a if forward else shared_b
+
+
+def aggregate(values: np.ndarray, metric: str) -> float:
+    """Group value of one pair metric: median of pair medians, mean otherwise."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan")
+    return float(np.median(values) if metric.endswith("median") else np.mean(values))
+
+
+def _pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN on the diagonal
+    seeds = group.seeds
+    matrix = np.full((len(seeds), len(seeds)), np.nan)
+    for (seed_a, seed_b), stats in group.statistics.items():
+        i, j = seeds.index(seed_a), seeds.index(seed_b)
+        matrix[i, j] = matrix[j, i] = stats.get(metric, np.nan)
+    return matrix
+
+
+def bootstrap_interval(
+    matrix: np.ndarray, metric: str, n_samples: int, confidence: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile interval of the group value when the seeds are resampled with replacement."""
+    n_seeds = matrix.shape[0]
+    upper = np.triu_indices(n_seeds, k=1)
+    values = []
+    for _ in range(n_samples):
+        chosen = rng.integers(0, n_seeds, size=n_seeds)
+        # Pairs of the same seed drawn twice have no value (NaN) and drop out in aggregate().
+        value = aggregate(matrix[np.ix_(chosen, chosen)][upper], metric)
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def group_statistics(
+    group: GroupPairs, n_bootstrap: int, confidence: float, seed: int
+) -> dict[str, dict[str, float]]:
+    """{metric: {value, ci_low, ci_high}} for every pair metric of the group."""
+    metrics = sorted({name for stats in group.statistics.values() for name in stats})
+    rng = np.random.default_rng(seed)
+    summary = {}
+    for metric in metrics:
+        matrix = _pair_matrix(group, metric)
+        value = aggregate(matrix[np.triu_indices(len(group.seeds), k=1)], metric)
+        low, high = (
+            bootstrap_interval(matrix, metric, n_bootstrap, confidence, rng)
+            if n_bootstrap > 0
+            else (float("nan"), float("nan"))
+        )
+        summary[metric] = {"value": value, "ci_low": low, "ci_high": high}
+    return summary
+
+
+def seed_matrix(group: GroupPairs, metric: str) -> np.ndarray:
+    """[S, S] matrix of a pair metric for the heatmaps (diagonal 1 for cosines and fractions)."""
+    matrix = _pair_matrix(group, metric)
+    np.fill_diagonal(matrix, 1.0)
+    return matrix
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Spearman rank correlation, NaN when either side is constant or too short."""
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return {"rho": float("nan"), "p_value": float("nan"), "n": int(len(x))}
+    result = spearmanr(x, y)
+    return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": int(len(x))}
+
+
+def frequency_points(group: GroupPairs) -> tuple[np.ndarray, np.ndarray]:
+    """(firing frequency, matched decoder cosine) for each feature of each seed vs each other."""
+    frequencies, cosines = [], []
+    for seed, other in combinations(group.seeds, 2):
+        for own, partner in ((seed, other), (other, seed)):
+            frequencies.append(group.run(own).firing_frequency)
+            cosines.append(group.matched(own, partner)[1].astype(np.float64))
+    return np.concatenate(frequencies), np.concatenate(cosines)

@@ -1,0 +1,212 @@
+"""Reading and validating one run folder of contract version 1 (DESIGN.md, "Run-folder contract").
+
+Owns every read of a run folder: cfg.json, sae_weights.safetensors, feature_stats.safetensors,
+metrics.json, environment.json, .hydra/config.yaml and, lazily, top_examples.json. Tensors are
+read with safetensors only (never pickle), and ``checkpoints/`` is never touched. A folder that
+cannot be used raises :class:`RunFolderError` with the reason; nothing here decides grouping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from safetensors import SafetensorError, safe_open
+
+from saeseeds.analysis.errors import RunFolderError
+
+CONTRACT_VERSION = 1
+# Keys of .hydra/config.yaml that differ between the seeds of one group or only say where
+# outputs go; everything else must be equal for runs to be compared.
+IGNORED_CONFIG_KEYS = ("seed", "paths", "logger", "resume", "ckpt_path")
+IGNORED_NESTED_KEYS = (("trainer", "enable_progress_bar"),)
+
+
+@dataclass
+class SkippedRun:
+    """A folder that is not analysed: ``status`` is incomplete, corrupt, rejected or duplicate."""
+
+    path: Path
+    status: str
+    reason: str
+
+
+@dataclass
+class RunFolder:
+    """The parts of one completed run that the analysis needs, validated."""
+
+    path: Path
+    seed: int
+    cfg: dict[str, Any]
+    """cfg.json as written by the trainer."""
+    comparable_config: dict[str, Any]
+    """The composed config without seed and output paths: equal within a group."""
+    decoder_directions: np.ndarray  # [n_features, d_in], unit rows of W_dec
+    encoder_directions: np.ndarray  # [n_features, d_in], unit columns of W_enc
+    fire_counts: np.ndarray  # [n_features] int64, on held-out tokens
+    n_tokens: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wandb_group: str | None = None
+    _top_examples: dict[int, list[dict[str, Any]]] | None = field(default=None, repr=False)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.decoder_directions.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.decoder_directions.shape[0])
+
+    @property
+    def hook_name(self) -> str:
+        return str(self.cfg.get("hook_name"))
+
+    @property
+    def firing_frequency(self) -> np.ndarray:  # [n_features]
+        return self.fire_counts.astype(np.float64) / max(self.n_tokens, 1)
+
+    @property
+    def live_mask(self) -> np.ndarray:  # [n_features] bool
+        return self.fire_counts > 0
+
+    def top_examples(self) -> dict[int, list[dict[str, Any]]]:
+        """Feature index -> top-activating contexts; empty when the data had no text."""
+        if self._top_examples is None:
+            self._top_examples = read_top_examples(self.path)
+        return self._top_examples
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """L2-normalise rows in place (float32); all-zero rows stay zero instead of NaN."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)  # [n, 1]
+    np.divide(matrix, norms, out=matrix, where=norms > 0)
+    return matrix
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise RunFolderError("corrupt", f"missing {path.name} ({what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError("corrupt", f"{path.name} is unreadable: {error}") from error
+
+
+def _read_tensors(
+    path: Path, names: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    if not path.is_file():
+        raise RunFolderError("corrupt", f"missing {path.name}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            missing = [name for name in names if name not in handle.keys()]
+            if missing:
+                raise RunFolderError("corrupt", f"{path.name} lacks tensor(s) {missing}")
+            tensors = {name: handle.get_tensor(name) for name in names}
+            metadata = handle.metadata() or {}
+    except RunFolderError:
+        raise
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RunFolderError(
+            "corrupt", f"{path.name} is truncated or not a safetensors file ({error})"
+        ) from error
+    return tensors, metadata
+
+
+def _check_shape(array: np.ndarray, shape: tuple[int, ...], name: str) -> None:
+    if tuple(array.shape) != shape:
+        raise RunFolderError(
+            "corrupt", f"{name} has shape {list(array.shape)}, cfg.json implies {list(shape)}"
+        )
+
+
+def comparable_config(run_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The composed config minus seed and output paths, unresolved (interpolations kept as text)."""
+    hydra_config = run_path / ".hydra" / "config.yaml"
+    if not hydra_config.is_file():
+        return {key: value for key, value in cfg.items() if key != "seed"}
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
+    except Exception as error:  # OmegaConf raises several yaml/omegaconf error types
+        raise RunFolderError("corrupt", f".hydra/config.yaml is unreadable: {error}") from error
+    if not isinstance(config, dict):
+        raise RunFolderError("corrupt", ".hydra/config.yaml is not a mapping")
+    for key in IGNORED_CONFIG_KEYS:
+        config.pop(key, None)
+    for parent, child in IGNORED_NESTED_KEYS:
+        if isinstance(config.get(parent), dict):
+            config[parent].pop(child, None)
+    return config
+
+
+def load_run(run_path: Path) -> RunFolder:
+    """Read and validate one run folder; raises :class:`RunFolderError` with the reason."""
+    if not (run_path / "COMPLETE").is_file():
+        raise RunFolderError("incomplete", "no COMPLETE marker (training unfinished or crashed)")
+    cfg = _read_json(run_path / "cfg.json", "the run's SAE config")
+    if not isinstance(cfg, dict):
+        raise RunFolderError("corrupt", "cfg.json is not a JSON object")
+    version = cfg.get("contract_version")
+    if version != CONTRACT_VERSION:
+        raise RunFolderError(
+            "rejected",
+            f"contract_version {version!r}; this analysis reads version {CONTRACT_VERSION}",
+        )
+    try:
+        d_in, n_features, seed = int(cfg["d_in"]), int(cfg["n_features"]), int(cfg["seed"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunFolderError(
+            "corrupt", f"cfg.json lacks a valid d_in/n_features/seed ({error})"
+        ) from error
+
+    weights, _ = _read_tensors(run_path / "sae_weights.safetensors", ("W_dec", "W_enc"))
+    _check_shape(weights["W_dec"], (n_features, d_in), "W_dec")
+    _check_shape(weights["W_enc"], (d_in, n_features), "W_enc")
+    for name, tensor in weights.items():
+        if not np.isfinite(tensor).all():
+            raise RunFolderError("corrupt", f"{name} contains NaN or infinite values")
+    decoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_dec"), dtype=np.float32))
+    encoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_enc").T, dtype=np.float32))
+
+    stats, metadata = _read_tensors(run_path / "feature_stats.safetensors", ("fire_count",))
+    fire_counts = stats["fire_count"].astype(np.int64)
+    _check_shape(fire_counts, (n_features,), "fire_count")
+    try:
+        n_tokens = int(metadata["n_tokens"])
+    except (KeyError, ValueError) as error:
+        raise RunFolderError(
+            "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
+        ) from error
+
+    metrics_path, environment_path = run_path / "metrics.json", run_path / "environment.json"
+    metrics = _read_json(metrics_path, "final metrics") if metrics_path.is_file() else {}
+    environment = _read_json(environment_path, "versions") if environment_path.is_file() else {}
+    wandb_info = environment.get("wandb") if isinstance(environment, dict) else None
+    return RunFolder(
+        path=run_path,
+        seed=seed,
+        cfg=cfg,
+        comparable_config=comparable_config(run_path, cfg),
+        decoder_directions=decoder_directions,
+        encoder_directions=encoder_directions,
+        fire_counts=fire_counts,
+        n_tokens=n_tokens,
+        metrics=metrics if isinstance(metrics, dict) else {},
+        wandb_group=wandb_info.get("group") if isinstance(wandb_info, dict) else None,
+    )
+
+
+def read_top_examples(run_path: Path) -> dict[int, list[dict[str, Any]]]:
+    """top_examples.json as {feature index: contexts}; {} when absent or unreadable."""
+    path = run_path / "top_examples.json"
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return {int(index): list(items) for index, items in payload.get("features", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}

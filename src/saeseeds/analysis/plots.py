@@ -1,0 +1,162 @@
+"""The report's PNG figures (matplotlib, Agg backend: no display needed).
+
+Per group: seed × seed heatmaps of median matched cosine and of the shared fraction; histograms
+of matched cosines (all and live-only) with the random baseline overlaid; reappearance and
+matched cosine vs firing frequency. Across groups: overlap vs number of seeds. Each function
+writes one file and returns its path; none computes a metric.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from saeseeds.analysis.group_analysis import GroupReport  # noqa: E402
+from saeseeds.analysis.group_stats import frequency_points, seed_matrix  # noqa: E402
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a group label."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "group"
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def seed_heatmap(report: GroupReport, metric: str, title: str, path: Path) -> Path:
+    matrix = seed_matrix(report.pairs, metric)  # [S, S]
+    seeds = report.pairs.seeds
+    figure, axes = plt.subplots(figsize=(1.2 + 0.7 * len(seeds), 1.0 + 0.6 * len(seeds)))
+    image = axes.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    axes.set_xticks(range(len(seeds)), [str(seed) for seed in seeds])
+    axes.set_yticks(range(len(seeds)), [str(seed) for seed in seeds])
+    axes.set_xlabel("seed")
+    axes.set_ylabel("seed")
+    if len(seeds) <= 12:
+        for (i, j), value in np.ndenumerate(matrix):
+            color = "black" if value > 0.6 else "white"
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    axes.set_title(f"{title}\n{report.label}", fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    return _save(figure, path)
+
+
+def matched_cosine_histograms(report: GroupReport, path: Path) -> Path:
+    panels = [("all features", [p.decoder.cosines for p in report.pairs.pairs.values()])]
+    live = [p.decoder_live.cosines for p in report.pairs.pairs.values() if p.decoder_live]
+    if live:
+        panels.append(("live in both runs", live))
+    figure, axes_list = plt.subplots(
+        1, len(panels), figsize=(5.0 * len(panels), 3.4), squeeze=False
+    )
+    bins = np.linspace(-0.2, 1.0, 61)
+    for axes, (title, cosines) in zip(axes_list[0], panels, strict=True):
+        values = np.concatenate(cosines) if cosines else np.zeros(0)
+        axes.hist(values, bins=bins, density=True, alpha=0.75, label="seed pairs")
+        if report.baseline is not None:
+            axes.hist(
+                report.baseline.matched_cosines,
+                bins=bins,
+                density=True,
+                histtype="step",
+                color="black",
+                linewidth=1.5,
+                label="random dictionaries",
+            )
+        axes.set_xlabel("matched decoder cosine (Hungarian)")
+        axes.set_ylabel("density")
+        axes.set_title(f"{title} — {report.label}", fontsize=9)
+        axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def reappearance_vs_frequency(report: GroupReport, path: Path) -> Path:
+    frequencies = np.concatenate([run.firing_frequency for run in report.pairs.runs])
+    reappearance = np.concatenate([report.reappearance[seed] for seed in report.pairs.seeds])
+    dead = frequencies <= 0
+    floor = frequencies[~dead].min() / 10 if np.any(~dead) else 1e-6
+    jitter = np.random.default_rng(0).uniform(-0.015, 0.015, size=len(reappearance))
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    axes.scatter(np.where(dead, floor, frequencies), reappearance + jitter, s=4, alpha=0.35)
+    axes.set_xscale("log")
+    axes.set_xlabel("firing frequency on held-out tokens (dead features at the left edge)")
+    axes.set_ylabel("reappearance p_i")
+    axes.set_ylim(-0.05, 1.05)
+    axes.set_title(f"Reappearance vs firing frequency — {report.label}", fontsize=9)
+    return _save(figure, path)
+
+
+def matched_cosine_vs_frequency(
+    report: GroupReport, frequencies: np.ndarray, cosines: np.ndarray, path: Path
+) -> Path:
+    live = frequencies > 0
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    axes.scatter(frequencies[live], cosines[live], s=4, alpha=0.3)
+    axes.set_xscale("log")
+    axes.set_xlabel("firing frequency on held-out tokens")
+    axes.set_ylabel("matched decoder cosine")
+    axes.set_title(f"Matched cosine vs firing frequency — {report.label}", fontsize=9)
+    return _save(figure, path)
+
+
+def overlap_vs_seeds(reports: list[GroupReport], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    for report in reports:
+        curve = report.extras.get("overlap_vs_seeds")
+        if curve:
+            m_values = sorted(curve)
+            axes.plot(m_values, [curve[m] for m in m_values], marker="o", label=report.label)
+    axes.set_xlabel("number of other seeds m")
+    axes.set_ylabel("share of latents shared with none")
+    axes.set_ylim(0.0, 1.0)
+    axes.set_title("Overlap vs number of seeds", fontsize=9)
+    axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, dict[str, Path]]:
+    """Every figure of every group: {group label or "all": {figure name: path}}."""
+    figures: dict[str, dict[str, Path]] = {}
+    for report in reports:
+        name = slug(report.label)
+        paths = {
+            "median_heatmap": seed_heatmap(
+                report,
+                "decoder_median",
+                "Median matched cosine",
+                figures_dir / f"{name}_median.png",
+            ),
+            "cosine_histograms": matched_cosine_histograms(
+                report, figures_dir / f"{name}_histograms.png"
+            ),
+        }
+        if "shared" in next(iter(report.pairs.statistics.values())):
+            paths["shared_heatmap"] = seed_heatmap(
+                report, "shared", "Shared fraction", figures_dir / f"{name}_shared.png"
+            )
+        if report.reappearance:
+            paths["reappearance_vs_frequency"] = reappearance_vs_frequency(
+                report, figures_dir / f"{name}_reappearance.png"
+            )
+        if "matched_cosine_vs_firing_frequency" in report.extras:
+            frequencies, cosines = frequency_points(report.pairs)
+            paths["matched_cosine_vs_frequency"] = matched_cosine_vs_frequency(
+                report, frequencies, cosines, figures_dir / f"{name}_frequency.png"
+            )
+        figures[report.label] = paths
+    if any("overlap_vs_seeds" in report.extras for report in reports):
+        figures["all"] = {
+            "overlap_vs_seeds": overlap_vs_seeds(reports, figures_dir / "overlap_vs_seeds.png")
+        }
+    return figures

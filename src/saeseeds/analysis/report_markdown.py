@@ -1,0 +1,195 @@
+"""report.md: the human-readable report.
+
+The published-style table first (one row per condition: median matched cosine, full and
+live-only, stability at each τ, shared, chance level), then per group the detailed statistics
+with 95% seed-bootstrap intervals, the figures, and example matched pairs with both features'
+top-activating contexts side by side. Skipped runs and groups that could not be analysed are
+listed with their reasons. It reads results only; it computes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from saeseeds.analysis.group_analysis import GroupReport
+from saeseeds.analysis.grouping import Group
+from saeseeds.analysis.loading import SkippedRun
+
+FIGURE_TITLES = {
+    "median_heatmap": "Median matched cosine, seed × seed",
+    "shared_heatmap": "Shared fraction, seed × seed",
+    "cosine_histograms": "Matched cosines (all and live-only) vs random dictionaries",
+    "reappearance_vs_frequency": "Reappearance vs firing frequency",
+    "matched_cosine_vs_frequency": "Matched cosine vs firing frequency",
+    "overlap_vs_seeds": "Overlap vs number of seeds",
+}
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _stat(report: GroupReport, metric: str, interval: bool = False) -> str:
+    entry = report.statistics.get(metric)
+    if entry is None:
+        return "–"
+    text = _number(entry["value"])
+    if interval and not math.isnan(entry["ci_low"]):
+        text += f" [{_number(entry['ci_low'])}, {_number(entry['ci_high'])}]"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def published_table(reports: list[GroupReport], thresholds: list[float]) -> list[str]:
+    header = ["condition", "median matched cosine", "live-only"]
+    header += [f"stability@{tau:g}" for tau in thresholds] + ["shared", "chance level"]
+    rows = []
+    for report in reports:
+        chance = report.extras.get("baseline", {}).get("chance", {}).get("decoder_median")
+        rows.append(
+            [report.label, _stat(report, "decoder_median"), _stat(report, "live_decoder_median")]
+            + [_stat(report, f"decoder_stability@{tau:g}") for tau in thresholds]
+            + [_stat(report, "shared"), _number(chance)]
+        )
+    return _table(header, rows)
+
+
+def _details(report: GroupReport, thresholds: list[float]) -> list[str]:
+    names = ["decoder_median", "decoder_mean", "live_decoder_median", "live_decoder_mean"]
+    names += [
+        f"{prefix}stability@{tau:g}"
+        for prefix in ("decoder_", "live_decoder_")
+        for tau in thresholds
+    ]
+    names += ["encoder_median", "encoder_mean", "shared", "live_shared", "agreement", "mmcs"]
+    chance = report.extras.get("baseline", {}).get("chance", {})
+    rows = [
+        [name, _stat(report, name, interval=True), _number(chance.get(name.removeprefix("live_")))]
+        for name in names
+        if name in report.statistics
+    ]
+    return _table(["metric", "group value [95% seed-bootstrap CI]", "chance"], rows)
+
+
+def _findings(report: GroupReport) -> list[str]:
+    extras = report.extras
+    lines = []
+    if "baseline" in extras:
+        baseline = extras["baseline"]
+        lines.append(
+            f"- p-value of the group median against {baseline['n_samples']} random dictionary "
+            f"pairs: {_number(baseline['p_value'])} (smallest possible: "
+            f"{_number(1 / (baseline['n_samples'] + 1))})"
+        )
+    if "reappearance" in extras:
+        summary = extras["reappearance"]
+        rho = summary["spearman_vs_firing_frequency"]["rho"]
+        lines.append(
+            f"- Reappearance: {summary['stable_share']:.1%} of features stable, "
+            f"{summary['unstable_share']:.1%} unstable "
+            f"(mean p = {summary['mean_reappearance']:.3f}); "
+            f"Spearman ρ with firing frequency {_number(rho)}"
+        )
+    if "matched_cosine_vs_firing_frequency" in extras:
+        rho = extras["matched_cosine_vs_firing_frequency"]["rho"]
+        lines.append(f"- Matched cosine vs firing frequency: Spearman ρ = {_number(rho)}")
+    if "overlap_vs_seeds" in extras:
+        curve = ", ".join(f"m={m}: {v:.3f}" for m, v in extras["overlap_vs_seeds"].items())
+        lines.append(f"- Share of latents shared with none of m other seeds: {curve}")
+    subspaces = extras.get("subspaces")
+    if subspaces and subspaces["mean_overlap"] is not None:
+        lines.append(
+            f"- Unstable-feature subspace overlap: {subspaces['mean_overlap']:.3f} "
+            f"(random expectation r/d_in = {subspaces['mean_random_expectation']:.3f})"
+        )
+    return lines
+
+
+def _context(example: dict[str, Any]) -> str:
+    text = str(example.get("text", "")).replace("|", "\\|").replace("\n", " ")
+    return f"{text} ({_number(example.get('activation'), 2)})"
+
+
+def _example(example: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**{example['kind']}**: seed {example['seed_a']} feature {example['feature_a']} ↔ "
+        f"seed {example['seed_b']} feature {example['feature_b']} — decoder cosine "
+        f"{example['decoder_cosine']:.3f}, encoder cosine {example['encoder_cosine']:.3f}, "
+        f"firing frequency {example['firing_frequency_a']:.2e} / "
+        f"{example['firing_frequency_b']:.2e}",
+        "",
+    ]
+    left, right = example["top_examples_a"], example["top_examples_b"]
+    if left or right:
+        header = [
+            f"seed {example['seed_a']} feature {example['feature_a']}",
+            f"seed {example['seed_b']} feature {example['feature_b']}",
+        ]
+        rows = [
+            [
+                _context(left[i]) if i < len(left) else "",
+                _context(right[i]) if i < len(right) else "",
+            ]
+            for i in range(max(len(left), len(right)))
+        ]
+        lines += _table(header, rows) + [""]
+    else:
+        lines += ["(no top_examples.json in these runs: the data had no text)", ""]
+    return lines
+
+
+def render_report(
+    roots: list[Path],
+    reports: list[GroupReport],
+    not_analysed: list[Group],
+    skipped: list[SkippedRun],
+    figures: dict[str, dict[str, Path]],
+    report_dir: Path,
+    thresholds: list[float],
+) -> str:
+    lines = ["# Seed-stability report", ""]
+    lines += [f"Inputs: {', '.join(f'`{root}`' for root in roots)}", ""]
+    lines += published_table(reports, thresholds) + [""]
+    if skipped:
+        lines += ["## Runs not used", ""]
+        lines += _table(
+            ["folder", "status", "reason"],
+            [[f"`{entry.path}`", entry.status, entry.reason] for entry in skipped],
+        ) + [""]
+    if not_analysed:
+        lines += ["## Groups not analysed", ""]
+        lines += [
+            f"- **{group.label}** (seeds {group.seeds}): {group.problem}" for group in not_analysed
+        ]
+        lines += [""]
+    for report in reports:
+        run = report.group.runs[0]
+        lines += [f"## {report.label}", ""]
+        lines += [
+            f"Seeds {report.pairs.seeds}; n_features={run.n_features}, d_in={run.d_in}, "
+            f"k={run.cfg.get('k')}, hook `{run.hook_name}`, model `{run.cfg.get('model_name')}`.",
+            "",
+        ]
+        lines += _details(report, thresholds) + [""] + _findings(report) + [""]
+        for name, path in figures.get(report.label, {}).items():
+            lines += [f"![{FIGURE_TITLES.get(name, name)}]({path.relative_to(report_dir)})", ""]
+        if report.examples:
+            lines += ["### Example matched pairs", ""]
+            for example in report.examples:
+                lines += _example(example)
+    for name, path in figures.get("all", {}).items():
+        lines += [
+            f"## {FIGURE_TITLES.get(name, name)}",
+            "",
+            f"![{name}]({path.relative_to(report_dir)})",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
