@@ -1,11 +1,12 @@
-"""The Top-K SAE maths: sparse decoder, AuxK, decoder constraint, init, weight folding."""
+"""The Top-K SAE maths: sparse decoder, fused sparse-backward encoder, AuxK, decoder constraint,
+init, weight folding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from saeseeds.sae import TopKSAE, default_learning_rate, geometric_median
+from saeseeds.sae import TopKEncoder, TopKSAE, default_learning_rate, geometric_median
 
 
 def make_sae(d_in=24, n_features=96, k=6, seed=0, sparse=True) -> TopKSAE:
@@ -120,3 +121,131 @@ def test_folded_weights_reconstruct_raw_activations(input_scale):
 def test_default_learning_rate_scaling():
     assert default_learning_rate(2**14) == pytest.approx(2e-4)
     assert default_learning_rate(2**12) == pytest.approx(4e-4)
+
+
+# ---- fused encoder (TopKEncoder): sparse backward must equal plain autograd ----
+def make_sae_with_negative_top_latents(fused: bool, dtype=torch.float32) -> TopKSAE:
+    """Half the chosen pre-activations negative, so ReLU zeros take part in the comparison."""
+    sae = make_sae()
+    sae.fused_encoder = fused
+    with torch.no_grad():
+        sample = torch.randn(256, 24, generator=torch.Generator().manual_seed(5)) + 3.0
+        chosen = sae.pre_activations(sample).topk(sae.k).values
+        sae.b_enc.sub_(chosen.median())
+    return sae.to(dtype)
+
+
+def loss_and_gradients(sae: TopKSAE, x, dead_mask):
+    output = sae(x, dead_mask)
+    (output.mse + output.aux_loss).backward()
+    return output, {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("n_dead", [0, 5, 40])  # none, fewer than k_aux = 12, more than k_aux
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[torch.randperm(96, generator=torch.Generator().manual_seed(2))[:n_dead]] = True
+    results = {}
+    for fused in (True, False):
+        sae = make_sae_with_negative_top_latents(fused)
+        sae.sparse_decoder = sparse
+        results[fused] = loss_and_gradients(sae, x, dead_mask)
+    (fused_out, fused_grads), (plain_out, plain_grads) = results[True], results[False]
+    zeroed = (fused_out.latent_values == 0).float().mean()
+    assert 0.2 < zeroed < 0.8  # ReLU really cuts some chosen latents
+    assert torch.equal(fused_out.latent_indices, plain_out.latent_indices)
+    assert torch.equal(fused_out.latent_values, plain_out.latent_values)
+    for field in ("reconstruction", "mse", "fvu", "aux_loss"):
+        torch.testing.assert_close(getattr(fused_out, field), getattr(plain_out, field))
+    assert (fused_out.aux_loss > 0) == (n_dead > 0)
+    for name in plain_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_encoder_passes_gradcheck_in_float64():
+    generator = torch.Generator().manual_seed(4)
+    d_in, n_features, k = 6, 20, 3
+    x = torch.randn(5, d_in, generator=generator, dtype=torch.float64)
+    weights = [
+        torch.randn(d_in, n_features, generator=generator, dtype=torch.float64),  # W_enc
+        torch.randn(n_features, generator=generator, dtype=torch.float64),  # b_enc
+        torch.randn(d_in, generator=generator, dtype=torch.float64),  # b_dec
+    ]
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, *weights)]
+    dead_latents = torch.arange(0, n_features, 3)
+
+    def chosen_pre_activations(x, W_enc, b_enc, b_dec):
+        top, indices, aux, aux_indices = TopKEncoder.apply(
+            x, W_enc, b_enc, b_dec, k, dead_latents, d_in // 2
+        )
+        # Unsorted Top-K may list the same latents in another order after a finite-difference
+        # nudge; ordering by latent index makes the outputs comparable.
+        return top.gather(1, indices.argsort(1)), aux.gather(1, aux_indices.argsort(1))
+
+    assert torch.autograd.gradcheck(chosen_pre_activations, inputs, fast_mode=True)
+    sae = TopKSAE(d_in, n_features, k).double()
+    sae.initialize(torch.randn(64, d_in, generator=generator, dtype=torch.float64), generator)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn(sae.W_enc.shape, generator=generator, dtype=x.dtype))
+        # Some chosen latents negative (ReLU zeros), none exactly at ReLU's kink.
+        sae.b_enc.sub_(sae.pre_activations(x).topk(k).values.median() + 0.05)
+
+    def reconstruction_loss(*params):
+        # The MSE only: AuxK's detached residual makes its analytic gradient differ, by design,
+        # from finite differences; the Function-level check above covers the AuxK outputs.
+        names = ("W_enc", "b_enc", "W_dec", "b_dec")
+        parameters = dict(zip(names, params, strict=True))
+        return torch.func.functional_call(sae, parameters, (x.detach(),)).mse
+
+    params = [p.detach().clone().requires_grad_() for p in sae.parameters()]
+    assert torch.autograd.gradcheck(reconstruction_loss, params, fast_mode=True)
+
+
+def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    fp32_out, fp32_grads = loss_and_gradients(
+        make_sae_with_negative_top_latents(True), x, dead_mask
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = {
+            fused: loss_and_gradients(make_sae_with_negative_top_latents(fused), x, dead_mask)
+            for fused in (True, False)
+        }
+    (bf16_out, bf16_grads), (plain_out, plain_grads) = bf16[True], bf16[False]
+    # Same bf16 matmul in the forward, so the same latents and losses as plain autocast.
+    assert torch.equal(bf16_out.latent_indices, plain_out.latent_indices)
+    torch.testing.assert_close(bf16_out.mse, plain_out.mse)
+    torch.testing.assert_close(bf16_out.aux_loss, plain_out.aux_loss)
+    torch.testing.assert_close(bf16_out.mse, fp32_out.mse, rtol=3e-2, atol=0)
+    torch.testing.assert_close(bf16_out.aux_loss, fp32_out.aux_loss, rtol=3e-2, atol=0)
+    for name, fp32_grad in fp32_grads.items():
+        assert bf16_grads[name].dtype == torch.float32  # gradients stay in the parameters' dtype
+        # Plain autocast's backward matmuls round to bf16; the sparse backward stays in fp32.
+        assert (bf16_grads[name] - plain_grads[name]).norm() < 1e-2 * fp32_grad.norm(), name
+        assert (bf16_grads[name] - fp32_grad).norm() < 0.1 * fp32_grad.norm(), name
+
+
+def test_fused_training_steps_are_bit_identical_under_deterministic_algorithms():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            sae = make_sae_with_negative_top_latents(True)
+            optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+            for _ in range(3):
+                output = sae(x, dead_mask)
+                optimizer.zero_grad()
+                (output.mse + output.aux_loss).backward()
+                optimizer.step()
+            runs.append([p.detach().clone() for p in sae.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
