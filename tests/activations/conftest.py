@@ -1,0 +1,86 @@
+"""Fixtures for the real-activations tests: a tiny real transformer and tokenizer built locally,
+the embedded corpus, and sources that read and write only temporary folders (never the network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from saeseeds import activation_cache
+from saeseeds.corpus import PythonDocsCorpus
+from saeseeds.data import text
+from saeseeds.data.text import TextActivationSource
+from tests.tiny_lm import build_tiny_lm
+
+# Small enough that a cache builds in about a second on the tiny model.
+TINY_DATA = dict(seq_len=32, n_tokens=2048, batch_size=256, heldout_fraction=0.1, eval_sequences=4)
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Nothing in these tests may touch the Hugging Face Hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory() -> Iterator[None]:
+    """Each test starts without activations or baselines kept in memory by an earlier one."""
+    activation_cache.forget_memory()
+    text._EVAL_MEMORY.clear()
+    yield
+    activation_cache.forget_memory()
+    text._EVAL_MEMORY.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_llama"), architecture="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), architecture="gpt2", train_steps=0)
+
+
+@pytest.fixture
+def make_source(tiny_llama, tmp_path) -> Callable[..., TextActivationSource]:
+    """A text source on the tiny Llama at blocks.1.hook_resid_pre, caching under tmp_path."""
+
+    def make(
+        model_path: Path | None = None,
+        hook_point: str = "resid_pre",
+        layer: int = 1,
+        corpus=None,
+        model: dict | None = None,
+        **overrides,
+    ) -> TextActivationSource:
+        model_config = {
+            "name": "local",
+            "path": str(model_path or tiny_llama),
+            "forward_batch_size": 32,
+            **(model or {}),
+        }
+        hook = {"point": hook_point, "layer": layer, "name": f"blocks.{layer}.hook_{hook_point}"}
+        knobs = {
+            **TINY_DATA,
+            "cache_dir": str(tmp_path / "cache"),
+            "model_cache_dir": str(tmp_path / "model_cache"),
+            **overrides,
+        }
+        return TextActivationSource(
+            model=model_config, hook=hook, corpus=corpus or PythonDocsCorpus(), **knobs
+        )
+
+    return make
+
+
+def cache_folders(cache_dir: Path) -> list[Path]:
+    """Finished cache folders (not locks, not temporary folders)."""
+    root = Path(cache_dir) / "activations"
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.exists()
+        else []
+    )

@@ -1,0 +1,89 @@
+"""Models: a local folder loads through the same code as Hub and embedded models, random weights
+are seeded, and a model that cannot be had offline fails at once with a clear message."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from saeseeds import models
+from saeseeds.config.activations import ModelConfig
+from saeseeds.data.base import DataError
+
+
+@pytest.fixture(autouse=True)
+def no_loaded_models():
+    models._LOADED.clear()
+    yield
+    models._LOADED.clear()
+
+
+def load(path, tmp_path, **fields) -> models.LoadedModel:
+    return models.load_model(ModelConfig(name="local", path=str(path), **fields), tmp_path)
+
+
+def test_local_folder_loads_into_a_bridge_with_its_identity(tiny_llama, tmp_path):
+    model = load(tiny_llama, tmp_path)
+    assert (model.n_layers, model.d_model, model.n_ctx) == (2, 64, 128)
+    assert model.name == tiny_llama.name and model.origin.startswith("local:")
+    assert "blocks.1.hook_resid_pre" in model.bridge.hook_dict
+    assert len(model.weight_hash) == 64 and len(model.tokenizer_hash) == 64
+    assert load(tiny_llama, tmp_path) is model  # kept for the next job of this process
+    models._LOADED.clear()
+    assert load(tiny_llama, tmp_path).weight_hash == model.weight_hash  # hash is of content
+
+
+def test_random_weights_follow_the_model_seed(tiny_llama, tmp_path):
+    pretrained = load(tiny_llama, tmp_path).weight_hash
+    seed_1 = load(tiny_llama, tmp_path, init="random", seed=1)
+    assert seed_1.origin.startswith("random(seed=1)")
+    hashes = {
+        "seed 1": seed_1.weight_hash,
+        "seed 1 again": load(tiny_llama, tmp_path, init="random", seed=1).weight_hash,
+        "seed 2": load(tiny_llama, tmp_path, init="random", seed=2).weight_hash,
+    }
+    assert hashes["seed 1"] == hashes["seed 1 again"]
+    assert len({pretrained, hashes["seed 1"], hashes["seed 2"]}) == 3
+    state = torch.random.get_rng_state()
+    load(tiny_llama, tmp_path, init="random", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_uncached_hub_model_fails_at_once_offline(tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="'saeseeds-test/no-such-model'.*not available offline"):
+        models.load_model(ModelConfig(name="saeseeds-test/no-such-model"), tmp_path)
+    assert time.perf_counter() - started < 10
+
+
+def test_unreachable_hub_is_detected_without_offline_flags(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="not available offline"):
+        models.load_model(ModelConfig(name="saeseeds-test/no-such-model"), tmp_path)
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"path": "/no/such/folder"}, "does not exist"),
+        ({"init": "trained"}, "model.init='trained' is not valid"),
+        ({"dtype": "int8"}, "model.dtype='int8' is not valid"),
+    ],
+)
+def test_bad_model_settings(tmp_path, fields, message):
+    with pytest.raises(DataError, match=message):
+        models.load_model(ModelConfig(**{"name": "local", **fields}), tmp_path)
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(DataError, match="has no config.json"):
+        models.load_model(ModelConfig(path=str(tmp_path / "weights")), tmp_path)
