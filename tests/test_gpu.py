@@ -16,8 +16,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_default_precision_follows_the_device():
     assert choose_precision(None, "cpu") == "32-true"
     assert choose_precision("16-mixed", "auto") == "16-mixed"  # an explicit choice always wins
-    expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
-    assert choose_precision(None, "auto") == (expected or "32-true")
+    bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert choose_precision(None, "auto") == ("bf16-mixed" if bf16_gpu else "32-true")
 
 
 @pytest.mark.gpu

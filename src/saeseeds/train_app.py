@@ -14,13 +14,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from saeseeds import run_folder
 from saeseeds.config.validation import ConfigError, validate_train_config
-from saeseeds.data.base import ActivationSource, ActivationSplits
+from saeseeds.data.base import ActivationSource, ActivationSplits, DataError
 from saeseeds.datamodule import ActivationDataModule
 from saeseeds.evaluation import evaluate_heldout
 from saeseeds.lightning_module import SAETrainingModule
@@ -39,7 +40,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
     ckpt_path = resume_checkpoint(cfg, run_dir)
 
     L.seed_everything(cfg.seed, workers=True)
-    source: ActivationSource = instantiate(cfg.data, _convert_="all")
+    source = build_source(cfg)
     splits = source.load()
     input_scale = normalisation_scale(splits.train, cfg.sae.normalize)
     sae = build_sae(cfg, splits, input_scale)
@@ -98,6 +99,16 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         100 * metrics["dead_fraction"],
     )
     return metrics
+
+
+def build_source(cfg: DictConfig) -> ActivationSource:
+    try:
+        return instantiate(cfg.data, _convert_="all")
+    except InstantiationException as error:
+        # Hydra wraps what a source's constructor raises; a DataError is for the user as it is.
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:

@@ -18,6 +18,8 @@ def job_subdir(override_dirname: str, job_number: int) -> str:
     """
     if not override_dirname:
         return str(job_number)
+    # A value such as model.path=/x/y or model.name=org/model must not nest folders.
+    override_dirname = override_dirname.replace("/", "%2F")
     if len(override_dirname.encode()) > MAX_FOLDER_NAME:
         return f"{override_dirname[: MAX_FOLDER_NAME - 12]}...job{job_number}"
     return override_dirname
