@@ -10,17 +10,9 @@ import pytest
 import yaml
 
 from tests.helpers import TINY_SAE, TINY_SYNTHETIC, offline_wandb_run, run_app
+from tests.test_train_app import CONTRACT_FILES as RUN_FILES
 
-CONTRACT_FILES = (
-    "sae_weights.safetensors",
-    "cfg.json",
-    "feature_stats.safetensors",
-    "metrics.json",
-    "environment.json",
-    "COMPLETE",
-    ".hydra/config.yaml",
-    "checkpoints/last.ckpt",
-)
+CONTRACT_FILES = (*RUN_FILES, ".hydra/config.yaml", "checkpoints/last.ckpt")
 
 
 def offline_runs(job_dir: Path) -> list[Path]:

@@ -1,16 +1,36 @@
-"""Choosing how Weights & Biases runs: online with credentials, offline otherwise.
+"""Weights & Biases settings shared by both apps: the ``logger`` config schema, and choosing the
+mode (online with credentials, offline otherwise).
 
-Shared by both apps; it only decides the mode and prints the hint, it never creates runs.
+Both apps compose ``conf/logger/{wandb,none}.yaml`` against :class:`LoggerConfig`. This module
+never creates runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 VALID_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases logging; ``logger=none`` disables it."""
+
+    enabled: bool = True
+    project: str = "saeseeds"
+    entity: str | None = None
+    mode: str = "auto"
+    """auto | online | offline | disabled; auto is online when an API key is available."""
+    group: str | None = None
+    """``null``: training uses the multirun folder (all jobs of a sweep share it) or the run
+    folder; the analysis uses the sweep's group from environment.json."""
+    name: str | None = None
+    """``null``: training uses the job's overrides; the analysis "analysis-<group>"."""
+    tags: list[str] = field(default_factory=list)
 
 
 def resolve_wandb_mode(requested: str | None) -> str:

@@ -114,3 +114,23 @@ def test_scipy_and_lapjv_give_the_same_live_only_statistics():
     ]
     for name in ("live_decoder_mean", "decoder_mean", "live_shared", "agreement"):
         assert results[0][name] == pytest.approx(results[1][name], abs=1e-6)
+
+
+def test_decoder_solve_in_a_worker_process_gives_the_sequential_result():
+    rng = np.random.default_rng(0)
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    decoder_a, encoder_a = unit(rng.normal(size=(40, 8))), unit(rng.normal(size=(40, 8)))
+    decoder_b = unit(decoder_a[rng.permutation(40)] + 0.3 * rng.normal(size=(40, 8)))
+    encoder_b = unit(rng.normal(size=(40, 8)))
+    fire = np.array([0, 4] * 20)  # half dead: live-only matchings too
+    runs = run(1, decoder_a, encoder_a, fire), run(2, decoder_b, encoder_b, fire[::-1])
+    sequential = compare_pair(*runs, ComputeSettings(block_size=7))
+    overlapped = compare_pair(*runs, ComputeSettings(block_size=7, background_min_features=1))
+    assert "overlapped_s" in overlapped.timings and "overlapped_s" not in sequential.timings
+    for name in ("decoder", "encoder", "decoder_live", "encoder_live"):
+        expected, got = getattr(sequential, name), getattr(overlapped, name)
+        np.testing.assert_array_equal(got.rows, expected.rows)
+        np.testing.assert_array_equal(got.columns, expected.columns)
+        np.testing.assert_array_equal(got.cosines, expected.cosines)
+    for key in sequential.best:
+        np.testing.assert_array_equal(overlapped.best[key], sequential.best[key])

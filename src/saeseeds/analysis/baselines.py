@@ -8,6 +8,7 @@ observed group median is permutation-style: p = (1 + #{null pair medians >= obse
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,7 @@ def random_baseline(
     """Compare ``n_samples`` pairs of independent random dictionaries."""
     rng = np.random.default_rng([seed, n_features, d_in])
     # Random dictionaries are all live, so live-only would repeat the full matching.
-    baseline_settings = ComputeSettings(
-        settings.solver, settings.device, settings.block_size, settings.encoder, live_only=False
-    )
+    baseline_settings = dataclasses.replace(settings, live_only=False)
     samples, cosines = [], []
     for index in range(n_samples):
         run_a = random_run(n_features, d_in, rng, 2 * index, settings.encoder)

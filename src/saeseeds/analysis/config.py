@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from saeseeds.analysis.errors import AnalysisConfigError
+from saeseeds.wandb_utils import LoggerConfig
 
 
 class Solver(StrEnum):
@@ -98,23 +99,6 @@ class ReportConfig:
 
 
 @dataclass
-class LoggerConfig:
-    """The W&B analysis run (job_type=analysis). Same fields as the training app's logger group,
-    so ``conf/logger/{wandb,none}.yaml`` serve both apps: ``logger=none`` turns it off."""
-
-    enabled: bool = True
-    project: str = "saeseeds"
-    entity: str | None = None
-    mode: str = "auto"
-    """auto | online | offline | disabled; auto is online when an API key is available."""
-    group: str | None = None
-    """``null``: the sweep's group from environment.json, else DATE_TIME of the multirun folder."""
-    name: str | None = None
-    """``null``: "analysis-<group>"."""
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
 class AnalyzeConfig:
     """``python analyze.py [sweep_dir=PATH|[P1,P2]|'GLOB'] [overrides]``."""
 
@@ -148,7 +132,7 @@ def register_analysis_configs() -> None:
     """Make ``analyze_schema`` (and ``logger/logger_schema``) available to conf/analyze.yaml."""
     store = ConfigStore.instance()
     store.store(name="analyze_schema", node=AnalyzeConfig)
-    # conf/logger/*.yaml start from "logger_schema"; in this app it is the analysis schema.
+    # conf/logger/*.yaml start from "logger_schema": the same schema as in the training app.
     store.store(group="logger", name="logger_schema", node=LoggerConfig)
 
 

@@ -12,7 +12,10 @@ same optimum because every dummy row or column adds the same constant.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
@@ -71,10 +74,63 @@ def match(
 
         rows, columns = linear_sum_assignment(similarity[:n_rows, :n_cols], maximize=True)
     elif solver == "lapjv":
-        column_of_row = _solve_lapjv(similarity)[:n_rows]
-        rows = np.flatnonzero(column_of_row < n_cols)
-        columns = column_of_row[rows]
+        return matching_from_assignment(similarity, _solve_lapjv(similarity), n_rows, n_cols)
     else:
         raise ValueError(f"unknown solver {solver!r}; choose lapjv or scipy")
     rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
     return Matching(rows, columns, similarity[rows, columns].astype(np.float32))
+
+
+class SharedMatrix:
+    """A float32 square matrix in shared memory, so a worker process can solve it without a copy.
+
+    lapjv holds the GIL for its whole solve, so a thread cannot overlap it with other work; a
+    process can. On 2+ cores one pair's decoder solve then runs beside its encoder matrix and
+    solve, with two n² matrices alive (never a third).
+    """
+
+    def __init__(self, size: int):
+        self.shape = (size, size)
+        self.memory = SharedMemory(create=True, size=max(1, size * size * 4))
+        self.array = np.ndarray(self.shape, dtype=np.float32, buffer=self.memory.buf)
+
+    def solve_in_background(self) -> Future:
+        """Column assigned to each row, computed in the worker process."""
+        return _worker_pool().submit(_solve_shared, self.memory.name, self.shape)
+
+    def release(self) -> None:
+        del self.array  # the buffer must have no views left before it is closed
+        self.memory.close()
+        self.memory.unlink()
+
+
+def matching_from_assignment(
+    similarity: np.ndarray, column_of_row: np.ndarray, n_rows: int, n_cols: int
+) -> Matching:
+    """A Matching from a square solve of the (possibly padded) ``similarity``."""
+    column_of_row = column_of_row[:n_rows]
+    rows = np.flatnonzero(column_of_row < n_cols)
+    columns = column_of_row[rows]
+    return Matching(rows, columns, similarity[rows, columns].astype(np.float32))
+
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _worker_pool() -> ProcessPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        # spawn, not fork: the parent may hold BLAS/OpenMP threads, which fork does not survive.
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+    return _POOL
+
+
+def _solve_shared(name: str, shape: tuple[int, int]) -> np.ndarray:
+    memory = SharedMemory(name=name)
+    try:
+        similarity = np.ndarray(shape, dtype=np.float32, buffer=memory.buf)
+        column_of_row = _solve_lapjv(similarity)
+        del similarity
+        return column_of_row
+    finally:
+        memory.close()

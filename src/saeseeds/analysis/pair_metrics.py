@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from saeseeds.analysis.loading import RunFolder
-from saeseeds.analysis.matching import Matching, match
+from saeseeds.analysis.matching import Matching, SharedMatrix, match, matching_from_assignment
 from saeseeds.analysis.similarity import best_matches, cosine_similarity
 
 
@@ -28,6 +28,9 @@ class ComputeSettings:
     block_size: int = 2048
     encoder: bool = True
     live_only: bool = True
+    background_min_features: int = 2048
+    """From this size on, with lapjv, the decoder solve runs in a worker process beside the
+    encoder's matrix and solve (lapjv holds the GIL, so only a process overlaps it)."""
 
 
 @dataclass
@@ -105,6 +108,43 @@ def _live_matching(
     return Matching(live_rows[live.rows], live_columns[live.columns], live.cosines)
 
 
+def _solve_decoder_in_background(settings: ComputeSettings, n_a: int, n_b: int) -> bool:
+    return (
+        settings.solver == "lapjv"
+        and settings.encoder
+        and min(n_a, n_b) >= settings.background_min_features
+    )
+
+
+def _overlapped_matchings(
+    decoders: tuple[np.ndarray, np.ndarray],
+    encoders: tuple[np.ndarray, np.ndarray],
+    settings: ComputeSettings,
+    timings: dict[str, float],
+) -> tuple[Matching, dict[str, np.ndarray], Matching]:
+    """Decoder and encoder matchings, the decoder's lapjv solve running in a worker process."""
+    n_rows, n_cols = decoders[0].shape[0], decoders[1].shape[0]
+    shared = SharedMatrix(max(n_rows, n_cols))
+    try:
+        start = time.perf_counter()
+        cosine_similarity(
+            *decoders, block_size=settings.block_size, device=settings.device,
+            square=True, out=shared.array,
+        )  # fmt: skip
+        _timed(timings, "similarity_s", start)
+        start = time.perf_counter()
+        best = best_matches(shared.array[:n_rows, :n_cols], settings.block_size)
+        _timed(timings, "best_match_s", start)
+        start = time.perf_counter()
+        decoder_solve = shared.solve_in_background()
+        encoder, _ = _full_matching(*encoders, settings, timings, False)
+        decoder = matching_from_assignment(shared.array, decoder_solve.result(), n_rows, n_cols)
+        timings["overlapped_s"] = timings.get("overlapped_s", 0.0) + time.perf_counter() - start
+    finally:
+        shared.release()
+    return decoder, best, encoder
+
+
 def compare_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) -> PairResult:
     """Decoder (and encoder) matchings of two runs, full and live-only."""
     timings: dict[str, float] = {}
@@ -117,7 +157,16 @@ def compare_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) 
         return _live_matching(rows, columns, live_a, live_b, settings, timings)
 
     decoder_a, decoder_b = run_a.decoder_directions, run_b.decoder_directions
-    decoder, best = _full_matching(decoder_a, decoder_b, settings, timings)
+    encoder_a, encoder_b = run_a.encoder_directions, run_b.encoder_directions
+    if _solve_decoder_in_background(settings, run_a.n_features, run_b.n_features):
+        decoder, best, encoder = _overlapped_matchings(
+            (decoder_a, decoder_b), (encoder_a, encoder_b), settings, timings
+        )
+    else:
+        decoder, best = _full_matching(decoder_a, decoder_b, settings, timings)
+        encoder = None
+        if settings.encoder:
+            encoder, _ = _full_matching(encoder_a, encoder_b, settings, timings, False)
     result = PairResult(
         run_a.seed,
         run_b.seed,
@@ -131,11 +180,10 @@ def compare_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) 
     )
     if settings.live_only:
         result.decoder_live = live_only(decoder, decoder_a, decoder_b)
-    if settings.encoder:
-        encoder_a, encoder_b = run_a.encoder_directions, run_b.encoder_directions
-        result.encoder, _ = _full_matching(encoder_a, encoder_b, settings, timings, False)
+    if encoder is not None:
+        result.encoder = encoder
         if settings.live_only:
-            result.encoder_live = live_only(result.encoder, encoder_a, encoder_b)
+            result.encoder_live = live_only(encoder, encoder_a, encoder_b)
     return result
 
 

@@ -43,16 +43,25 @@ def cosine_similarity(
     block_size: int = 2048,
     device: str = "cpu",
     square: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """C[i, j] = rows[i] · columns[j] as float32 [n_rows, n_cols].
 
     With ``square=True`` the result is [m, m], m = max(n_rows, n_cols), zero outside the
-    top-left block: the padded form an assignment solver for square matrices needs.
+    top-left block: the padded form an assignment solver for square matrices needs. ``out``
+    (float32, that shape) receives the result, e.g. a buffer in shared memory.
     """
     n_rows, n_cols = rows.shape[0], columns.shape[0]
     shape = (max(n_rows, n_cols),) * 2 if square else (n_rows, n_cols)
     exact_fit = shape == (n_rows, n_cols)
-    similarity = np.empty(shape, dtype=np.float32) if exact_fit else np.zeros(shape, np.float32)
+    if out is not None:
+        if out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        similarity = out
+        if not exact_fit:
+            similarity.fill(0.0)
+    else:
+        similarity = np.empty(shape, np.float32) if exact_fit else np.zeros(shape, np.float32)
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     columns = np.ascontiguousarray(columns, dtype=np.float32)
     if device == "cuda":

@@ -5,11 +5,13 @@ logger, paths. Validation of values a schema cannot express (k < n_features, lr 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from saeseeds.wandb_utils import LoggerConfig
 
 
 @dataclass
@@ -105,22 +107,6 @@ class TrainerConfig:
     """Save ``checkpoints/last.ckpt`` this often (for resuming)."""
     deterministic: bool = True
     enable_progress_bar: bool = True
-
-
-@dataclass
-class LoggerConfig:
-    """Weights & Biases logging; ``logger=none`` disables it."""
-
-    enabled: bool = True
-    project: str = "saeseeds"
-    entity: str | None = None
-    mode: str = "auto"
-    """auto | online | offline | disabled; auto is online when an API key is available."""
-    group: str | None = None
-    """``null``: the multirun folder (all jobs of a sweep share it) or the run folder."""
-    name: str | None = None
-    """``null``: the job's overrides."""
-    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
