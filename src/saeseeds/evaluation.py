@@ -9,19 +9,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saeseeds.sae import TopKSAE
+from saeseeds.sae import SAEOutput, TopKSAE
 
 
-def reconstruction_totals(x: Tensor, reconstruction: Tensor, latent_values: Tensor) -> dict:
-    """Sums over a batch from which held-out metrics are computed exactly over many batches."""
-    x, reconstruction = x.double(), reconstruction.double()
+def batch_totals(x: Tensor, output: SAEOutput, n_features: int) -> dict[str, Tensor]:
+    """Sums over one batch from which held-out metrics are computed exactly over many batches."""
+    x, reconstruction = x.double(), output.reconstruction.double()
+    fired = output.latent_values > 0  # [batch, k]
+    indices = output.latent_indices[fired]
     return {
         "n": torch.tensor(x.shape[0], dtype=torch.float64, device=x.device),
         "squared_error": (x - reconstruction).pow(2).sum(),
         "sum_x": x.sum(0),  # [d_in]
         "sum_x_squared": x.pow(2).sum(),
-        "active": (latent_values > 0).sum().double(),
+        "active": fired.sum().double(),
+        "fire_count": torch.bincount(indices, minlength=n_features),  # [n_features]
+        "activation_sum": torch.zeros(n_features, dtype=torch.float64, device=x.device).index_add_(
+            0, indices, output.latent_values[fired].double()
+        ),  # [n_features]
     }
+
+
+def accumulate(running: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+    for name, value in batch.items():
+        running[name] = running[name] + value if name in running else value
 
 
 def summarise_totals(totals: dict) -> dict[str, float]:
@@ -46,20 +57,10 @@ def evaluate_heldout(
     sae: TopKSAE, heldout: Tensor, batch_size: int
 ) -> tuple[dict[str, float], Tensor, Tensor]:
     """Metrics plus ``fire_count`` (int64) and ``activation_sum`` (float32) per feature."""
-    totals: dict = {}
-    fire_count = torch.zeros(sae.n_features, dtype=torch.long)
-    activation_sum = torch.zeros(sae.n_features, dtype=torch.float64)
+    totals: dict[str, Tensor] = {}
     device = sae.W_dec.device
     for start in range(0, len(heldout), batch_size):
         x = heldout[start : start + batch_size].to(device).float()  # [batch, d_in]
-        output = sae(x)
-        for name, value in reconstruction_totals(
-            x, output.reconstruction, output.latent_values
-        ).items():
-            totals[name] = totals.get(name, 0) + value.cpu()
-        fired = output.latent_values > 0
-        indices = output.latent_indices[fired].cpu()
-        fire_count += torch.bincount(indices, minlength=sae.n_features)
-        activation_sum.index_add_(0, indices, output.latent_values[fired].double().cpu())
-    totals["fire_count"] = fire_count
-    return summarise_totals(totals), fire_count, activation_sum.float()
+        batch = batch_totals(x, sae(x), sae.n_features)
+        accumulate(totals, {name: value.cpu() for name, value in batch.items()})
+    return summarise_totals(totals), totals["fire_count"], totals["activation_sum"].float()

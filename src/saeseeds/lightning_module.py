@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from saeseeds.evaluation import reconstruction_totals, summarise_totals
+from saeseeds.evaluation import accumulate, batch_totals, summarise_totals
 from saeseeds.sae import TopKSAE
 
 
@@ -99,13 +99,7 @@ class SAETrainingModule(L.LightningModule):
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch.float() * self.input_scale
-        output = self.sae(x)
-        totals = reconstruction_totals(x, output.reconstruction, output.latent_values)
-        totals["fire_count"] = torch.bincount(
-            output.latent_indices[output.latent_values > 0], minlength=self.sae.n_features
-        )
-        for name, value in totals.items():
-            self.validation_totals[name] = self.validation_totals.get(name, 0) + value
+        accumulate(self.validation_totals, batch_totals(x, self.sae(x), self.sae.n_features))
 
     def on_validation_epoch_end(self) -> None:
         if not self.validation_totals:
