@@ -2,8 +2,8 @@
 
     python analyze.py sweep_dir=outputs/multirun/DATE/TIME
 
-Reads run folders (contract v1, DESIGN.md) and writes a report folder; see conf/analyze.yaml for
-every option. Never imports training code.
+Reads run folders (the contract in docs/contract.md) and writes a report folder; see
+conf/analyze.yaml for every option. Never imports training code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from saeseeds.analysis.app import run_analysis
 from saeseeds.analysis.config import register_analysis_configs
-from saeseeds.analysis.errors import AnalysisError
+from saeseeds.errors import UserError
 
 register_analysis_configs()
 
@@ -26,7 +26,7 @@ register_analysis_configs()
 def main(cfg: DictConfig) -> None:
     try:
         run_analysis(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except AnalysisError as error:
+    except UserError as error:
         print(f"analyze.py: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
 

@@ -1,4 +1,4 @@
-"""Train one Top-K SAE: ``python train.py``; sweep: ``python train.py -m seed=1,2,3``."""
+"""Train one SAE: ``python train.py``; sweep: ``python train.py -m seed=1,2,3``."""
 
 import logging
 import sys
@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from saeseeds.config import register_configs
+from saeseeds.errors import UserError
 
 register_configs()
 
@@ -14,13 +15,11 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     # Heavy imports after Hydra has parsed the command line, so --help and --cfg stay fast.
-    from saeseeds.config.validation import ConfigError
-    from saeseeds.data.base import DataError
-    from saeseeds.train_app import train
+    from saeseeds.training.run import train
 
     try:
         train(cfg)
-    except (ConfigError, DataError) as error:
+    except UserError as error:
         # A user's input error: the message says what to change; a traceback would bury it.
         logging.getLogger("saeseeds").error("%s", error)
         sys.exit(f"error: {error}")

@@ -32,8 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOAD_MODEL = """
 import json, time
 started = time.perf_counter()
-from saeseeds import models
-from saeseeds.config.activations import ModelConfig
+from saeseeds.activations import models
+from saeseeds.config.model import ModelConfig
 model = models.load_model(ModelConfig(), {cache!r})
 print(json.dumps({{"seconds": time.perf_counter() - started, "in_load_model": model.load_seconds}}))
 """

@@ -4,6 +4,10 @@ autograd encoder, and sparse vs dense decoder.
 
     python scripts/bench_train_step.py                      # the issue's size: 576 x 16384, k=32
     python scripts/bench_train_step.py --n-features 4096 --batch-size 1024 --device cuda
+    python scripts/bench_train_step.py --architecture batchtopk   # any registered architecture
+
+The variants (fused/plain encoder, sparse/dense decoder) are Top-K's; other architectures are
+timed as they are.
 
 The variants' steps are timed round-robin in one process, so load from other jobs on a shared
 machine falls on all of them alike; speeds (tokens/s from the median step) are reported with
@@ -19,7 +23,7 @@ import time
 
 import torch
 
-from saeseeds.sae import AUXK_ALPHA, TopKSAE
+from saeseeds.sae import REGISTRY, architecture
 
 ENCODERS = {"fused": True, "plain": False}
 DECODERS = {"sparse": True, "dense": False}
@@ -28,19 +32,25 @@ DECODERS = {"sparse": True, "dense": False}
 def train_step(sae, optimizer, x, dead_mask, autocast_dtype):
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         output = sae(x, dead_mask)
-        loss = output.mse + AUXK_ALPHA * output.aux_loss
+        loss = sum(output.losses.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    sae.remove_parallel_decoder_grad()
+    sae.before_optimizer_step()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
     optimizer.step()
-    sae.normalize_decoder_rows()
+    sae.after_optimizer_step()
 
 
 def build(args, fused_encoder: bool, sparse_decoder: bool):
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    sae = TopKSAE(args.d_in, args.n_features, args.k, sparse_decoder, fused_encoder)
+    config_class = architecture(args.architecture).Config
+    fields = config_class.__dataclass_fields__
+    options = {"n_features": args.n_features, "k": args.k, "sparse_decoder": sparse_decoder}
+    config = config_class(**{name: value for name, value in options.items() if name in fields})
+    sae = architecture(args.architecture)(args.d_in, config)
+    if hasattr(sae, "fused_encoder"):
+        sae.fused_encoder = fused_encoder
     sae.initialize(torch.randn(4096, args.d_in, generator=generator), generator)
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
@@ -63,10 +73,11 @@ def timed_step(setup, autocast_dtype, device: torch.device) -> float:
 def measure(args, autocast_dtype) -> dict[tuple[str, str], list[float]]:
     """Seconds of each step per (encoder, decoder), one step of each variant in turn."""
     device = torch.device(args.device)
+    encoders, decoders = (ENCODERS, DECODERS) if args.architecture == "topk" else ({"-": True},) * 2
     setups = {
         (encoder, decoder): build(args, fused, sparse)
-        for encoder, fused in ENCODERS.items()
-        for decoder, sparse in DECODERS.items()
+        for encoder, fused in encoders.items()
+        for decoder, sparse in decoders.items()
     }
     for setup in setups.values():
         for _ in range(args.warmup):
@@ -80,6 +91,7 @@ def measure(args, autocast_dtype) -> dict[tuple[str, str], list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", default="topk", choices=sorted(REGISTRY))
     parser.add_argument("--d-in", type=int, default=576)
     parser.add_argument("--n-features", type=int, default=16384)
     parser.add_argument("--k", type=int, default=32)
@@ -93,7 +105,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"d_in={args.d_in} n_features={args.n_features} k={args.k} batch={args.batch_size} "
+        f"{args.architecture}: d_in={args.d_in} n_features={args.n_features} k={args.k} "
+        f"batch={args.batch_size} "
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
     )
     precisions = [("fp32", None)] + ([("bf16-autocast", torch.bfloat16)] if args.bf16 else [])
@@ -110,6 +123,8 @@ def main() -> None:
                 f"{label} {encoder} encoder, {decoder} decoder: {speed:>10,.0f} tokens/s "
                 f"(best step {best:,.0f})"
             )
+    if args.architecture != "topk":
+        return
     for label, _ in precisions:
         for decoder in DECODERS:
             ratio = results[label, "fused", decoder] / results[label, "plain", decoder]

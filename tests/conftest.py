@@ -1,14 +1,20 @@
-"""Shared fixtures: an offline, quiet W&B and composed tiny training configs."""
+"""Shared fixtures: an offline, quiet W&B, no Hub, composed tiny training configs, and a tiny
+real transformer (built locally) with text sources on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
+from saeseeds.activations import cache as activation_cache
+from saeseeds.activations.corpora import PythonDocsCorpus
+from saeseeds.activations.text import TextActivationSource
+from saeseeds.training import lm_eval
 from tests.helpers import TINY_SAE, TINY_SYNTHETIC, compose_train
+from tests.tiny_lm import build_tiny_lm
 
 
 @pytest.fixture(autouse=True)
@@ -24,5 +30,67 @@ def train_config(tmp_path) -> Callable[..., DictConfig]:
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         data = [] if "data=activations" in overrides else TINY_SYNTHETIC
         return compose_train([*TINY_SAE, *data, *overrides], output_dir or tmp_path / "run")
+
+    return make
+
+
+# Small enough that a cache builds in about a second on the tiny model.
+TINY_DATA = dict(seq_len=32, n_tokens=2048, batch_size=256, heldout_fraction=0.1, eval_sequences=4)
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Nothing in these tests may touch the Hugging Face Hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory() -> Iterator[None]:
+    """Each test starts without activations or baselines kept in memory by an earlier one."""
+    activation_cache.forget_memory()
+    lm_eval._BASELINE_MEMORY.clear()
+    yield
+    activation_cache.forget_memory()
+    lm_eval._BASELINE_MEMORY.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_llama"), architecture="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), architecture="gpt2", train_steps=0)
+
+
+@pytest.fixture
+def make_source(tiny_llama, tmp_path) -> Callable[..., TextActivationSource]:
+    """A text source on the tiny Llama at blocks.1.hook_resid_pre, caching under tmp_path."""
+
+    def make(
+        model_path: Path | None = None,
+        hook_point: str = "resid_pre",
+        layer: int = 1,
+        corpus=None,
+        model: dict | None = None,
+        **overrides,
+    ) -> TextActivationSource:
+        model_config = {
+            "name": "local",
+            "path": str(model_path or tiny_llama),
+            "forward_batch_size": 32,
+            **(model or {}),
+        }
+        hook = {"point": hook_point, "layer": layer, "name": f"blocks.{layer}.hook_{hook_point}"}
+        knobs = {
+            **TINY_DATA,
+            "cache_dir": str(tmp_path / "cache"),
+            "model_cache_dir": str(tmp_path / "model_cache"),
+            **overrides,
+        }
+        return TextActivationSource(
+            model=model_config, hook=hook, corpus=corpus or PythonDocsCorpus(), **knobs
+        )
 
     return make

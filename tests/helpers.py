@@ -126,3 +126,23 @@ def offline_wandb_run(run_folder: Path) -> dict:
                 item.key or "/".join(item.nested_key) for item in record.history.item
             )
     return contents
+
+
+def topk_sae(
+    d_in: int, n_features: int, k: int, sparse_decoder: bool = True, fused_encoder: bool = True
+):
+    """A Top-K SAE built the way the app builds one (from its typed config)."""
+    from saeseeds.sae.topk import TopKConfig, TopKSAE
+
+    config = TopKConfig(n_features=n_features, k=k, sparse_decoder=sparse_decoder)
+    return TopKSAE(d_in, config, fused_encoder=fused_encoder)
+
+
+def cache_folders(cache_dir: Path) -> list[Path]:
+    """Finished cache folders (not locks, not temporary folders)."""
+    root = Path(cache_dir) / "activations"
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.exists()
+        else []
+    )

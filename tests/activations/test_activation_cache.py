@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from saeseeds import activation_cache, models
-from saeseeds.activation_cache import MANIFEST_FILE, TENSORS_FILE
-from tests.activations.conftest import cache_folders
-from tests.helpers import REPO_ROOT
+from saeseeds.activations import cache as activation_cache
+from saeseeds.activations import models
+from saeseeds.activations.cache import MANIFEST_FILE, TENSORS_FILE
+from tests.helpers import REPO_ROOT, cache_folders
 
 
 def count_forwards(source) -> list[int]:
@@ -108,9 +108,9 @@ RACER = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from saeseeds.corpus import PythonDocsCorpus
-from saeseeds.data.text import TextActivationSource
-from saeseeds import models
+from saeseeds.activations.corpora import PythonDocsCorpus
+from saeseeds.activations.text import TextActivationSource
+from saeseeds.activations import models
 source = TextActivationSource(
     model={{"name": "local", "path": {model!r}, "forward_batch_size": 8}},
     hook={{"point": "resid_pre", "layer": 1, "name": "blocks.1.hook_resid_pre"}},

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from saeseeds.corpus import HFDatasetCorpus, PythonDocsCorpus, TextFilesCorpus
-from saeseeds.data.base import DataError
-from saeseeds.data.text import TextActivationSource
-from saeseeds.models import hub_offline
+from saeseeds.activations.corpora import HFDatasetCorpus, PythonDocsCorpus, TextFilesCorpus
+from saeseeds.activations.models import hub_offline
+from saeseeds.activations.text import TextActivationSource
+from saeseeds.errors import DataError
 from tests.helpers import compose_train
 
 

@@ -10,8 +10,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from saeseeds.corpus import PythonDocsCorpus, TextFilesCorpus, pack_sequences, python_docs_texts
-from saeseeds.data.base import DataError
+from saeseeds.activations.corpora import (
+    PythonDocsCorpus,
+    TextFilesCorpus,
+    pack_sequences,
+    python_docs_texts,
+)
+from saeseeds.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +107,7 @@ def test_too_small_corpus_says_how_many_tokens_it_has(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_embedded_corpus_has_over_100k_smollm2_tokens(tmp_path):
-    from saeseeds import models
+    from saeseeds.activations import models
 
     embedded = models.EMBEDDED_MODELS["smollm2-135m"]
     folder = models._converted_folder("smollm2-135m", embedded, "~/.cache/saeseeds")

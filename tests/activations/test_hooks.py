@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeseeds import hooks, models
-from saeseeds.config.activations import HOOK_POINTS, HookConfig, ModelConfig
-from saeseeds.data.base import DataError
+from saeseeds.activations import hooks, models
+from saeseeds.config.hook import HOOK_POINTS, HookConfig
+from saeseeds.config.model import ModelConfig
+from saeseeds.errors import DataError
 
 
 @pytest.fixture(scope="module")

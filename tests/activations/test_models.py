@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from saeseeds import models
-from saeseeds.config.activations import ModelConfig
-from saeseeds.data.base import DataError
+from saeseeds.activations import models
+from saeseeds.config.model import ModelConfig
+from saeseeds.errors import DataError
 
 
 @pytest.fixture(autouse=True)

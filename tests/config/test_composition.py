@@ -7,9 +7,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from saeseeds.config.validation import ConfigError, validate_train_config
-from saeseeds.data.base import ActivationSource
-from saeseeds.sae import TopKSAE
+from saeseeds.activations.base import ActivationSource
+from saeseeds.config.validation import sae_config_of, validate_train_config
+from saeseeds.errors import ConfigError
+from saeseeds.sae import build_sae
+from saeseeds.sae.topk import TopKSAE
 from tests.helpers import CONF_DIR, compose_train
 
 GROUPS = ("model", "hook", "sae", "data", "trainer", "logger", "paths")
@@ -36,7 +38,8 @@ def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):
     assert isinstance(source, ActivationSource)
     splits = source.load()
     assert splits.train.shape == (2048, cfg.data.d_in)
-    sae = TopKSAE(splits.d_in, cfg.sae.n_features, cfg.sae.k)
+    sae = build_sae(splits.d_in, sae_config_of(cfg.sae))
+    assert isinstance(sae, TopKSAE)
     assert sae.W_dec.shape == (64, cfg.data.d_in)
 
 
@@ -69,15 +72,15 @@ def test_schema_rejects_bad_overrides_at_composition(tmp_path, override, error, 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["sae.k=0"], "sae.k=0 must be a positive integer"),
-        (["sae.k=-3"], "sae.k=-3 must be a positive integer"),
+        (["sae.k=0"], "sae.k=0 must be in 1..4095"),
+        (["sae.k=-3"], "sae.k=-3 must be in 1..4095"),
         (["sae.n_features=0"], "sae.n_features=0 must be a positive integer"),
-        (["sae.n_features=64", "sae.k=64"], "sae.k=64 must be smaller than sae.n_features=64"),
-        (["sae.n_features=64", "sae.k=100"], "valid k are 1..63"),
+        (["sae.n_features=64", "sae.k=64"], "sae.k=64 must be in 1..63"),
+        (["sae.n_features=64", "sae.k=100"], "sae.k=100 must be in 1..63"),
         (["sae.lr=0"], "sae.lr=0.0 must be > 0"),
         (["sae.lr=-1e-3"], "sae.lr=-0.001 must be > 0"),
-        (["seed=abc"], "seed='abc' is not an integer"),
-        (["seed=1.5"], "seed=1.5 is not an integer"),
+        (["seed=abc"], "seed='abc' is not valid"),
+        (["seed=1.5"], "seed=1.5 is not valid"),
         (["trainer.precision=fp8"], "trainer.precision='fp8' is not valid"),
         (["logger.mode=sometimes"], "logger.mode='sometimes' is not valid"),
         (["sae.normalize=zscore"], "sae.normalize='zscore' is not valid"),

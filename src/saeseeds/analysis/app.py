@@ -25,14 +25,14 @@ from saeseeds.analysis.errors import AnalysisError
 from saeseeds.analysis.group_analysis import GroupReport, analyse_group
 from saeseeds.analysis.grouping import Group, group_runs
 from saeseeds.analysis.pair_metrics import ComputeSettings
-from saeseeds.analysis.report_data import (
+from saeseeds.analysis.report.data import (
     build_summary,
     write_features_csv,
     write_pairs_csv,
     write_summary,
     write_text,
 )
-from saeseeds.analysis.report_markdown import render_report
+from saeseeds.analysis.report.markdown import render_report
 from saeseeds.analysis.similarity import select_device
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _write_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, dict[str, Path]] = {}
     if cfg.report.figures:
-        from saeseeds.analysis.plots import write_figures  # matplotlib only when drawing
+        from saeseeds.analysis.report.plots import write_figures  # matplotlib only when drawing
 
         figures = write_figures(reports, report_dir / "figures")
     write_pairs_csv(reports, report_dir / "pairs.csv")
@@ -118,7 +118,7 @@ def _log_to_wandb(
     report_dir: Path,
 ) -> dict[str, str] | None:
     try:
-        from saeseeds.analysis.wandb_logging import log_to_wandb
+        from saeseeds.analysis.report.wandb_run import log_to_wandb
 
         return log_to_wandb(cfg.logger, config, reports, figures, roots, report_dir)
     except Exception as error:  # noqa: BLE001 - W&B must never cost the report

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from saeseeds.analysis.errors import AnalysisConfigError
-from saeseeds.wandb_utils import LoggerConfig
+from saeseeds.tracking import LoggerConfig
 
 
 class Solver(StrEnum):
@@ -129,11 +129,11 @@ class AnalyzeConfig:
 
 
 def register_analysis_configs() -> None:
-    """Make ``analyze_schema`` (and ``logger/logger_schema``) available to conf/analyze.yaml."""
+    """Make ``analyze_schema`` (and ``schema/logger/logger``) available to conf/analyze.yaml."""
     store = ConfigStore.instance()
     store.store(name="analyze_schema", node=AnalyzeConfig)
-    # conf/logger/*.yaml start from "logger_schema": the same schema as in the training app.
-    store.store(group="logger", name="logger_schema", node=LoggerConfig)
+    # conf/logger/*.yaml start from "/schema/logger/logger": the same schema as in the training app.
+    store.store(group="schema/logger", name="logger", node=LoggerConfig)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from saeseeds.errors import UserError
 
-class AnalysisError(Exception):
+
+class AnalysisError(UserError):
     """Nothing can be analysed, or the request is invalid; the CLI exits with ``exit_code``."""
-
-    exit_code = 2
 
 
 class AnalysisConfigError(AnalysisError):

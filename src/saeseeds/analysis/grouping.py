@@ -1,7 +1,7 @@
 """Grouping runs into conditions: runs whose configs are equal apart from seed and output paths.
 
-A group is analysable when it has at least two distinct seeds and its runs agree on what the
-contract says about the dictionaries (d_in, n_features, hook, model, architecture). Groups that
+A group is analysable when it has at least two distinct seeds and its runs agree on every field
+of cfg.json but the seed (architecture, sizes, k, model, hook, normalisation, ...). Groups that
 are not analysable are kept with the reason, so the report can list them.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from saeseeds.analysis.loading import RunFolder, SkippedRun
 
-# cfg.json fields that must agree inside a group for its dictionaries to be comparable.
-CONSISTENCY_FIELDS = ("d_in", "n_features", "hook_name", "model_name", "architecture")
+# cfg.json fields that may differ inside a group; every other one must agree.
+PER_RUN_FIELDS = ("seed",)
 
 
 @dataclass
@@ -61,8 +61,9 @@ def _labels(configs: list[dict[str, Any]], runs: list[list[RunFolder]]) -> list[
 
 
 def _consistency_problem(runs: list[RunFolder]) -> str | None:
-    for name in CONSISTENCY_FIELDS:
-        values = {str(run.cfg.get(name)) for run in runs}
+    names = sorted({name for run in runs for name in run.cfg} - set(PER_RUN_FIELDS))
+    for name in names:
+        values = {json.dumps(run.cfg.get(name), sort_keys=True) for run in runs}
         if len(values) > 1:
             detail = ", ".join(f"{run.path.name}: {run.cfg.get(name)}" for run in runs)
             return (

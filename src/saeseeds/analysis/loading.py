@@ -1,9 +1,10 @@
-"""Reading and validating one run folder of contract version 1 (DESIGN.md, "Run-folder contract").
+"""Reading and validating one run folder (the contract of :mod:`saeseeds.contract`).
 
 Owns every read of a run folder: cfg.json, sae_weights.safetensors, feature_stats.safetensors,
-metrics.json, environment.json, .hydra/config.yaml and, lazily, top_examples.json. Tensors are
-read with safetensors only (never pickle), and ``checkpoints/`` is never touched. A folder that
-cannot be used raises :class:`RunFolderError` with the reason; nothing here decides grouping.
+metrics.json, environment.json, .hydra/config.yaml (only for runs whose environment.json predates
+the config record) and, lazily, top_examples.json. Tensors are read with safetensors only (never
+pickle), and ``checkpoints/`` is never touched. A folder that cannot be used raises
+:class:`RunFolderError` with the reason; nothing here decides grouping.
 """
 
 from __future__ import annotations
@@ -17,13 +18,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 
+from saeseeds import contract
 from saeseeds.analysis.errors import RunFolderError
-
-CONTRACT_VERSION = 1
-# Keys of .hydra/config.yaml that differ between the seeds of one group or only say where
-# outputs go; everything else must be equal for runs to be compared.
-IGNORED_CONFIG_KEYS = ("seed", "paths", "logger", "resume", "ckpt_path")
-IGNORED_NESTED_KEYS = (("trainer", "enable_progress_bar"),)
 
 
 @dataclass
@@ -124,37 +120,37 @@ def _check_shape(array: np.ndarray, shape: tuple[int, ...], name: str) -> None:
         )
 
 
-def comparable_config(run_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The composed config minus seed and output paths, unresolved (interpolations kept as text)."""
+def comparable_config(run_path: Path, environment: Any) -> dict[str, Any]:
+    """The run's condition: the config it recorded at completion (environment.json) without the
+    seed; for runs written before that record, .hydra/config.yaml without the same keys."""
+    recorded = environment.get("config") if isinstance(environment, dict) else None
+    if isinstance(recorded, dict):
+        return contract.without_keys(recorded, contract.NON_CONDITION_KEYS)
     hydra_config = run_path / ".hydra" / "config.yaml"
     if not hydra_config.is_file():
-        return {key: value for key, value in cfg.items() if key != "seed"}
+        raise RunFolderError("corrupt", "neither environment.json nor .hydra/ records its config")
     try:
         config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
     except Exception as error:  # OmegaConf raises several yaml/omegaconf error types
         raise RunFolderError("corrupt", f".hydra/config.yaml is unreadable: {error}") from error
     if not isinstance(config, dict):
         raise RunFolderError("corrupt", ".hydra/config.yaml is not a mapping")
-    for key in IGNORED_CONFIG_KEYS:
-        config.pop(key, None)
-    for parent, child in IGNORED_NESTED_KEYS:
-        if isinstance(config.get(parent), dict):
-            config[parent].pop(child, None)
-    return config
+    return contract.without_keys(config, contract.NON_CONDITION_KEYS)
 
 
 def load_run(run_path: Path) -> RunFolder:
     """Read and validate one run folder; raises :class:`RunFolderError` with the reason."""
-    if not (run_path / "COMPLETE").is_file():
+    if not (run_path / contract.COMPLETE_MARKER).is_file():
         raise RunFolderError("incomplete", "no COMPLETE marker (training unfinished or crashed)")
-    cfg = _read_json(run_path / "cfg.json", "the run's SAE config")
+    cfg = _read_json(run_path / contract.CFG_FILE, "the run's SAE config")
     if not isinstance(cfg, dict):
         raise RunFolderError("corrupt", "cfg.json is not a JSON object")
     version = cfg.get("contract_version")
-    if version != CONTRACT_VERSION:
+    if version != contract.CONTRACT_VERSION:
         raise RunFolderError(
             "rejected",
-            f"contract_version {version!r}; this analysis reads version {CONTRACT_VERSION}",
+            f"contract_version {version!r}; this analysis reads "
+            f"version {contract.CONTRACT_VERSION}",
         )
     try:
         d_in, n_features, seed = int(cfg["d_in"]), int(cfg["n_features"]), int(cfg["seed"])
@@ -163,7 +159,7 @@ def load_run(run_path: Path) -> RunFolder:
             "corrupt", f"cfg.json lacks a valid d_in/n_features/seed ({error})"
         ) from error
 
-    weights, _ = _read_tensors(run_path / "sae_weights.safetensors", ("W_dec", "W_enc"))
+    weights, _ = _read_tensors(run_path / contract.WEIGHTS_FILE, ("W_dec", "W_enc"))
     _check_shape(weights["W_dec"], (n_features, d_in), "W_dec")
     _check_shape(weights["W_enc"], (d_in, n_features), "W_enc")
     for name, tensor in weights.items():
@@ -172,7 +168,7 @@ def load_run(run_path: Path) -> RunFolder:
     decoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_dec"), dtype=np.float32))
     encoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_enc").T, dtype=np.float32))
 
-    stats, metadata = _read_tensors(run_path / "feature_stats.safetensors", ("fire_count",))
+    stats, metadata = _read_tensors(run_path / contract.FEATURE_STATS_FILE, ("fire_count",))
     fire_counts = stats["fire_count"].astype(np.int64)
     _check_shape(fire_counts, (n_features,), "fire_count")
     try:
@@ -182,7 +178,8 @@ def load_run(run_path: Path) -> RunFolder:
             "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
         ) from error
 
-    metrics_path, environment_path = run_path / "metrics.json", run_path / "environment.json"
+    metrics_path = run_path / contract.METRICS_FILE
+    environment_path = run_path / contract.ENVIRONMENT_FILE
     metrics = _read_json(metrics_path, "final metrics") if metrics_path.is_file() else {}
     environment = _read_json(environment_path, "versions") if environment_path.is_file() else {}
     wandb_info = environment.get("wandb") if isinstance(environment, dict) else None
@@ -190,7 +187,7 @@ def load_run(run_path: Path) -> RunFolder:
         path=run_path,
         seed=seed,
         cfg=cfg,
-        comparable_config=comparable_config(run_path, cfg),
+        comparable_config=comparable_config(run_path, environment),
         decoder_directions=decoder_directions,
         encoder_directions=encoder_directions,
         fire_counts=fire_counts,
@@ -202,7 +199,7 @@ def load_run(run_path: Path) -> RunFolder:
 
 def read_top_examples(run_path: Path) -> dict[int, list[dict[str, Any]]]:
     """top_examples.json as {feature index: contexts}; {} when absent or unreadable."""
-    path = run_path / "top_examples.json"
+    path = run_path / contract.TOP_EXAMPLES_FILE
     if not path.is_file():
         return {}
     try:

@@ -1,4 +1,4 @@
-"""Typed config schemas (Hydra ConfigStore) and their validation.
+"""Typed config schemas (Hydra ConfigStore), one module per group, and their validation.
 
 ``register_configs()`` must run before Hydra composes a config; both entry scripts call it.
 """
@@ -26,10 +26,15 @@ def job_subdir(override_dirname: str, job_number: int) -> str:
 
 
 def register_configs() -> None:
-    from saeseeds.config import activations, training
+    from saeseeds.config import data, hook, model, sae, trainer
+    from saeseeds.tracking import LoggerConfig
 
     if not OmegaConf.has_resolver("job_subdir"):
         OmegaConf.register_new_resolver("job_subdir", job_subdir)
     store = ConfigStore.instance()
-    training.register(store)
-    activations.register(store)
+    store.store(group="schema/model", name="model", node=model.ModelConfig)
+    store.store(group="schema/hook", name="hook", node=hook.HookConfig)
+    store.store(group="schema/logger", name="logger", node=LoggerConfig)
+    data.register(store)
+    sae.register(store)
+    trainer.register(store)

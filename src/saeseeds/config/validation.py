@@ -1,28 +1,31 @@
 """Checks of values that a typed schema cannot express. Run before any data is read or trained.
 
-Every failure raises :class:`ConfigError` naming the bad value and what would be valid.
+Every failure raises :class:`ConfigError` naming the bad value and what would be valid. The SAE
+group is checked by its architecture's own config dataclass (its ``__post_init__``), built here
+from the composed config, so each architecture owns its checks.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from saeseeds.wandb_utils import VALID_MODES
+from saeseeds.errors import ConfigError
+from saeseeds.sae import SAEConfig, architecture
+from saeseeds.tracking import VALID_MODES
 
 VALID_PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
-VALID_NORMALIZATIONS = ("scalar", "none")
-VALID_ARCHITECTURES = ("topk",)
+MAX_SEED = 2**32
 
 
-class ConfigError(ValueError):
-    """A config value is out of range or inconsistent."""
-
-
-def validate_train_config(cfg: DictConfig) -> None:
+def validate_train_config(cfg: DictConfig) -> SAEConfig:
+    """Check the composed training config; return the SAE's typed config."""
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} is not an integer; use e.g. seed=0 or -m seed=1,2,3.")
-    validate_sae_config(cfg.sae)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(
+            f"seed={seed!r} is not valid; use an integer in [0, 2^32), e.g. seed=0 or "
+            "-m seed=1,2,3."
+        )
+    sae_config = sae_config_of(cfg.sae)
     precision = cfg.trainer.precision
     if precision is not None and str(precision) not in VALID_PRECISIONS:
         raise ConfigError(
@@ -39,35 +42,19 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
     if cfg.resume and cfg.ckpt_path:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
+    return sae_config
 
 
-def validate_sae_config(sae: DictConfig) -> None:
-    if sae.architecture not in VALID_ARCHITECTURES:
+def sae_config_of(sae: DictConfig) -> SAEConfig:
+    """The architecture's config dataclass, built (and so checked) from the ``sae`` group."""
+    config_class = architecture(str(sae.architecture)).Config
+    values = OmegaConf.to_container(sae, resolve=True)
+    known = set(config_class.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
         raise ConfigError(
-            f"sae.architecture={sae.architecture!r} is not available; choose one of "
-            f"{VALID_ARCHITECTURES}."
+            f"sae.{unknown[0]} is not a field of sae.architecture={sae.architecture!r}; its "
+            f"fields are {sorted(known)}. Choose the architecture with sae=<name>, not "
+            "sae.architecture=<name>."
         )
-    if sae.n_features <= 0:
-        raise ConfigError(f"sae.n_features={sae.n_features} must be a positive integer.")
-    if sae.k <= 0:
-        raise ConfigError(f"sae.k={sae.k} must be a positive integer (active latents per token).")
-    if sae.k >= sae.n_features:
-        raise ConfigError(
-            f"sae.k={sae.k} must be smaller than sae.n_features={sae.n_features}; "
-            f"valid k are 1..{sae.n_features - 1}."
-        )
-    if sae.lr is not None and sae.lr <= 0:
-        raise ConfigError(f"sae.lr={sae.lr} must be > 0 (or null for the size-scaled default).")
-    if sae.normalize not in VALID_NORMALIZATIONS:
-        raise ConfigError(
-            f"sae.normalize={sae.normalize!r} is not valid; choose one of {VALID_NORMALIZATIONS}."
-        )
-    if not 0.0 <= sae.decay_start_fraction <= 1.0:
-        raise ConfigError(f"sae.decay_start_fraction={sae.decay_start_fraction} must be in [0, 1].")
-    for name in ("warmup_steps", "dead_tokens_threshold", "init_sample_size"):
-        if sae[name] < (0 if name == "warmup_steps" else 1):
-            raise ConfigError(f"sae.{name}={sae[name]} is out of range.")
-    if sae.grad_clip <= 0 or sae.auxk_alpha < 0:
-        raise ConfigError(
-            f"sae.grad_clip={sae.grad_clip} must be > 0 and sae.auxk_alpha={sae.auxk_alpha} >= 0."
-        )
+    return config_class(**values)

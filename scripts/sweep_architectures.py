@@ -1,0 +1,119 @@
+"""Top-K vs ReLU+L1 vs BatchTopK at matched L0, into one sweep folder that analyze.py reads.
+
+    python scripts/sweep_architectures.py --k 32 --seeds 1,2,3                # the defaults
+    python scripts/sweep_architectures.py --k 8 --seeds 1,2 sae.n_features=128 hook.layer=0
+    python scripts/sweep_architectures.py --k 32 --calibrate-only              # just find λ
+
+Top-K and BatchTopK take L0 = k directly. ReLU+L1 has no k: its L0 falls as the L1 coefficient λ
+rises, so λ is searched first. Each probe trains one ReLU+L1 SAE (seed 0, in this process, so the
+model and the activation cache load once) and reads its held-out L0; the search brackets the
+target on a log scale and bisects until L0 is within ``--tolerance`` of k. Then the three
+architectures are trained with every seed (``train.py -m``, one command for Top-K and BatchTopK,
+one for ReLU+L1 with the λ found) into the same sweep folder, and the command to analyse it is
+printed. Extra arguments are Hydra overrides applied to every run (model, hook, data, size, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from saeseeds.config import register_configs
+from saeseeds.training.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def relu_l1_l0(coefficient: float, overrides: list[str], scratch: Path) -> float:
+    """Held-out L0 of one ReLU+L1 SAE (seed 0) trained with this coefficient."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                "sae=relu_l1",
+                f"sae.l1_coefficient={coefficient}",
+                "seed=0",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(scratch / f"l1={coefficient:.6g}")
+    return float(train(cfg)["l0"])
+
+
+def calibrate(target: float, overrides: list[str], tolerance: float, max_probes: int) -> float:
+    """λ whose ReLU+L1 SAE has held-out L0 within ``tolerance`` (relative) of ``target``."""
+    with tempfile.TemporaryDirectory(prefix="calibrate_l1_") as scratch:
+        probes: dict[float, float] = {}
+
+        def probe(coefficient: float) -> float:
+            probes[coefficient] = relu_l1_l0(coefficient, overrides, Path(scratch))
+            print(f"  λ={coefficient:<10.5g} L0={probes[coefficient]:.2f}", flush=True)
+            return probes[coefficient]
+
+        # L0 falls as λ rises: bracket the target with L0(low) >= target >= L0(high).
+        low = high = 1.0
+        if probe(1.0) >= target:
+            while probes[high] > target and len(probes) < max_probes:
+                low, high = high, high * 4
+                probe(high)
+        else:
+            while probes[low] < target and len(probes) < max_probes:
+                high, low = low, low / 4
+                probe(low)
+        while len(probes) < max_probes:
+            best = min(probes, key=lambda c: abs(probes[c] - target))
+            if abs(probes[best] - target) <= tolerance * target:
+                return best
+            middle = math.sqrt(low * high)
+            if probe(middle) > target:
+                low = middle
+            else:
+                high = middle
+        best = min(probes, key=lambda c: abs(probes[c] - target))
+        print(f"  (stopped after {max_probes} probes; closest L0 {probes[best]:.2f})")
+        return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=32, help="target L0 (Top-K's and BatchTopK's k)")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="relative L0 tolerance")
+    parser.add_argument("--max-probes", type=int, default=8)
+    parser.add_argument("--calibrate-only", action="store_true")
+    parser.add_argument("--sweep-dir", help="default: outputs/multirun/architectures-<time>")
+    args, overrides = parser.parse_known_args()
+
+    started = time.perf_counter()
+    print(f"Searching the ReLU+L1 coefficient for held-out L0 ≈ {args.k}:")
+    coefficient = calibrate(args.k, overrides, args.tolerance, args.max_probes)
+    print(f"λ = {coefficient:.6g}")
+    if args.calibrate_only:
+        return
+    sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
+    common = [f"seed={args.seeds}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    commands = [
+        ["-m", "sae=topk,batchtopk", f"sae.k={args.k}", *common],
+        ["-m", "sae=relu_l1", f"sae.l1_coefficient={coefficient:.6g}", *common],
+    ]
+    for command in commands:
+        print("python train.py " + " ".join(command), flush=True)
+        subprocess.run([sys.executable, str(REPO / "train.py"), *command], cwd=REPO, check=True)
+    print(f"Done in {time.perf_counter() - started:.0f} s. Analyse with:")
+    print(f"python analyze.py sweep_dir={sweep_dir}")
+
+
+if __name__ == "__main__":
+    main()

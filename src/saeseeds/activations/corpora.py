@@ -1,0 +1,302 @@
+"""Text corpora, and their cut into fixed-length token sequences for the model.
+
+Owns where text comes from (the embedded Python documentation, local .txt/.jsonl files, a streamed
+Hugging Face dataset), each corpus's identity for cache keys (content hashes where the text is
+local), the checks of bad corpus files, and packing tokenised documents into ``seq_len`` sequences
+split into train and held-out. It must not run models or know about hooks and activations.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import math
+import platform
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saeseeds.errors import DataError
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+_MIN_DOCSTRING_CHARS = 200  # shorter docstrings are mostly one-line signatures, not prose
+
+
+class Corpus:
+    """A sequence of text documents with a cheap, content-based identity."""
+
+    def check(self) -> None:
+        """Raise :class:`DataError` for bad input, before any model work."""
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description that changes whenever the text would."""
+        raise NotImplementedError
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+
+# ---- the embedded corpus ----
+
+
+@functools.cache
+def python_docs_texts(docstrings: bool) -> tuple[str, ...]:
+    """The pydoc topics (the language reference), then standard-library docstrings.
+
+    Docstrings are read from the source files with ``ast``; nothing is imported, so no module's
+    import side effects run. Files are taken in name order, so the text is the same on every run of
+    the same Python.
+    """
+    from pydoc_data import topics
+
+    texts = [text for _, text in sorted(topics.topics.items())]
+    if docstrings:
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        for source in sorted(stdlib.glob("*.py")):
+            texts.extend(_module_docstrings(source))
+    return tuple(texts)
+
+
+def _module_docstrings(source: Path) -> list[str]:
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docstrings = (ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, nodes))
+    return [doc for doc in docstrings if doc and len(doc) >= _MIN_DOCSTRING_CHARS]
+
+
+class PythonDocsCorpus(Corpus):
+    """Python's own documentation: installed with Python, real English, no download."""
+
+    def __init__(self, docstrings: bool = True):
+        self.docstrings = docstrings
+
+    def identity(self) -> dict[str, Any]:
+        texts = python_docs_texts(self.docstrings)
+        return {
+            "kind": "python_docs",
+            "python": platform.python_version(),
+            "docstrings": self.docstrings,
+            "n_documents": len(texts),
+            "sha256": _texts_sha256(texts),
+        }
+
+    def documents(self) -> Iterator[str]:
+        return iter(python_docs_texts(self.docstrings))
+
+
+# ---- local files ----
+
+
+class TextFilesCorpus(Corpus):
+    """Local .txt files (one document each) and .jsonl files (one document per line)."""
+
+    def __init__(self, paths: list[str] | str, text_field: str = "text"):
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.text_field = text_field
+        self._documents: list[str] | None = None
+        self._files: list[dict[str, Any]] = []
+
+    def check(self) -> None:
+        if self._documents is not None:
+            return
+        if not self.paths:
+            raise DataError("data.corpus.paths is empty; give at least one .txt or .jsonl file.")
+        documents: list[str] = []
+        for file in self._expand(self.paths):
+            raw = _read_bytes(file)
+            text = _decode(raw, file)
+            file_documents = self._parse(text, file)
+            if not any(doc.strip() for doc in file_documents):
+                raise DataError(f"Corpus file {str(file)!r} is empty (no text in it).")
+            documents.extend(file_documents)
+            self._files.append({"name": file.name, "sha256": hashlib.sha256(raw).hexdigest()})
+        self._documents = documents
+
+    @staticmethod
+    def _expand(paths: list[str]) -> list[Path]:
+        files: list[Path] = []
+        for entry in paths:
+            path = Path(entry).expanduser()
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+                if not found:
+                    raise DataError(f"Corpus folder {entry!r} holds no .txt or .jsonl files.")
+                files.extend(found)
+            elif not path.exists():
+                raise DataError(f"Corpus file {entry!r} does not exist.")
+            elif path.suffix not in TEXT_SUFFIXES:
+                raise DataError(
+                    f"Corpus file {entry!r} is not a .txt or .jsonl file; use one of "
+                    f"{', '.join(TEXT_SUFFIXES)}."
+                )
+            else:
+                files.append(path)
+        return files
+
+    def _parse(self, text: str, file: Path) -> list[str]:
+        if file.suffix == ".txt":
+            return [text]
+        documents = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{file}:{line_number} is not valid JSON ({error.msg}).") from error
+            if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(
+                    f"{file}:{line_number} has no text field {self.text_field!r} (found: {keys}); "
+                    "set data.corpus.text_field."
+                )
+            documents.append(record[self.text_field])
+        return documents
+
+    def identity(self) -> dict[str, Any]:
+        self.check()
+        return {"kind": "text_files", "text_field": self.text_field, "files": self._files}
+
+    def documents(self) -> Iterator[str]:
+        self.check()
+        return iter(self._documents or [])
+
+
+def _read_bytes(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as error:
+        raise DataError(f"Corpus file {str(file)!r} cannot be read: {error.strerror}.") from error
+
+
+def _decode(raw: bytes, file: Path) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"Corpus file {str(file)!r} is not UTF-8 text (bad byte at offset {error.start})."
+        ) from error
+
+
+# ---- a streamed Hugging Face dataset ----
+
+
+class HFDatasetCorpus(Corpus):
+    """A Hugging Face dataset, streamed: only as many documents as the token budget needs."""
+
+    def __init__(
+        self,
+        name: str,
+        config_name: str | None = None,
+        split: str = "train",
+        text_field: str = "text",
+        revision: str | None = None,
+    ):
+        self.name, self.config_name, self.split = name, config_name, split
+        self.text_field, self.revision = text_field, revision
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "kind": "hf_dataset",
+            "name": self.name,
+            "config_name": self.config_name,
+            "split": self.split,
+            "text_field": self.text_field,
+            "revision": self.revision,
+        }
+
+    def documents(self) -> Iterator[str]:
+        from saeseeds.activations.models import hub_offline
+
+        if hub_offline():
+            raise DataError(
+                f"Dataset {self.name!r} is streamed from the Hugging Face Hub, which is not "
+                "reachable. Use the embedded corpus (data=pydocs) or local files (data=text_files)."
+            )
+        import datasets
+
+        stream = datasets.load_dataset(
+            self.name, self.config_name, split=self.split, streaming=True, revision=self.revision
+        )
+        for record in stream:
+            if self.text_field not in record:
+                raise DataError(
+                    f"Dataset {self.name!r} has no column {self.text_field!r} "
+                    f"(columns: {sorted(record)}); set data.corpus.text_field."
+                )
+            yield record[self.text_field]
+
+
+def _texts_sha256(texts: tuple[str, ...] | list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+# ---- packing into sequences ----
+
+
+@dataclass
+class TokenSequences:
+    """Token ids of the sequences the model reads; every row starts with BOS when it is used."""
+
+    train: Tensor  # [n_train_sequences, seq_len] int64
+    heldout: Tensor  # [n_heldout_sequences, seq_len] int64
+
+
+def sequences_needed(n_tokens: int, kept_per_sequence: int) -> int:
+    return math.ceil(n_tokens / kept_per_sequence)
+
+
+def pack_sequences(
+    corpus: Corpus,
+    tokenizer: Any,
+    seq_len: int,
+    n_train: int,
+    n_heldout: int,
+    prepend_bos: bool,
+    split_seed: int,
+) -> TokenSequences:
+    """Tokenise documents (EOS between them), cut the stream into sequences, and split them.
+
+    Documents are read only until there are enough tokens. The chunks are then shuffled with
+    ``split_seed`` so train and held-out sequences come from the whole text read, not from its ends.
+    """
+    bos = tokenizer.bos_token_id if prepend_bos else None
+    if prepend_bos and bos is None:
+        raise DataError("The tokenizer has no BOS token; set data.prepend_bos=false.")
+    chunk_len = seq_len - 1 if prepend_bos else seq_len
+    n_sequences = n_train + n_heldout
+    needed = chunk_len * n_sequences
+    stream: list[int] = []
+    for document in corpus.documents():
+        stream.extend(tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            stream.append(tokenizer.eos_token_id)
+        if len(stream) >= needed:
+            break
+    if len(stream) < needed:
+        raise DataError(
+            f"The corpus has {len(stream)} tokens, fewer than the {needed} needed for "
+            f"{n_train} training and {n_heldout} held-out sequences of {seq_len} tokens "
+            "(data.n_tokens, data.heldout_fraction, data.seq_len). Lower data.n_tokens or add text."
+        )
+    n_chunks = len(stream) // chunk_len
+    chunks = torch.tensor(stream[: n_chunks * chunk_len], dtype=torch.int64).view(n_chunks, -1)
+    generator = torch.Generator().manual_seed(split_seed)
+    chosen = chunks[torch.randperm(n_chunks, generator=generator)[:n_sequences]]
+    if bos is not None:
+        chosen = torch.cat([torch.full((n_sequences, 1), bos, dtype=torch.int64), chosen], dim=1)
+    return TokenSequences(train=chosen[:n_train].clone(), heldout=chosen[n_train:].clone())

@@ -1,0 +1,164 @@
+"""Schemas of the ``data`` group: where the activations an SAE trains on come from.
+
+Text options (pydocs, text_files, hf_dataset) read a model's activations on a corpus; synthetic
+data has a known ground truth; ``activations`` is a user's own matrix. Each is a ``_target_`` that
+Hydra instantiates into an :class:`saeseeds.activations.base.ActivationSource`. Nothing here reads
+files or loads models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PythonDocsCorpusConfig:
+    """The embedded corpus: Python's own documentation, installed with Python."""
+
+    _target_: str = "saeseeds.activations.corpora.PythonDocsCorpus"
+    docstrings: bool = True
+    """After the pydoc topics (~465k characters), add standard-library docstrings (~690k)."""
+
+
+@dataclass
+class TextFilesCorpusConfig:
+    """Local text: .txt files (one document each) and .jsonl files (one document per line)."""
+
+    _target_: str = "saeseeds.activations.corpora.TextFilesCorpus"
+    paths: list[str] = MISSING
+    """Files or folders (searched for .txt/.jsonl), read in the given order."""
+    text_field: str = "text"
+    """The field of each .jsonl record that holds the text."""
+
+
+@dataclass
+class HFDatasetCorpusConfig:
+    """A Hugging Face dataset, streamed (needs the Hub)."""
+
+    _target_: str = "saeseeds.activations.corpora.HFDatasetCorpus"
+    name: str = "NeelNanda/pile-10k"
+    """Dataset name on the Hub."""
+    config_name: str | None = None
+    """Dataset configuration (subset), if it has several."""
+    split: str = "train"
+    """Split to stream."""
+    text_field: str = "text"
+    """Column holding the text."""
+    revision: str | None = None
+    """Git revision of the dataset, for reproducibility."""
+
+
+@dataclass
+class TextDataConfig:
+    """Activations of ``model`` at ``hook`` on a text corpus (the shared knobs)."""
+
+    _target_: str = "saeseeds.activations.text.TextActivationSource"
+    model: Any = "${model}"
+    """The model group (interpolated; no ``_target_``)."""
+    hook: Any = "${hook}"
+    """The hook group (interpolated; no ``_target_``)."""
+    corpus: Any = MISSING
+    """Where the text comes from; each data option sets it."""
+    seq_len: int = 128
+    """Tokens per sequence fed to the model (BOS included)."""
+    n_tokens: int = 131_072
+    """Training token budget: activations in the train split."""
+    heldout_fraction: float = 0.05
+    """Held-out tokens, as a fraction of n_tokens (whole sequences, never trained on)."""
+    batch_size: int = 1024
+    """SAE training tokens per optimisation step."""
+    prepend_bos: bool = True
+    """Start every sequence with the tokenizer's BOS token."""
+    drop_first_position: bool = True
+    """Drop the activations at position 0 (BOS or first token): they are large outliers."""
+    split_seed: int = 0
+    """Seed of which sequences are held out; independent of the SAE seed."""
+    eval_sequences: int = 8
+    """Held-out sequences used for the CE-loss score and KL (each a full model forward)."""
+    context_before: int = 12
+    """Tokens of context before the firing token in top_examples.json."""
+    context_after: int = 4
+    """Tokens of context after the firing token in top_examples.json."""
+    cache_dir: str = "${paths.cache_dir}"
+    """Root of the shared activation caches."""
+    model_cache_dir: str = "${paths.model_cache_dir}"
+    """Root of converted model weights (the de-quantised embedded model)."""
+
+
+@dataclass
+class PythonDocsDataConfig(TextDataConfig):
+    """Text of the embedded Python documentation (no download)."""
+
+    corpus: PythonDocsCorpusConfig = field(default_factory=PythonDocsCorpusConfig)
+
+
+@dataclass
+class TextFilesDataConfig(TextDataConfig):
+    """Text of local .txt/.jsonl files."""
+
+    corpus: TextFilesCorpusConfig = field(default_factory=TextFilesCorpusConfig)
+
+
+@dataclass
+class HFDatasetDataConfig(TextDataConfig):
+    """Text of a streamed Hugging Face dataset."""
+
+    corpus: HFDatasetCorpusConfig = field(default_factory=HFDatasetCorpusConfig)
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Activations drawn from a known ground-truth dictionary."""
+
+    _target_: str = "saeseeds.activations.synthetic.SyntheticSource"
+    d_in: int = 64
+    """Activation dimension."""
+    n_true_features: int = 128
+    """Size of the ground-truth dictionary."""
+    k_true: int = 4
+    """Ground-truth features active per sample."""
+    noise_std: float = 0.01
+    """Std of isotropic Gaussian noise added to each sample."""
+    min_magnitude: float = 0.5
+    """Active magnitudes are uniform in [min_magnitude, max_magnitude]."""
+    max_magnitude: float = 1.5
+    n_tokens: int = 65_536
+    """Training token budget."""
+    heldout_fraction: float = 0.05
+    """Extra held-out tokens, as a fraction of n_tokens."""
+    batch_size: int = 1024
+    """Tokens per optimisation step."""
+    data_seed: int = 0
+    """Seed of the ground truth and the samples; independent of the SAE seed, so runs of a sweep
+    share data."""
+
+
+@dataclass
+class ActivationFileConfig:
+    """A user's own [N, d_in] activations (.safetensors or .npy)."""
+
+    _target_: str = "saeseeds.activations.file.ActivationFileSource"
+    path: str = MISSING
+    """The activations file."""
+    key: str | None = None
+    """Tensor name inside a .safetensors file; ``null`` takes the only tensor."""
+    n_tokens: int | None = None
+    """Training token budget; ``null`` uses every row not held out."""
+    heldout_fraction: float = 0.05
+    """Fraction of rows held out (chosen by a fixed permutation)."""
+    batch_size: int = 1024
+    """Tokens per optimisation step."""
+    split_seed: int = 0
+    """Seed of the held-out split; independent of the SAE seed."""
+
+
+def register(store: ConfigStore) -> None:
+    store.store(group="schema/data", name="pydocs", node=PythonDocsDataConfig)
+    store.store(group="schema/data", name="text_files", node=TextFilesDataConfig)
+    store.store(group="schema/data", name="hf_dataset", node=HFDatasetDataConfig)
+    store.store(group="schema/data", name="synthetic", node=SyntheticDataConfig)
+    store.store(group="schema/data", name="activations", node=ActivationFileConfig)

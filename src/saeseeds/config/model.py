@@ -1,0 +1,46 @@
+"""Schema of the ``model`` group: which language model's activations are read.
+
+Checks a value can fail on its own (an unknown dtype or init). Loading and the checks that need
+the model live in :mod:`saeseeds.activations.models`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saeseeds.errors import DataError
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+MODEL_INITS = ("pretrained", "random")
+
+
+@dataclass
+class ModelConfig:
+    """The language model whose activations are read."""
+
+    name: str = "smollm2-135m"
+    """``smollm2-135m`` (embedded, no download), a Hugging Face Hub name (``gpt2``), or a label
+    for the local folder given in ``path``."""
+    path: str | None = None
+    """A local Hugging Face model folder (config.json, weights, tokenizer); ``null``: ``name``."""
+    init: str = "pretrained"
+    """``pretrained`` weights, or ``random``: the same architecture with weights drawn from
+    ``seed`` (the "dead salmon" control of Gerasimov et al.)."""
+    seed: int = 0
+    """Seed of the random weights (``init=random`` only)."""
+    dtype: str = "float32"
+    """Precision of the forward passes and of the cached activations: float32|bfloat16|float16."""
+    device: str = "auto"
+    """Where the model runs: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ..."""
+    forward_batch_size: int = 8
+    """Sequences per forward pass (speed and memory only; results do not depend on it)."""
+
+    def __post_init__(self) -> None:
+        if self.init not in MODEL_INITS:
+            raise DataError(f"model.init={self.init!r} is not valid; use one of {MODEL_INITS}.")
+        if self.dtype not in MODEL_DTYPES:
+            raise DataError(f"model.dtype={self.dtype!r} is not valid; use one of {MODEL_DTYPES}.")
+        if self.forward_batch_size <= 0:
+            raise DataError(
+                f"model.forward_batch_size must be positive, got {self.forward_batch_size}."
+            )

@@ -1,0 +1,54 @@
+"""Schemas of the ``trainer`` and ``paths`` groups: how Lightning runs a job, and where outputs go.
+
+Every field of :class:`TrainerConfig` except the app's own (``checkpoint_every_n_steps``) is
+passed to ``lightning.Trainer`` as it is, and ``trainer.kwargs`` takes any other Trainer
+argument, so a new Lightning option needs no code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer``, passed through as they are."""
+
+    accelerator: str = "auto"
+    """``auto`` (a GPU when present, else CPU), ``cpu``, ``gpu``, ..."""
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str | None = None
+    """``null`` follows the device: 32 on CPU, bf16-mixed on a CUDA device that supports it."""
+    max_epochs: int = 1
+    max_steps: int = -1
+    log_every_n_steps: int = 10
+    val_check_interval: Any = 1.0
+    deterministic: bool = True
+    enable_progress_bar: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Any other ``lightning.Trainer`` argument: ``+trainer.kwargs.accumulate_grad_batches=2``."""
+    checkpoint_every_n_steps: int = 200
+    """Save ``checkpoints/last.ckpt`` this often (for resuming); the app's, not Lightning's."""
+
+
+APP_FIELDS = ("checkpoint_every_n_steps", "kwargs")
+
+
+@dataclass
+class PathsConfig:
+    """Where things go. Every job output is under ``output_dir``."""
+
+    output_dir: str = "${hydra:runtime.output_dir}"
+    cache_dir: str = "outputs/cache"
+    """Shared activation caches (one per model/hook/data/...)."""
+    model_cache_dir: str = "${oc.env:SAESEEDS_MODEL_CACHE,'~/.cache/saeseeds'}"
+    """Converted model weights (e.g. the de-quantised embedded model)."""
+
+
+def register(store: ConfigStore) -> None:
+    store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    store.store(group="schema/paths", name="paths", node=PathsConfig)

@@ -1,0 +1,90 @@
+"""The run-folder contract (version 1): file names, tensor names, cfg.json fields, and which
+config keys define an experimental condition.
+
+The trainer writes run folders with these names and the analysis reads them with the same
+names; ``docs/contract.md`` documents them for users. This module imports no torch and nothing of
+the project, so both apps (and other tools) can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+CONTRACT_VERSION = 1
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+FEATURE_STATS_FILE = "feature_stats.safetensors"
+TOP_EXAMPLES_FILE = "top_examples.json"
+METRICS_FILE = "metrics.json"
+ENVIRONMENT_FILE = "environment.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+COMPLETE_MARKER = "COMPLETE"
+GROUND_TRUTH_FILE = "ground_truth.safetensors"
+
+# Tensors every architecture saves, float32, with input normalisation folded in.
+WEIGHT_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+# Extra tensors an architecture may add to the weights file: batchtopk's inference threshold
+# [n_features] (pre-activations at or below it are zero).
+THRESHOLD_TENSOR = "threshold"
+# Per-feature held-out statistics; n_tokens is in the file's metadata.
+FEATURE_STATS_TENSORS = ("fire_count", "activation_sum")
+TOP_EXAMPLES_FORMAT = "saeseeds.top_examples/1"
+
+# cfg.json fields written for every architecture; an architecture adds its own (k, ...).
+CFG_FIELDS = (
+    "contract_version",
+    "architecture",
+    "d_in",
+    "n_features",
+    "model_name",
+    "hook_name",
+    "dtype",
+    "activation_dtype",
+    "normalization",
+    "seed",
+    "data",
+)
+
+# Config keys that never change what a run computes: where outputs go, how it is logged or
+# shown, and how it was started. Dotted paths name nested keys.
+OPERATIONAL_KEYS = (
+    "paths",
+    "logger",
+    "resume",
+    "ckpt_path",
+    "trainer.enable_progress_bar",
+    "trainer.checkpoint_every_n_steps",
+)
+# Keys that vary between the runs of one condition (a group): the seed, and the operational ones.
+NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
+
+
+def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of a nested config without the (dotted) ``keys``."""
+    result = json.loads(json.dumps(config, default=str))
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        node = result
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return result
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What defines one run: the resolved config without operational keys (the seed stays)."""
+    return without_keys(resolved, OPERATIONAL_KEYS)
+
+
+def condition_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What defines a condition: the run config without the seed."""
+    return without_keys(resolved, NON_CONDITION_KEYS)

@@ -1,0 +1,175 @@
+"""The interface every SAE architecture implements, its config base class, and the registry.
+
+An architecture is one module in this package: a config dataclass (extending :class:`SAEConfig`)
+and an :class:`SAE` subclass, registered with :func:`register`. The training module, the held-out
+evaluation, the run-folder writer and the benchmarks use only this interface:
+
+- ``initialize`` from a sample of (normalised) training activations;
+- ``encode`` (dense latents) and ``decode``;
+- ``forward``, returning the reconstruction, the active latents and named loss terms whose sum is
+  the training loss;
+- ``set_progress`` (schedules such as a coefficient warm-up), and the decoder constraint around
+  each optimiser step (``before_optimizer_step``, ``after_optimizer_step``);
+- ``folded_state``: the weights that act on raw activations, any extra tensors included;
+- ``cfg_fields``: what the architecture adds to ``cfg.json``.
+
+Every architecture shares the contract's parameters: pre = W_encᵀ(x − b_dec) + b_enc and
+x̂ = W_decᵀ z + b_dec. This package imports nothing of the project but :mod:`saeseeds.errors`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saeseeds.errors import ConfigError
+
+NORMALIZATIONS = ("scalar", "none")
+
+
+class SAEOutput(NamedTuple):
+    reconstruction: Tensor  # [batch, d_in]
+    latent_values: Tensor  # [batch, width]: post-activation values, 0 where a latent is inactive
+    latent_indices: Tensor  # [batch, width]: the latent each value belongs to
+    losses: dict[str, Tensor]  # named, weighted loss terms; the training loss is their sum
+    fvu: Tensor  # scalar, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
+
+
+@dataclass
+class SAEConfig:
+    """Hyperparameters every architecture has. ``sae=<architecture>`` picks the subclass."""
+
+    architecture: str = "topk"
+    """The architecture's registered name; recorded in cfg.json."""
+    n_features: int = 4096
+    """Dictionary size (number of latents)."""
+    lr: float | None = None
+    """Adam step size; ``null`` uses the architecture's default for n_features."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up steps (capped at 10% of training)."""
+    decay_start_fraction: float = 0.8
+    """The learning rate decays linearly to zero from this fraction of training on."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping threshold."""
+    dead_tokens_threshold: int = 20_000
+    """A latent is dead when it has not fired in this many training tokens (logged; AuxK)."""
+    normalize: str = "scalar"
+    """``scalar``: scale inputs so E‖x‖² = d_in while training (folded out on save); ``none``."""
+    init_sample_size: int = 8192
+    """Training activations used to initialise (e.g. the geometric-median b_dec)."""
+
+    def __post_init__(self) -> None:
+        if self.n_features <= 0:
+            raise ConfigError(f"sae.n_features={self.n_features} must be a positive integer.")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"sae.lr={self.lr} must be > 0 (or null for the default).")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(
+                f"sae.normalize={self.normalize!r} is not valid; choose one of {NORMALIZATIONS}."
+            )
+        if not 0.0 <= self.decay_start_fraction <= 1.0:
+            raise ConfigError(
+                f"sae.decay_start_fraction={self.decay_start_fraction} must be in [0, 1]."
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"sae.warmup_steps={self.warmup_steps} must be >= 0.")
+        for name in ("dead_tokens_threshold", "init_sample_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sae.{name}={getattr(self, name)} must be >= 1.")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"sae.grad_clip={self.grad_clip} must be > 0.")
+
+
+class SAE(nn.Module):
+    """Base class: the contract's four parameters and the parts every architecture shares."""
+
+    architecture: ClassVar[str]
+    Config: ClassVar[type[SAEConfig]] = SAEConfig
+
+    def __init__(self, d_in: int, config: SAEConfig):
+        super().__init__()
+        self.d_in, self.n_features, self.config = d_in, config.n_features, config
+        self.W_enc = nn.Parameter(torch.zeros(d_in, self.n_features))
+        self.b_enc = nn.Parameter(torch.zeros(self.n_features))
+        self.W_dec = nn.Parameter(torch.zeros(self.n_features, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # ---- what each architecture defines ----
+    def initialize(self, activation_sample: Tensor, generator: torch.Generator) -> None:
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:  # [batch, n_features]
+        """Dense latent code of raw inputs, as used at inference."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+        raise NotImplementedError
+
+    def default_lr(self) -> float:
+        """2e-4 / sqrt(n_features / 2^14): Gao et al. 2024, §A.3, scaling of the Adam step."""
+        return 2e-4 / math.sqrt(self.n_features / 2**14)
+
+    def cfg_fields(self) -> dict[str, Any]:
+        """Fields this architecture adds to cfg.json."""
+        return {}
+
+    def extra_tensors(self) -> dict[str, Tensor]:
+        """Tensors saved beside the four parameters (already in raw-activation units)."""
+        return {}
+
+    # ---- hooks the training module calls; no-ops unless an architecture needs them ----
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called before every training step, for schedules that depend on progress."""
+
+    def before_optimizer_step(self) -> None:
+        """Called after the backward pass, before clipping and the step."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimiser step."""
+
+    # ---- shared ----
+    def decode(self, z: Tensor) -> Tensor:  # [batch, d_in]
+        return z @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def folded_state(self, input_scale: float) -> dict[str, Tensor]:
+        """Weights that act on raw activations when training saw ``x * input_scale``.
+
+        encode(s·x) = W_encᵀ(s·x − b_dec) + b_enc = (s·W_enc)ᵀ(x − b_dec/s) + b_enc, and the
+        raw reconstruction is x̂/s, so W_enc ← s·W_enc, W_dec ← W_dec/s, b_dec ← b_dec/s. The
+        latents themselves do not change, so thresholds on them need no folding.
+        """
+        s = float(input_scale)
+        state = {
+            "W_enc": (self.W_enc * s).float().contiguous().cpu(),
+            "b_enc": self.b_enc.float().contiguous().cpu(),
+            "W_dec": (self.W_dec / s).float().contiguous().cpu(),
+            "b_dec": (self.b_dec / s).float().contiguous().cpu(),
+        }
+        extras = {name: t.float().contiguous().cpu() for name, t in self.extra_tensors().items()}
+        return {**state, **extras}
+
+    @torch.no_grad()
+    def load_folded(self, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`folded_state` returned (e.g. into a fresh SAE for raw inputs)."""
+        for name, tensor in state.items():
+            getattr(self, name).copy_(tensor)
+
+    def fvu(self, x: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
+        """(mse over elements, FVU) of a batch."""
+        error = x - reconstruction
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        return error.pow(2).mean(), error.pow(2).sum() / total_variance.clamp_min(1e-12)
+
+
+REGISTRY: dict[str, type[SAE]] = {}
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: make ``sae=<cls.architecture>`` available."""
+    REGISTRY[cls.architecture] = cls
+    return cls

@@ -1,0 +1,120 @@
+"""The BatchTopK SAE of Bussmann, Leask & Nanda (2024), "BatchTopK Sparse Autoencoders".
+
+Training keeps the k·batch largest ReLU pre-activations over the whole batch, so the number of
+active latents varies per token and averages k. Inference cannot look at a batch, so it uses a
+threshold θ instead: z = pre · 1[pre > θ] (a JumpReLU with one threshold for every latent). θ is
+estimated during training as a running average of the smallest activation each batch kept
+(exponential, ``threshold_decay`` per step, starting from the first batch's value), and saved
+with the weights as the extra tensor ``threshold`` [n_features] (every entry equal). Unit-norm
+decoder rows, initialisation and AuxK are those of the Top-K SAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeseeds.errors import ConfigError
+from saeseeds.sae.base import SAE, SAEOutput, register
+from saeseeds.sae.kernels import (
+    auxk_k,
+    auxk_loss,
+    encoder_pre_activations,
+    normalize_rows,
+    remove_parallel_grad,
+    sparse_decode,
+    tied_init,
+)
+from saeseeds.sae.topk import TopKConfig
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """A BatchTopK SAE (Bussmann et al. 2024): k active latents per token on average."""
+
+    architecture: str = "batchtopk"
+    threshold_decay: float = 0.99
+    """Per-step decay of the running average that estimates the inference threshold."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.threshold_decay < 1.0:
+            raise ConfigError(f"sae.threshold_decay={self.threshold_decay} must be in [0, 1).")
+
+
+@register
+class BatchTopKSAE(SAE):
+    architecture = "batchtopk"
+    Config = BatchTopKConfig
+    config: BatchTopKConfig
+
+    def __init__(self, d_in: int, config: BatchTopKConfig):
+        super().__init__(d_in, config)
+        self.k = config.k
+        # A buffer, so checkpoints carry it; one value per latent, as the contract saves it.
+        self.register_buffer("threshold", torch.zeros(self.n_features))
+        self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))
+
+    def initialize(self, activation_sample: Tensor, generator: torch.Generator) -> None:
+        tied_init(self, activation_sample, generator, norm=1.0)
+
+    def cfg_fields(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def extra_tensors(self) -> dict[str, Tensor]:
+        return {"threshold": self.threshold}
+
+    def encode(self, x: Tensor) -> Tensor:  # [batch, n_features], inference: the threshold
+        pre = encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
+        return pre * (pre > self.threshold)
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+        if not self.training:
+            latents = self.encode(x)
+            reconstruction = self.decode(latents)
+            mse, fvu = self.fvu(x, reconstruction)
+            indices = torch.arange(self.n_features, device=x.device).expand_as(latents)
+            return SAEOutput(reconstruction, latents, indices, {"mse": mse}, fvu)
+        pre = encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)  # [batch, n]
+        kept, flat_indices = F.relu(pre).flatten().topk(self.k * x.shape[0], sorted=False)
+        latents = torch.zeros_like(pre).flatten().scatter(0, flat_indices, kept).view_as(pre)
+        self._update_threshold(kept)
+        reconstruction = self.decode(latents)
+        mse, fvu = self.fvu(x, reconstruction)
+        losses = {
+            "mse": mse,
+            "auxk": self.config.auxk_alpha * self._auxk(pre, x, reconstruction, dead_mask),
+        }
+        indices = torch.arange(self.n_features, device=x.device).expand_as(latents)
+        return SAEOutput(reconstruction, latents, indices, losses, fvu)
+
+    def _auxk(
+        self, pre: Tensor, x: Tensor, reconstruction: Tensor, dead_mask: Tensor | None
+    ) -> Tensor:
+        dead_latents = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None
+        n_dead = len(dead_latents) if dead_latents is not None else 0
+        if n_dead == 0:
+            return x.new_zeros(())
+        aux_pre, dead_slots = pre.index_select(1, dead_latents).topk(auxk_k(self.d_in, n_dead))
+        aux_reconstruction = sparse_decode(F.relu(aux_pre), dead_latents[dead_slots], self.W_dec)
+        return auxk_loss(aux_reconstruction, (x - reconstruction).detach(), n_dead, self.d_in)
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: Tensor) -> None:
+        positive = kept[kept > 0]
+        if len(positive) == 0:
+            return
+        smallest = positive.min().float()
+        decay = self.config.threshold_decay if self.threshold_steps > 0 else 0.0
+        self.threshold.mul_(decay).add_((1.0 - decay) * smallest)
+        self.threshold_steps += 1
+
+    def before_optimizer_step(self) -> None:
+        remove_parallel_grad(self.W_dec)
+
+    def after_optimizer_step(self) -> None:
+        normalize_rows(self.W_dec)

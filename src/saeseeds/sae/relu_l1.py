@@ -1,0 +1,86 @@
+"""The ReLU SAE with an L1 penalty weighted by decoder norms (Anthropic, "Circuits Updates —
+April 2024", the "April update" form; the architecture Paulo & Belrose 2025 found more stable).
+
+z = ReLU(W_encᵀ(x − b_dec) + b_enc), x̂ = W_decᵀ z + b_dec. The loss per token is
+(‖x − x̂‖² + λ Σ_i z_i ‖W_dec,i‖) / d_in, i.e. the April update's loss divided by d_in so that its
+first term is the element-wise MSE every architecture logs; λ therefore has the April update's
+scale (they used λ = 5 with inputs scaled to E‖x‖² = d_in, as ``sae.normalize=scalar`` does). λ
+rises linearly from 0 over the first ``l1_warmup_fraction`` of training. The decoder rows are
+not constrained to unit norm: the penalty's norm factor keeps them from trading magnitude for
+sparsity. Initialisation follows the April update: decoder rows of norm ``init_decoder_norm`` in
+random directions, W_enc = W_decᵀ, b_enc = 0; b_dec starts at the geometric median.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeseeds.errors import ConfigError
+from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register
+from saeseeds.sae.kernels import encoder_pre_activations, tied_init
+
+
+@dataclass
+class ReluL1Config(SAEConfig):
+    """A ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic's April 2024 update)."""
+
+    architecture: str = "relu_l1"
+    l1_coefficient: float = 5.0
+    """λ of the sparsity penalty, on the April update's scale; larger gives a smaller L0. Use
+    ``scripts/calibrate_l1.py`` to find the λ that reaches a target L0."""
+    l1_warmup_fraction: float = 0.05
+    """λ rises linearly from 0 to l1_coefficient over this fraction of training."""
+    init_decoder_norm: float = 0.1
+    """Norm of the initial decoder rows."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l1_coefficient < 0:
+            raise ConfigError(f"sae.l1_coefficient={self.l1_coefficient} must be >= 0.")
+        if not 0.0 <= self.l1_warmup_fraction <= 1.0:
+            raise ConfigError(
+                f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1]."
+            )
+        if not self.init_decoder_norm > 0:
+            raise ConfigError(f"sae.init_decoder_norm={self.init_decoder_norm} must be > 0.")
+
+
+@register
+class ReluL1SAE(SAE):
+    architecture = "relu_l1"
+    Config = ReluL1Config
+    config: ReluL1Config
+
+    def __init__(self, d_in: int, config: ReluL1Config):
+        super().__init__(d_in, config)
+        self.l1_scale = 1.0  # the warm-up's current fraction of l1_coefficient
+
+    def initialize(self, activation_sample: Tensor, generator: torch.Generator) -> None:
+        tied_init(self, activation_sample, generator, norm=self.config.init_decoder_norm)
+
+    def cfg_fields(self) -> dict[str, Any]:
+        return {"l1_coefficient": self.config.l1_coefficient}
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        warmup_steps = self.config.l1_warmup_fraction * total_steps
+        self.l1_scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+    def encode(self, x: Tensor) -> Tensor:  # [batch, n_features]
+        return F.relu(encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec))
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+        latents = self.encode(x)  # [batch, n_features]
+        reconstruction = self.decode(latents)
+        mse, fvu = self.fvu(x, reconstruction)
+        decoder_norms = self.W_dec.norm(dim=1)  # [n_features]
+        penalty = (latents * decoder_norms).sum(-1).mean() / self.d_in
+        coefficient = self.config.l1_coefficient * self.l1_scale
+        all_latents = torch.arange(self.n_features, device=x.device).expand_as(latents)
+        return SAEOutput(
+            reconstruction, latents, all_latents, {"mse": mse, "l1": coefficient * penalty}, fvu
+        )

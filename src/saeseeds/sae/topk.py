@@ -1,0 +1,136 @@
+"""The Top-K SAE of Gao et al. (2024), "Scaling and evaluating sparse autoencoders".
+
+z = ReLU(TopK_k(W_encᵀ(x − b_dec) + b_enc)), x̂ = W_decᵀ z + b_dec, with unit-norm decoder rows;
+loss = MSE + AuxK/32. The encoder and Top-K run as one autograd function whose backward touches
+only the chosen latents (:class:`saeseeds.sae.kernels.TopKEncoder`), and the decoder gathers the
+k chosen rows; ``fused_encoder=False`` and ``sparse_decoder=False`` are the plain reference paths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeseeds.errors import ConfigError
+from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register
+from saeseeds.sae.kernels import (
+    AUXK_ALPHA,
+    TopKEncoder,
+    auxk_k,
+    auxk_loss,
+    encoder_pre_activations,
+    normalize_rows,
+    remove_parallel_grad,
+    sparse_decode,
+    tied_init,
+)
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    """A Top-K sparse autoencoder (Gao et al. 2024)."""
+
+    architecture: str = "topk"
+    k: int = 32
+    """Number of active latents per token."""
+    auxk_alpha: float = AUXK_ALPHA
+    """Weight of the AuxK loss (Gao et al. §A.2: 1/32)."""
+    sparse_decoder: bool = True
+    """Decode by gathering the k chosen rows (same maths as dense, faster)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_k(self.k, self.n_features)
+        if self.auxk_alpha < 0:
+            raise ConfigError(f"sae.auxk_alpha={self.auxk_alpha} must be >= 0.")
+
+
+def check_k(k: int, n_features: int) -> None:
+    if not 0 < k < n_features:
+        raise ConfigError(
+            f"sae.k={k} must be in 1..{n_features - 1} (active latents per token, fewer than "
+            f"sae.n_features={n_features})."
+        )
+
+
+@register
+class TopKSAE(SAE):
+    architecture = "topk"
+    Config = TopKConfig
+    config: TopKConfig
+
+    def __init__(self, d_in: int, config: TopKConfig, fused_encoder: bool = True):
+        super().__init__(d_in, config)
+        self.k = config.k
+        # Encoder + Top-K as one autograd function whose backward is sparse (TopKEncoder);
+        # False keeps plain autograd through the dense pre-activations, the reference path.
+        self.fused_encoder = fused_encoder
+
+    def initialize(self, activation_sample: Tensor, generator: torch.Generator) -> None:
+        tied_init(self, activation_sample, generator, norm=1.0)
+
+    def cfg_fields(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    # ---- forward pieces ----
+    def pre_activations(self, x: Tensor) -> Tensor:  # [batch, n_features]
+        return encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
+
+    def decode_latents(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
+        if self.config.sparse_decoder:
+            out = sparse_decode(values, indices, self.W_dec)
+        else:
+            dense = torch.zeros(
+                values.shape[0], self.n_features, dtype=values.dtype, device=values.device
+            ).scatter_(-1, indices, values)
+            out = dense @ self.W_dec
+        return out + self.b_dec if bias else out
+
+    def encode(self, x: Tensor) -> Tensor:
+        values, indices = self.pre_activations(x).topk(self.k, dim=-1, sorted=False)
+        dense = torch.zeros_like(self.b_enc).expand(x.shape[0], -1)
+        return dense.scatter(-1, indices, F.relu(values))
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+        dead_latents = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None  # [n_dead]
+        n_dead = len(dead_latents) if dead_latents is not None else 0
+        k_aux = auxk_k(self.d_in, n_dead)
+        if self.fused_encoder:
+            top_pre, indices, aux_pre, aux_indices = TopKEncoder.apply(
+                x, self.W_enc, self.b_enc, self.b_dec, self.k, dead_latents, k_aux
+            )
+        else:
+            top_pre, indices, aux_pre, aux_indices = self.select_with_autograd(x, dead_mask, k_aux)
+        values = F.relu(top_pre)  # [batch, k]
+        reconstruction = self.decode_latents(values, indices)
+        mse, fvu = self.fvu(x, reconstruction)
+        aux = x.new_zeros(())
+        if n_dead > 0:
+            aux_reconstruction = self.decode_latents(F.relu(aux_pre), aux_indices, bias=False)
+            residual = (x - reconstruction).detach()
+            aux = auxk_loss(aux_reconstruction, residual, n_dead, self.d_in)
+        losses = {"mse": mse, "auxk": self.config.auxk_alpha * aux}
+        return SAEOutput(reconstruction, values, indices, losses, fvu)
+
+    def select_with_autograd(
+        self, x: Tensor, dead_mask: Tensor | None, k_aux: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """TopKEncoder's outputs by plain autograd: its backward is dense in n_features."""
+        pre = self.pre_activations(x)  # [batch, n_features]
+        top_pre, indices = pre.topk(self.k, dim=-1, sorted=False)
+        if k_aux == 0:
+            return top_pre, indices, top_pre[:, :0], indices[:, :0]
+        aux_pre, aux_indices = pre.masked_fill(~dead_mask, -math.inf).topk(k_aux, sorted=False)
+        return top_pre, indices, aux_pre, aux_indices
+
+    # ---- unit-norm decoder rows ----
+    def before_optimizer_step(self) -> None:
+        remove_parallel_grad(self.W_dec)
+
+    def after_optimizer_step(self) -> None:
+        normalize_rows(self.W_dec)

@@ -1,0 +1,137 @@
+"""Weights & Biases for both apps: the ``logger`` config schema, the mode (online with
+credentials, offline otherwise), the group and name of a training job, and its Lightning logger.
+
+Jobs of one multirun share a group named after the multirun folder; each job is named from its
+overrides and finished before the next job starts. The analysis app logs its own run
+(:mod:`saeseeds.analysis.report.wandb_run`) with the same mode and group rules. Nothing here trains
+or writes run files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VALID_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases logging; ``logger=none`` disables it."""
+
+    enabled: bool = True
+    project: str = "saeseeds"
+    entity: str | None = None
+    mode: str = "auto"
+    """auto | online | offline | disabled; auto is online when an API key is available."""
+    group: str | None = None
+    """``null``: training uses the multirun folder (all jobs of a sweep share it) or the run
+    folder; the analysis uses the sweep's group from environment.json."""
+    name: str | None = None
+    """``null``: training uses the job's overrides; the analysis "analysis-<group>"."""
+    tags: list[str] = field(default_factory=list)
+
+
+def resolve_wandb_mode(requested: str | None) -> str:
+    """``auto`` means online when an API key is available (env or netrc), offline otherwise."""
+    requested = (requested or "auto").lower()
+    if requested not in VALID_MODES:
+        raise ValueError(f"logger.mode={requested!r} is not valid; choose one of {VALID_MODES}.")
+    env_mode = os.environ.get("WANDB_MODE")
+    if requested == "auto" and env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    if requested != "auto":
+        return requested
+    return "online" if _has_credentials() else "offline"
+
+
+def _has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, OSError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def offline_hint(save_dir: str) -> str:
+    return (
+        f"W&B is offline (no API key found); runs are saved under {save_dir}/wandb. "
+        "Upload them later with `wandb sync <run folder>`."
+    )
+
+
+def hydra_job_identity(run_dir: Path) -> tuple[str, str]:
+    """(group, name): the sweep folder and the job's overrides, or the run folder alone."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return run_dir.name, run_dir.name
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        return f"{sweep_dir.parent.name}_{sweep_dir.name}", run_dir.name  # the job's folder
+    name = hydra_cfg.job.override_dirname or run_dir.name
+    return f"{run_dir.parent.name}_{run_dir.name}", name
+
+
+def build_wandb_logger(cfg: Any, run_dir: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    if not cfg.logger.enabled:
+        return None
+    mode = resolve_wandb_mode(cfg.logger.mode)
+    if mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    group, name = hydra_job_identity(run_dir)
+    if mode == "offline":
+        log.info(offline_hint(str(run_dir)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group or group,
+        name=cfg.logger.name or name,
+        tags=list(cfg.logger.tags),
+        save_dir=str(run_dir),
+        mode=mode,
+        job_type="train",
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def finish_wandb(logger: Any, metrics: dict[str, Any]) -> None:
+    """Put the final held-out metrics in the run summary and close the run."""
+    if logger is None:
+        return
+    run = logger.experiment
+    run.summary.update({f"final/{key}": value for key, value in metrics.items()})
+    run.finish()
+
+
+def wandb_run_info(trainer: Any) -> dict[str, Any] | None:
+    """Where a training job's W&B run went, for environment.json; None without one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = trainer.logger
+    if not isinstance(logger, WandbLogger):
+        return None
+    run = logger.experiment
+    return {
+        "group": run.group,
+        "name": run.name,
+        "id": run.id,
+        "project": run.project,
+        "mode": "offline" if run.settings._offline else "online",
+    }

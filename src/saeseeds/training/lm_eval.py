@@ -1,0 +1,165 @@
+"""Evaluation that needs the language model and the held-out text: the CE-loss score and KL with
+the reconstruction spliced in at the hook, and each feature's top activating held-out contexts.
+
+Works from a :class:`saeseeds.activations.base.TextContext`; a source without one (synthetic
+data, an activation file, a control) skips both. The clean logits and the zero-ablation CE do not
+depend on the SAE, so they are computed once per (cache, model) in a process and reused by the
+next job of a sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeseeds.activations.base import TextContext
+from saeseeds.activations.hooks import logits_with_replacement
+from saeseeds.contract import TOP_EXAMPLES_FORMAT
+
+MARKER = ("<<", ">>")
+TOP_EXAMPLES_BATCH = 2048
+_BASELINE_MEMORY: dict[tuple, dict[str, Any]] = {}  # clean log-probs and zero-ablation CE
+
+
+# ---- CE-loss score ----
+
+
+@torch.no_grad()
+def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor]) -> dict:
+    """CE loss and KL with ``reconstruct`` (raw activations -> raw reconstructions) spliced in.
+
+    Positions before ``first_position`` keep their clean activations in every variant (the SAE
+    never saw them), so zero ablation and the SAE replace exactly the positions trained on; a
+    zero reconstruction therefore scores 0 and a perfect one 1.
+    """
+    tokens = context.heldout_tokens[: context.eval_sequences].long()
+    baseline = _baseline(context, tokens)
+    ce_sae, kl = _ce_and_kl(context, tokens, reconstruct, baseline["clean_log_probs"])
+    ce_clean, ce_zero = baseline["ce_clean"], baseline["ce_zero"]
+    denominator = ce_zero - ce_clean
+    score = (ce_zero - ce_sae) / denominator if abs(denominator) > 1e-12 else float("nan")
+    return {
+        "ce_loss_score": score,
+        "kl_div": kl,
+        "ce_clean": ce_clean,
+        "ce_sae": ce_sae,
+        "ce_zero_ablation": ce_zero,
+    }
+
+
+def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
+    memo_key = (context.cache_key, context.eval_sequences, context.model.weight_hash)
+    if memo_key not in _BASELINE_MEMORY:
+        clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
+        ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None)
+        _BASELINE_MEMORY.clear()
+        _BASELINE_MEMORY[memo_key] = {
+            "clean_log_probs": clean,
+            "ce_clean": _ce(context, tokens, clean),
+            "ce_zero": ce_zero,
+        }
+    return _BASELINE_MEMORY[memo_key]
+
+
+def _ce_and_kl(
+    context: TextContext,
+    tokens: Tensor,
+    reconstruct: Callable[[Tensor], Tensor],
+    clean_log_probs: list[Tensor] | None,
+) -> tuple[float, float]:
+    first = context.first_position
+
+    def replace(activation: Tensor) -> Tensor:  # [batch, pos, d]
+        flat = activation[:, first:].reshape(-1, activation.shape[-1]).float().cpu()
+        rebuilt = reconstruct(flat).reshape(activation[:, first:].shape)
+        return torch.cat([activation[:, :first], rebuilt.to(activation)], dim=1)
+
+    log_probs = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, replace)]
+    kl = float("nan")
+    if clean_log_probs is not None:
+        total = sum(
+            F.kl_div(lp[:, first:-1], clp[:, first:-1], log_target=True, reduction="sum")
+            for lp, clp in zip(log_probs, clean_log_probs, strict=True)
+        )
+        kl = float(total) / (len(tokens) * (tokens.shape[1] - 1 - first))
+    return _ce(context, tokens, log_probs), kl
+
+
+def _logits(
+    context: TextContext, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None
+) -> list[Tensor]:
+    model, batch = context.model, context.forward_batch_size
+    outputs = []
+    for start in range(0, len(tokens), batch):
+        chunk = tokens[start : start + batch].to(model.device)
+        logits = logits_with_replacement(model.bridge, context.hook, chunk, replace)
+        outputs.append(logits.float().cpu())  # [batch, pos, vocab]
+    return outputs
+
+
+def _ce(context: TextContext, tokens: Tensor, log_probs: list[Tensor]) -> float:
+    """Mean next-token CE over predictions made at positions first_position .. seq_len-2."""
+    first, total, count, index = context.first_position, 0.0, 0, 0
+    for lp in log_probs:  # [batch, pos, vocab]
+        targets = tokens[index : index + len(lp), first + 1 :]  # [batch, pos - first - 1]
+        picked = lp[:, first:-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        total -= float(picked.sum())
+        count += targets.numel()
+        index += len(lp)
+    return total / count
+
+
+# ---- top activating examples ----
+
+
+@torch.no_grad()
+def top_examples(
+    context: TextContext, encode: Callable[[Tensor], Tensor], n_examples: int
+) -> dict[str, Any]:
+    """For each feature that fires on held-out text, its ``n_examples`` strongest contexts."""
+    heldout = context.heldout_activations  # [n_heldout, d]
+    best_values = best_rows = None  # [n_examples, n_features]
+    for start in range(0, len(heldout), TOP_EXAMPLES_BATCH):
+        latents = encode(heldout[start : start + TOP_EXAMPLES_BATCH].float())  # [batch, n]
+        rows = torch.arange(start, start + len(latents)).unsqueeze(1).expand_as(latents)
+        if best_values is not None:
+            latents = torch.cat([best_values, latents.cpu()])
+            rows = torch.cat([best_rows, rows])
+        keep = min(n_examples, len(latents))
+        best_values, order = latents.cpu().topk(keep, dim=0)
+        best_rows = rows.gather(0, order)
+    features: dict[str, list[dict[str, Any]]] = {}
+    if best_values is not None:
+        for feature in torch.nonzero(best_values[0] > 0).flatten().tolist():
+            features[str(feature)] = [
+                _context(context, int(row), float(value))
+                for value, row in zip(best_values[:, feature], best_rows[:, feature], strict=True)
+                if value > 0
+            ]
+    return {"format": TOP_EXAMPLES_FORMAT, "marker": list(MARKER), "features": features}
+
+
+def _context(context: TextContext, row: int, activation: float) -> dict[str, Any]:
+    sequence, offset = divmod(row, context.kept_per_sequence)
+    position = offset + context.first_position
+    ids = context.heldout_tokens[sequence].tolist()
+    text_start = 1 if context.prepend_bos else 0  # BOS is not text
+    start = max(text_start, position - context.context_before)
+    end = min(len(ids), position + 1 + context.context_after)
+
+    def decode(piece: list[int]) -> str:
+        return context.model.tokenizer.decode(piece, clean_up_tokenization_spaces=False)
+
+    token = decode(ids[position : position + 1])
+    text = (
+        decode(ids[start:position])
+        + MARKER[0]
+        + token
+        + MARKER[1]
+        + decode(ids[position + 1 : end])
+    )
+    return {"activation": float(f"{activation:.6g}"), "text": text, "token": token}

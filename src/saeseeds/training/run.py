@@ -1,0 +1,234 @@
+"""The training app, top to bottom: validate, seed, load activations, build the SAE, fit with
+Lightning, evaluate on held-out data, write the run folder and mark it complete.
+
+``train.py`` at the repository root is a thin Hydra entry point around :func:`train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from saeseeds import contract
+from saeseeds.activations.base import ActivationSource, ActivationSplits
+from saeseeds.config.trainer import APP_FIELDS
+from saeseeds.config.validation import validate_train_config
+from saeseeds.errors import ConfigError, DataError
+from saeseeds.sae import SAE, SAEConfig, build_sae
+from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
+from saeseeds.training import lm_eval, run_folder
+from saeseeds.training.datamodule import ActivationDataModule
+from saeseeds.training.metrics import evaluate_heldout
+from saeseeds.training.module import SAETrainingModule
+
+log = logging.getLogger(__name__)
+TOP_EXAMPLES_PER_FEATURE = 5
+
+
+def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train one SAE as ``cfg`` says and return its final held-out metrics."""
+    started = time.time()
+    sae_config = validate_train_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+
+    L.seed_everything(cfg.seed, workers=True)
+    source = build_source(cfg)
+    splits = source.load()
+    input_scale = normalisation_scale(splits.train, sae_config.normalize)
+    sae = initialised_sae(sae_config, splits, input_scale, cfg.seed)
+    module = SAETrainingModule(
+        sae,
+        lr=sae_config.lr if sae_config.lr is not None else sae.default_lr(),
+        input_scale=input_scale,
+        warmup_steps=sae_config.warmup_steps,
+        decay_start_fraction=sae_config.decay_start_fraction,
+        dead_tokens_threshold=sae_config.dead_tokens_threshold,
+    )
+    datamodule = ActivationDataModule(splits.train, splits.heldout, source.batch_size, cfg.seed)
+
+    logger = build_wandb_logger(cfg, run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / contract.CHECKPOINT_DIR,
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+    )
+    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = L.Trainer(
+        **lightning_arguments(cfg.trainer),
+        precision=precision,
+        gradient_clip_val=sae_config.grad_clip,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=run_dir,
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoints, *(extra_callbacks or [])],
+    )
+    log.info(
+        "Training %s on %s (%s) into %s",
+        describe(sae, cfg.seed, splits),
+        trainer.strategy.root_device,
+        precision,
+        run_dir,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = finish_run(cfg, run_dir, source, splits, module, trainer, precision, started)
+    finish_wandb(logger, metrics)
+    log.info(
+        "Run complete: %s (held-out FVU %.4f, L0 %.1f, dead %.1f%%)",
+        run_dir,
+        metrics["fvu"],
+        metrics["l0"],
+        100 * metrics["dead_fraction"],
+    )
+    return metrics
+
+
+def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` group as ``lightning.Trainer`` keywords: every field but the app's own,
+    plus ``trainer.kwargs``; precision is chosen separately (it follows the device)."""
+    arguments = OmegaConf.to_container(trainer_cfg, resolve=True)
+    extra = arguments.pop("kwargs", {}) or {}
+    for name in (*APP_FIELDS, "precision"):
+        arguments.pop(name, None)
+    return {**arguments, **extra}
+
+
+def build_source(cfg: DictConfig) -> ActivationSource:
+    try:
+        return instantiate(cfg.data, _convert_="all")
+    except InstantiationException as error:
+        # Hydra wraps what a source's constructor raises; a DataError is for the user as it is.
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    if (run_dir / contract.COMPLETE_MARKER).exists():
+        raise ConfigError(f"{run_dir} already holds a complete run; choose a new output folder.")
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file.")
+        return str(path)
+    if cfg.resume:
+        path = run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT
+        if not path.is_file():
+            raise ConfigError(
+                f"resume=true but {path} does not exist. Point hydra.run.dir at the interrupted "
+                "run's folder, or pass ckpt_path=FILE."
+            )
+        return str(path)
+    return None
+
+
+def normalisation_scale(train: torch.Tensor, method: str) -> float:
+    """s with E‖s·x‖² = d_in over the whole training set (seed-independent), or 1."""
+    if method == "none":
+        return 1.0
+    mean_squared_norm = float(train.double().pow(2).sum(1).mean())
+    if not math.isfinite(mean_squared_norm) or mean_squared_norm <= 0:
+        raise DataError("The activations are all zero or not finite; cannot normalise them.")
+    return math.sqrt(train.shape[1] / mean_squared_norm)
+
+
+def initialised_sae(
+    sae_config: SAEConfig, splits: ActivationSplits, input_scale: float, seed: int
+) -> SAE:
+    generator = torch.Generator().manual_seed(seed)
+    sample_rows = torch.randperm(len(splits.train), generator=generator)
+    sample_rows = sample_rows[: sae_config.init_sample_size]
+    sae = build_sae(splits.d_in, sae_config)
+    sae.initialize(splits.train[sample_rows] * input_scale, generator)
+    return sae
+
+
+def choose_precision(requested: str | None, accelerator: str) -> str:
+    """fp32 on CPU (no bf16 units: bf16 matmuls are ~7x slower there); bf16-mixed on CUDA."""
+    if requested is not None:
+        return str(requested)
+    uses_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if uses_cuda and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def describe(sae: SAE, seed: int, splits: ActivationSplits) -> str:
+    fields = ", ".join(f"{name}={value}" for name, value in sae.cfg_fields().items())
+    return (
+        f"a {sae.architecture} SAE (d_in={sae.d_in}, n_features={sae.n_features}"
+        f"{', ' + fields if fields else ''}, seed={seed}) on {len(splits.train)} tokens"
+    )
+
+
+def finish_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    source: ActivationSource,
+    splits: ActivationSplits,
+    module: SAETrainingModule,
+    trainer: L.Trainer,
+    precision: str,
+    started: float,
+) -> dict[str, Any]:
+    """Evaluate the folded SAE on raw held-out activations and write every contract file."""
+    trained = module.sae
+    folded = trained.folded_state(module.input_scale)
+    raw_sae = build_sae(trained.d_in, trained.config)
+    raw_sae.load_folded(folded)
+    raw_sae.eval()
+
+    metrics, fire_count, activation_sum = evaluate_heldout(
+        raw_sae, splits.heldout, source.batch_size
+    )
+    context = source.text_context()
+    top_examples = None
+    if context is not None:
+        metrics.update(lm_eval.ce_loss_metrics(context, lambda x: raw_sae(x).reconstruction))
+        top_examples = lm_eval.top_examples(context, raw_sae.encode, TOP_EXAMPLES_PER_FEATURE)
+    metrics.update(
+        steps=int(trainer.global_step),
+        tokens_seen=int(trainer.global_step) * source.batch_size,
+        heldout_tokens=len(splits.heldout),
+        wall_time_s=round(time.time() - started, 3),
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_folder.write_weights(run_dir, folded)
+    run_folder.write_feature_stats(run_dir, fire_count, activation_sum, len(splits.heldout))
+    run_folder.write_json(
+        run_dir,
+        contract.CFG_FILE,
+        run_folder.sae_cfg(trained, splits.provenance, module.input_scale, cfg.seed),
+    )
+    run_folder.write_json(run_dir, contract.METRICS_FILE, metrics)
+    if top_examples is not None:
+        run_folder.write_json(run_dir, contract.TOP_EXAMPLES_FILE, top_examples)
+    source.write_artifacts(run_dir)
+    run_folder.write_json(
+        run_dir,
+        contract.ENVIRONMENT_FILE,
+        run_folder.environment(
+            seed=cfg.seed,
+            device=str(trainer.strategy.root_device),
+            precision=precision,
+            provenance=splits.provenance,
+            resolved_config=resolved,
+            wandb_run=wandb_run_info(trainer),
+        ),
+    )
+    run_folder.mark_complete(run_dir)
+    return metrics

@@ -1,0 +1,156 @@
+"""Writes a training run folder (the contract of :mod:`saeseeds.contract`, documented in
+``docs/contract.md``) and the record of what produced it.
+
+Every file is written atomically; ``COMPLETE`` is written last by :func:`mark_complete`. This module
+does not train or evaluate; it only serialises what it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saeseeds import contract
+from saeseeds.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
+
+RECORDED_PACKAGES = (
+    "torch",
+    "numpy",
+    "scipy",
+    "transformers",
+    "transformer-lens",
+    "hydra-core",
+    "omegaconf",
+    "lightning",
+    "wandb",
+    "safetensors",
+)
+
+
+def write_weights(run_dir: Path, folded_state: dict[str, torch.Tensor]) -> None:
+    atomic_save_safetensors(
+        run_dir / contract.WEIGHTS_FILE,
+        folded_state,
+        # One key only: safetensors writes metadata from a hash map, so several keys would come
+        # out in a random order and same-seed files would not be byte-identical.
+        metadata={"saeseeds_contract_version": str(contract.CONTRACT_VERSION)},
+    )
+
+
+def write_feature_stats(
+    run_dir: Path, fire_count: torch.Tensor, activation_sum: torch.Tensor, n_tokens: int
+) -> None:
+    atomic_save_safetensors(
+        run_dir / contract.FEATURE_STATS_FILE,
+        {"fire_count": fire_count.long().cpu(), "activation_sum": activation_sum.float().cpu()},
+        metadata={"n_tokens": str(int(n_tokens))},
+    )
+
+
+def write_json(run_dir: Path, name: str, payload: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / name, payload)
+
+
+def mark_complete(run_dir: Path) -> None:
+    atomic_write_text(
+        run_dir / contract.COMPLETE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n"
+    )
+
+
+def sae_cfg(sae: Any, provenance: dict[str, Any], input_scale: float, seed: int) -> dict[str, Any]:
+    """cfg.json: the contract's fields, then the ones the architecture adds."""
+    return {
+        "contract_version": contract.CONTRACT_VERSION,
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "n_features": sae.n_features,
+        **sae.cfg_fields(),
+        "model_name": provenance.get("model_name", "unknown"),
+        "hook_name": provenance.get("hook_name", "unknown"),
+        "dtype": "float32",
+        "activation_dtype": provenance.get("dtype", "float32"),
+        "normalization": {"method": sae.config.normalize, "input_scale": input_scale},
+        "seed": seed,
+        "data": provenance.get("source", "unknown"),
+    }
+
+
+def environment(
+    seed: int,
+    device: str,
+    precision: str,
+    provenance: dict[str, Any],
+    resolved_config: dict[str, Any],
+    wandb_run: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """environment.json: versions, platform, git, hashes, and the run's own config record."""
+    run_config = contract.run_config(resolved_config)
+    return {
+        "python": sys.version.split()[0],
+        "versions": {name: _version(name) for name in RECORDED_PACKAGES},
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda,
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "device": device,
+        "precision": precision,
+        "git": git_state(),
+        "installed_packages_sha256": installed_packages_hash(),
+        "seed": seed,
+        "model_weight_hash": provenance.get("model_weight_hash"),
+        "activation_cache_key": provenance.get("activation_cache_key"),
+        "data_provenance": provenance,
+        "config_sha256": contract.config_sha256(run_config),
+        "condition_sha256": contract.config_sha256(contract.condition_config(resolved_config)),
+        "config": run_config,
+        "command": sys.argv,
+        "wandb": wandb_run,
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_packages_hash() -> str:
+    names = sorted(
+        f"{dist.metadata['Name']}=={dist.version}".lower()
+        for dist in importlib.metadata.distributions()
+    )
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def git_state() -> dict[str, Any] | None:
+    """Commit and dirty flag of the checkout this package runs from, if it is one."""
+    source_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source_dir, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}

@@ -1,0 +1,113 @@
+"""Every registered architecture honours the interface the trainer, evaluation and writer use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saeseeds.contract import THRESHOLD_TENSOR, WEIGHT_TENSORS
+from saeseeds.errors import ConfigError
+from saeseeds.sae import REGISTRY, architecture, build_sae
+from saeseeds.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from saeseeds.sae.relu_l1 import ReluL1Config, ReluL1SAE
+
+D_IN, N_FEATURES = 12, 40
+
+
+def trained_looking(name: str, seed: int = 0):
+    """An initialised SAE of ``name`` after a few optimiser steps on a fixed batch."""
+    config_class = architecture(name).Config
+    fields = config_class.__dataclass_fields__
+    config = config_class(n_features=N_FEATURES, **({"k": 4} if "k" in fields else {}))
+    sae = build_sae(D_IN, config)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, D_IN, generator=generator) * 2 + 1
+    sae.initialize(x, generator)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    dead = torch.zeros(N_FEATURES, dtype=torch.bool)
+    dead[::5] = True
+    for step in range(5):
+        sae.set_progress(step, 5)
+        output = sae(x, dead)
+        optimizer.zero_grad()
+        sum(output.losses.values()).backward()
+        sae.before_optimizer_step()
+        optimizer.step()
+        sae.after_optimizer_step()
+    return sae.eval(), x
+
+
+def test_the_three_architectures_are_registered():
+    assert {"topk", "relu_l1", "batchtopk"} <= set(REGISTRY)
+    with pytest.raises(ConfigError, match="'jumprelu' is not available; choose one of"):
+        architecture("jumprelu")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_folded_weights_act_on_raw_activations(name):
+    """decode(encode(x)) of the folded copy on raw x equals the trained SAE on scaled x."""
+    sae, x = trained_looking(name)
+    scale = 0.37
+    folded = build_sae(D_IN, sae.config).eval()
+    folded.load_folded(sae.folded_state(scale))
+    with torch.no_grad():
+        scaled = sae(x * scale).reconstruction / scale
+        raw = folded(x).reconstruction
+        torch.testing.assert_close(raw, scaled, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(folded.decode(folded.encode(x)), raw, rtol=1e-4, atol=1e-5)
+    state = sae.folded_state(scale)
+    assert set(WEIGHT_TENSORS) <= set(state)
+    assert all(tensor.dtype == torch.float32 for tensor in state.values())
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_losses_are_named_and_latents_match_the_reconstruction(name):
+    sae, x = trained_looking(name)
+    sae.train()
+    output = sae(x, torch.zeros(N_FEATURES, dtype=torch.bool))
+    assert "mse" in output.losses and all(term.ndim == 0 for term in output.losses.values())
+    dense = torch.zeros(len(x), N_FEATURES).scatter_add(
+        1, output.latent_indices.contiguous(), output.latent_values.contiguous()
+    )
+    torch.testing.assert_close(sae.decode(dense), output.reconstruction, rtol=1e-4, atol=1e-5)
+
+
+def test_relu_l1_penalty_warms_up_and_weights_decoder_norms():
+    config = ReluL1Config(n_features=N_FEATURES, l1_coefficient=2.0, l1_warmup_fraction=0.5)
+    sae = ReluL1SAE(D_IN, config)
+    sae.initialize(torch.randn(64, D_IN), torch.Generator().manual_seed(0))
+    x = torch.randn(32, D_IN)
+    sae.set_progress(0, 100)
+    early = sae(x).losses["l1"]
+    sae.set_progress(49, 100)
+    full = sae(x).losses["l1"]
+    torch.testing.assert_close(early * 50, full)
+    latents = sae.encode(x)
+    expected = 2.0 * (latents * sae.W_dec.norm(dim=1)).sum(-1).mean() / D_IN
+    torch.testing.assert_close(full, expected)
+    assert sae.cfg_fields() == {"l1_coefficient": 2.0}
+
+
+def test_batchtopk_keeps_k_per_token_on_average_and_learns_its_threshold():
+    sae = BatchTopKSAE(D_IN, BatchTopKConfig(n_features=N_FEATURES, k=4, threshold_decay=0.5))
+    sae.initialize(torch.randn(64, D_IN), torch.Generator().manual_seed(0))
+    x = torch.randn(100, D_IN, generator=torch.Generator().manual_seed(1))
+    output = sae.train()(x)
+    active = output.latent_values > 0
+    assert int(active.sum()) == 4 * 100  # k·batch over the whole batch
+    assert active.sum(1).min() != active.sum(1).max()  # ... not k for every token
+    smallest = float(output.latent_values[active].min())
+    assert float(sae.threshold[0]) == pytest.approx(smallest)  # first batch sets it
+    sae(x)
+    assert float(sae.threshold[0]) == pytest.approx(smallest)  # same batch, same minimum
+    inference = sae.eval()(x).latent_values
+    assert torch.equal(inference > 0, sae.encode(x) > 0)
+    assert THRESHOLD_TENSOR in sae.folded_state(1.0)
+    assert torch.all(sae.folded_state(1.0)[THRESHOLD_TENSOR] == sae.threshold[0])
+
+
+def test_invalid_architecture_fields_name_the_value():
+    with pytest.raises(ConfigError, match=r"sae.l1_coefficient=-1.0 must be >= 0"):
+        ReluL1Config(l1_coefficient=-1.0)
+    with pytest.raises(ConfigError, match=r"sae.threshold_decay=1.0 must be in \[0, 1\)"):
+        BatchTopKConfig(threshold_decay=1.0)

@@ -1,0 +1,255 @@
+"""The Top-K SAE maths: sparse decoder, fused sparse-backward encoder, AuxK, decoder constraint,
+init, weight folding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saeseeds.sae.kernels import TopKEncoder, geometric_median
+from saeseeds.sae.topk import TopKSAE
+from tests.helpers import topk_sae
+
+
+def make_sae(d_in=24, n_features=96, k=6, seed=0, sparse=True) -> TopKSAE:
+    generator = torch.Generator().manual_seed(seed)
+    sae = topk_sae(d_in, n_features, k, sparse_decoder=sparse)
+    sae.initialize(torch.randn(512, d_in, generator=generator) + 3.0, generator)
+    with torch.no_grad():  # move off the tied init so encoder and decoder differ
+        sae.W_enc.add_(0.1 * torch.randn(sae.W_enc.shape, generator=generator))
+        sae.b_enc.add_(0.1 * torch.randn(sae.b_enc.shape, generator=generator))
+    return sae
+
+
+def test_sparse_decoder_equals_dense_outputs_and_gradients():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True  # exercise the AuxK decode too
+    results = {}
+    for sparse in (True, False):
+        sae = make_sae(sparse=sparse)
+        output = sae(x, dead_mask)
+        (output.losses["mse"] + output.losses["auxk"]).backward()
+        results[sparse] = (output, {n: p.grad.clone() for n, p in sae.named_parameters()})
+    (sparse_out, sparse_grads), (dense_out, dense_grads) = results[True], results[False]
+    torch.testing.assert_close(sparse_out.reconstruction, dense_out.reconstruction)
+    torch.testing.assert_close(sparse_out.losses["auxk"], dense_out.losses["auxk"])
+    assert sparse_out.losses["auxk"] > 0
+    for name in sparse_grads:
+        torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_topk_keeps_exactly_k_latents_and_encode_decode_matches_forward():
+    sae = make_sae()
+    x = torch.randn(64, 24) + 3.0
+    z = sae.encode(x)
+    assert ((z > 0).sum(1) <= sae.k).all()
+    torch.testing.assert_close(sae.decode(z), sae(x).reconstruction, rtol=1e-5, atol=1e-5)
+
+
+def test_initialisation_follows_gao_et_al():
+    sae = make_sae(seed=3)
+    fresh = topk_sae(24, 96, 6)
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(512, 24, generator=generator) + 3.0
+    fresh.initialize(sample, generator)
+    torch.testing.assert_close(fresh.W_dec.norm(dim=1), torch.ones(96))
+    torch.testing.assert_close(fresh.W_enc, fresh.W_dec.T)
+    assert torch.all(fresh.b_enc == 0)
+    torch.testing.assert_close(fresh.b_dec, geometric_median(sample))
+    assert sae.W_dec.shape == (96, 24)
+
+
+def test_geometric_median_is_robust_to_outliers():
+    points = torch.zeros(101, 2)
+    points[:51, 0] = 1.0  # 51 points at (1, 0), 50 at (0, 0) ...
+    points[100] = torch.tensor([1000.0, 1000.0])  # ... and one far outlier
+    median = geometric_median(points)
+    assert median.norm() < 1.5  # the mean would be near (10.5, 9.9)
+    assert points.mean(0).norm() > 10
+
+
+def test_auxk_loss_is_zero_without_dead_latents_and_ignores_b_dec():
+    sae = make_sae()
+    x = torch.randn(32, 24) + 3.0
+    assert sae(x, torch.zeros(96, dtype=torch.bool)).losses["auxk"] == 0
+    dead = torch.ones(96, dtype=torch.bool)
+    loss_before = sae(x, dead).losses["auxk"]
+    with torch.no_grad():
+        # Shifting b_dec and the input together leaves pre-activations and the residual
+        # unchanged, so an AuxK decode without b_dec gives the same loss.
+        shift = torch.randn(24)
+        sae.b_dec.add_(shift)
+    assert torch.allclose(sae(x + shift, dead).losses["auxk"], loss_before, rtol=1e-4)
+
+
+def test_auxk_residual_is_detached():
+    sae = make_sae()
+    x = torch.randn(32, 24) + 3.0
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[:48] = True
+    sae(x, dead).losses["auxk"].backward()
+    # Live latents' decoder rows reach AuxK only through the residual e = x - x̂. With e
+    # detached they get no gradient; the dead latents' rows (the auxiliary decode) do.
+    assert torch.all(sae.W_dec.grad[48:] == 0)
+    assert sae.W_dec.grad[:48].abs().sum() > 0
+
+
+def test_decoder_gradient_projection_and_renormalisation():
+    sae = make_sae()
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.before_optimizer_step()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
+    torch.testing.assert_close(parallel, torch.zeros(96), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.after_optimizer_step()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96))
+
+
+@pytest.mark.parametrize("input_scale", [0.05, 1.0, 7.0])
+def test_folded_weights_reconstruct_raw_activations(input_scale):
+    sae = make_sae()
+    raw = (torch.randn(64, 24) + 3.0) / input_scale
+    scaled_reconstruction = sae(raw * input_scale).reconstruction
+    folded = topk_sae(24, 96, 6)
+    folded.load_state_dict(sae.folded_state(input_scale))
+    torch.testing.assert_close(
+        folded(raw).reconstruction, scaled_reconstruction / input_scale, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(folded.encode(raw), sae.encode(raw * input_scale))
+
+
+def test_default_learning_rate_scaling():
+    assert topk_sae(8, 2**14, 4).default_lr() == pytest.approx(2e-4)
+    assert topk_sae(8, 2**12, 4).default_lr() == pytest.approx(4e-4)
+
+
+# ---- fused encoder (TopKEncoder): sparse backward must equal plain autograd ----
+def make_sae_with_negative_top_latents(fused: bool, dtype=torch.float32) -> TopKSAE:
+    """Half the chosen pre-activations negative, so ReLU zeros take part in the comparison."""
+    sae = make_sae()
+    sae.fused_encoder = fused
+    with torch.no_grad():
+        sample = torch.randn(256, 24, generator=torch.Generator().manual_seed(5)) + 3.0
+        chosen = sae.pre_activations(sample).topk(sae.k).values
+        sae.b_enc.sub_(chosen.median())
+    return sae.to(dtype)
+
+
+def loss_and_gradients(sae: TopKSAE, x, dead_mask):
+    output = sae(x, dead_mask)
+    (output.losses["mse"] + output.losses["auxk"]).backward()
+    return output, {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("n_dead", [0, 5, 40])  # none, fewer than k_aux = 12, more than k_aux
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[torch.randperm(96, generator=torch.Generator().manual_seed(2))[:n_dead]] = True
+    results = {}
+    for fused in (True, False):
+        sae = make_sae_with_negative_top_latents(fused)
+        sae.config.sparse_decoder = sparse
+        results[fused] = loss_and_gradients(sae, x, dead_mask)
+    (fused_out, fused_grads), (plain_out, plain_grads) = results[True], results[False]
+    zeroed = (fused_out.latent_values == 0).float().mean()
+    assert 0.2 < zeroed < 0.8  # ReLU really cuts some chosen latents
+    assert torch.equal(fused_out.latent_indices, plain_out.latent_indices)
+    assert torch.equal(fused_out.latent_values, plain_out.latent_values)
+    for field in ("reconstruction", "fvu"):
+        torch.testing.assert_close(getattr(fused_out, field), getattr(plain_out, field))
+    for term in ("mse", "auxk"):
+        torch.testing.assert_close(fused_out.losses[term], plain_out.losses[term])
+    assert (fused_out.losses["auxk"] > 0) == (n_dead > 0)
+    for name in plain_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_encoder_passes_gradcheck_in_float64():
+    generator = torch.Generator().manual_seed(4)
+    d_in, n_features, k = 6, 20, 3
+    x = torch.randn(5, d_in, generator=generator, dtype=torch.float64)
+    weights = [
+        torch.randn(d_in, n_features, generator=generator, dtype=torch.float64),  # W_enc
+        torch.randn(n_features, generator=generator, dtype=torch.float64),  # b_enc
+        torch.randn(d_in, generator=generator, dtype=torch.float64),  # b_dec
+    ]
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, *weights)]
+    dead_latents = torch.arange(0, n_features, 3)
+
+    def chosen_pre_activations(x, W_enc, b_enc, b_dec):
+        top, indices, aux, aux_indices = TopKEncoder.apply(
+            x, W_enc, b_enc, b_dec, k, dead_latents, d_in // 2
+        )
+        # Unsorted Top-K may list the same latents in another order after a finite-difference
+        # nudge; ordering by latent index makes the outputs comparable.
+        return top.gather(1, indices.argsort(1)), aux.gather(1, aux_indices.argsort(1))
+
+    assert torch.autograd.gradcheck(chosen_pre_activations, inputs, fast_mode=True)
+    sae = topk_sae(d_in, n_features, k).double()
+    sae.initialize(torch.randn(64, d_in, generator=generator, dtype=torch.float64), generator)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn(sae.W_enc.shape, generator=generator, dtype=x.dtype))
+        # Some chosen latents negative (ReLU zeros), none exactly at ReLU's kink.
+        sae.b_enc.sub_(sae.pre_activations(x).topk(k).values.median() + 0.05)
+
+    def reconstruction_loss(*params):
+        # The MSE only: AuxK's detached residual makes its analytic gradient differ, by design,
+        # from finite differences; the Function-level check above covers the AuxK outputs.
+        names = ("W_enc", "b_enc", "W_dec", "b_dec")
+        parameters = dict(zip(names, params, strict=True))
+        return torch.func.functional_call(sae, parameters, (x.detach(),)).losses["mse"]
+
+    params = [p.detach().clone().requires_grad_() for p in sae.parameters()]
+    assert torch.autograd.gradcheck(reconstruction_loss, params, fast_mode=True)
+
+
+def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    fp32_out, fp32_grads = loss_and_gradients(
+        make_sae_with_negative_top_latents(True), x, dead_mask
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = {
+            fused: loss_and_gradients(make_sae_with_negative_top_latents(fused), x, dead_mask)
+            for fused in (True, False)
+        }
+    (bf16_out, bf16_grads), (plain_out, plain_grads) = bf16[True], bf16[False]
+    # Same bf16 matmul in the forward, so the same latents and losses as plain autocast.
+    assert torch.equal(bf16_out.latent_indices, plain_out.latent_indices)
+    torch.testing.assert_close(bf16_out.losses["mse"], plain_out.losses["mse"])
+    torch.testing.assert_close(bf16_out.losses["auxk"], plain_out.losses["auxk"])
+    torch.testing.assert_close(bf16_out.losses["mse"], fp32_out.losses["mse"], rtol=3e-2, atol=0)
+    torch.testing.assert_close(bf16_out.losses["auxk"], fp32_out.losses["auxk"], rtol=3e-2, atol=0)
+    for name, fp32_grad in fp32_grads.items():
+        assert bf16_grads[name].dtype == torch.float32  # gradients stay in the parameters' dtype
+        # Plain autocast's backward matmuls round to bf16; the sparse backward stays in fp32.
+        assert (bf16_grads[name] - plain_grads[name]).norm() < 1e-2 * fp32_grad.norm(), name
+        assert (bf16_grads[name] - fp32_grad).norm() < 0.1 * fp32_grad.norm(), name
+
+
+def test_fused_training_steps_are_bit_identical_under_deterministic_algorithms():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            sae = make_sae_with_negative_top_latents(True)
+            optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+            for _ in range(3):
+                output = sae(x, dead_mask)
+                optimizer.zero_grad()
+                (output.losses["mse"] + output.losses["auxk"]).backward()
+                optimizer.step()
+            runs.append([p.detach().clone() for p in sae.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -1,0 +1,60 @@
+"""CE-loss score, KL and top examples with the tiny real transformer (training.lm_eval)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saeseeds.activations.corpora import python_docs_texts
+from saeseeds.contract import TOP_EXAMPLES_FORMAT
+from saeseeds.training import lm_eval
+from saeseeds.training.lm_eval import MARKER
+from tests.tiny_lm import EOS
+
+
+def test_ce_loss_score_is_one_for_identity_and_zero_for_zeros(make_source):
+    source = make_source()
+    source.load()
+    perfect = lm_eval.ce_loss_metrics(source.text_context(), lambda x: x)
+    zero = lm_eval.ce_loss_metrics(source.text_context(), torch.zeros_like)
+    assert perfect["ce_loss_score"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect["kl_div"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["ce_sae"] == pytest.approx(zero["ce_zero_ablation"])
+    assert zero["ce_zero_ablation"] > zero["ce_clean"] and zero["kl_div"] > 0
+    noisy = lm_eval.ce_loss_metrics(
+        source.text_context(), lambda x: x + 0.3 * x.std() * torch.randn_like(x)
+    )
+    assert noisy["kl_div"] > 0 and noisy["ce_clean"] == perfect["ce_clean"]
+
+
+def test_top_examples_are_marked_contexts_from_the_corpus(make_source):
+    source = make_source()
+    splits = source.load()
+    directions = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    top = lm_eval.top_examples(
+        source.text_context(), lambda x: torch.relu(x @ directions), n_examples=3
+    )
+    assert top["format"] == TOP_EXAMPLES_FORMAT and top["marker"] == list(MARKER)
+    assert top["features"] and all(key.isdigit() for key in top["features"])
+    corpus = "".join(python_docs_texts(True))
+    heldout_latents = torch.relu(splits.heldout @ directions)
+    for feature, examples in top["features"].items():
+        values = [example["activation"] for example in examples]
+        assert values == sorted(values, reverse=True) and len(examples) <= 3 and values[0] > 0
+        assert values[0] == pytest.approx(float(heldout_latents[:, int(feature)].max()), rel=1e-3)
+        for example in examples:
+            marked = MARKER[0] + example["token"] + MARKER[1]
+            assert marked in example["text"]
+            plain = example["text"].replace(marked, example["token"], 1)
+            for piece in plain.split(EOS):  # contexts may cross a document boundary
+                assert piece in corpus
+    never_fires = lm_eval.top_examples(
+        source.text_context(), lambda x: torch.zeros(len(x), 8), n_examples=3
+    )
+    assert never_fires["features"] == {}
+
+
+def test_text_context_needs_load_first(make_source):
+    with pytest.raises(RuntimeError, match="Call load"):
+        make_source().text_context()

@@ -1,0 +1,161 @@
+"""The training app end to end, in process: recovery, determinism, resume, the run folder."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from saeseeds.training.run import train
+
+CONTRACT_FILES = (
+    "sae_weights.safetensors",
+    "cfg.json",
+    "feature_stats.safetensors",
+    "metrics.json",
+    "environment.json",
+    "COMPLETE",
+)
+
+
+def recovered_fraction(run_dir, threshold=0.9) -> float:
+    truth = load_file(run_dir / "ground_truth.safetensors")["true_directions"]
+    decoder = load_file(run_dir / "sae_weights.safetensors")["W_dec"]
+    decoder = decoder / decoder.norm(dim=1, keepdim=True)
+    best_cosine = (truth @ decoder.T).max(dim=1).values  # [n_true]
+    return float((best_cosine >= threshold).float().mean())
+
+
+def test_synthetic_recovery_and_run_folder_contract(tmp_path):
+    from tests.helpers import compose_train
+
+    run_dir = tmp_path / "recovery"
+    cfg = compose_train(
+        [
+            "data=synthetic",
+            "data.d_in=64",
+            "data.n_true_features=128",
+            "data.k_true=4",
+            "data.n_tokens=32768",
+            "sae.n_features=256",
+            "sae.k=4",
+            "sae.lr=0.004",
+            "trainer.max_epochs=4",
+            "trainer.enable_progress_bar=false",
+        ],
+        run_dir,
+    )
+    metrics = train(cfg)
+
+    assert recovered_fraction(run_dir) >= 0.9
+    for name in CONTRACT_FILES:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    weights = load_file(run_dir / "sae_weights.safetensors")
+    assert {name: tuple(t.shape) for name, t in weights.items()} == {
+        "W_enc": (64, 256),
+        "b_enc": (256,),
+        "W_dec": (256, 64),
+        "b_dec": (64,),
+    }
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+    with safe_open(str(run_dir / "feature_stats.safetensors"), framework="pt") as handle:
+        n_tokens = int(handle.metadata()["n_tokens"])
+        fire_count = handle.get_tensor("fire_count")
+    assert fire_count.dtype == torch.int64 and fire_count.shape == (256,)
+    assert fire_count.sum() == 4 * n_tokens  # every held-out token fires exactly k latents
+
+    cfg_json = json.loads((run_dir / "cfg.json").read_text())
+    assert cfg_json["contract_version"] == 1
+    assert (cfg_json["d_in"], cfg_json["n_features"], cfg_json["k"]) == (64, 256, 4)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["fvu"] == pytest.approx(metrics["fvu"]) and saved["fvu"] < 0.2
+    assert saved["explained_variance"] == pytest.approx(1 - saved["fvu"])
+    assert saved["l0"] == pytest.approx(4.0)
+    assert saved["dead_fraction"] == pytest.approx(float((fire_count == 0).float().mean()))
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["seed"] == 0 and environment["precision"] == "32-true"
+    assert environment["versions"]["torch"] == torch.__version__.split("+")[0] or environment[
+        "versions"
+    ]["torch"].startswith(torch.__version__.split("+")[0])
+    assert len(environment["installed_packages_sha256"]) == 64
+
+
+def test_folded_weights_reconstruct_raw_activations_as_reported(train_config, tmp_path):
+    """x̂ = decode(encode(x)) on raw activations reproduces the reported held-out FVU."""
+    from saeseeds.activations.synthetic import SyntheticSource
+    from tests.helpers import topk_sae
+
+    cfg = train_config("data.noise_std=0.05")
+    metrics = train(cfg)
+    weights = load_file(tmp_path / "run" / "sae_weights.safetensors")
+    sae = topk_sae(16, 64, 4)
+    sae.load_state_dict(weights)
+    source = SyntheticSource(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    heldout = source.load().heldout
+    with torch.no_grad():
+        error = (heldout - sae.decode(sae.encode(heldout))).pow(2).sum()
+    fvu = error / (heldout - heldout.mean(0)).pow(2).sum()
+    assert float(fvu) == pytest.approx(metrics["fvu"], rel=1e-4)
+
+
+def test_same_seed_same_weights_different_seed_different_weights(train_config, tmp_path):
+    paths = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        train(train_config(f"seed={seed}", "logger=none", output_dir=tmp_path / name))
+        paths[name] = tmp_path / name / "sae_weights.safetensors"
+    assert paths["a"].read_bytes() == paths["b"].read_bytes()
+    weights_a, weights_c = load_file(paths["a"]), load_file(paths["c"])
+    assert not torch.equal(weights_a["W_dec"], weights_c["W_dec"])
+
+
+class InterruptAtStep(L.Callback):
+    """Presses Ctrl-C after a given optimiser step, as a user would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
+    common = ("seed=3", "logger=none", "trainer.checkpoint_every_n_steps=5")
+    train(train_config(*common, output_dir=tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):  # Lightning exits after a graceful Ctrl-C shutdown
+        train(train_config(*common, output_dir=interrupted), extra_callbacks=[InterruptAtStep(22)])
+    assert not (interrupted / "COMPLETE").exists()
+    assert not (interrupted / "sae_weights.safetensors").exists()
+    assert (interrupted / "checkpoints" / "last.ckpt").is_file()  # saved at step 20, mid-epoch
+
+    metrics = train(train_config(*common, "resume=true", output_dir=interrupted))
+    assert (interrupted / "COMPLETE").exists()
+    assert metrics["steps"] == 32  # 2 epochs x 16 batches
+    straight = (tmp_path / "straight" / "sae_weights.safetensors").read_bytes()
+    assert (interrupted / "sae_weights.safetensors").read_bytes() == straight
+
+
+def test_resume_with_another_seed_is_refused(train_config, tmp_path):
+    common = ("logger=none", "trainer.checkpoint_every_n_steps=5")
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        train(train_config("seed=3", *common, output_dir=interrupted), [InterruptAtStep(7)])
+    with pytest.raises(ValueError, match="Resume with the same seed"):
+        train(train_config("seed=4", "resume=true", *common, output_dir=interrupted))
+    assert not (interrupted / "COMPLETE").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(train_config, tmp_path):
+    from saeseeds.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resume=true but .*last.ckpt does not exist"):
+        train(train_config("resume=true", "logger=none"))
