@@ -16,6 +16,17 @@ from omegaconf import MISSING
 
 
 @dataclass
+class DataConfig:
+    """Fields every data option has."""
+
+    control: str = "none"
+    """``none``, or ``gaussian``: Gaussian samples with the training activations' mean and
+    covariance instead of the activations (the geometry control; CE-loss is then skipped)."""
+    control_seed: int = 0
+    """Seed of the control's samples; independent of the SAE seed."""
+
+
+@dataclass
 class PythonDocsCorpusConfig:
     """The embedded corpus: Python's own documentation, installed with Python."""
 
@@ -53,7 +64,7 @@ class HFDatasetCorpusConfig:
 
 
 @dataclass
-class TextDataConfig:
+class TextDataConfig(DataConfig):
     """Activations of ``model`` at ``hook`` on a text corpus (the shared knobs)."""
 
     _target_: str = "saeseeds.activations.text.TextActivationSource"
@@ -111,7 +122,7 @@ class HFDatasetDataConfig(TextDataConfig):
 
 
 @dataclass
-class SyntheticDataConfig:
+class SyntheticDataConfig(DataConfig):
     """Activations drawn from a known ground-truth dictionary."""
 
     _target_: str = "saeseeds.activations.synthetic.SyntheticSource"
@@ -138,7 +149,7 @@ class SyntheticDataConfig:
 
 
 @dataclass
-class ActivationFileConfig:
+class ActivationFileConfig(DataConfig):
     """A user's own [N, d_in] activations (.safetensors or .npy)."""
 
     _target_: str = "saeseeds.activations.file.ActivationFileSource"

@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from saeseeds import contract
 from saeseeds.activations.base import ActivationSource, ActivationSplits
+from saeseeds.activations.controls import with_control
 from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
+from saeseeds.training.callbacks import HeldoutCurve
 from saeseeds.training.datamodule import ActivationDataModule
 from saeseeds.training.metrics import evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
@@ -64,6 +66,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         save_last=True,
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
     )
+    curve = HeldoutCurve(splits.heldout, source.batch_size)
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = L.Trainer(
         **lightning_arguments(cfg.trainer),
@@ -73,7 +76,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoints, *(extra_callbacks or [])],
+        callbacks=[checkpoints, curve, *(extra_callbacks or [])],
     )
     log.info(
         "Training %s on %s (%s) into %s",
@@ -107,8 +110,11 @@ def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_source(cfg: DictConfig) -> ActivationSource:
+    """The ``data`` option's source, wrapped in its control when ``data.control`` is set."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    control, control_seed = data.pop("control", "none"), data.pop("control_seed", 0)
     try:
-        return instantiate(cfg.data, _convert_="all")
+        return with_control(instantiate(data, _convert_="all"), control, control_seed)
     except InstantiationException as error:
         # Hydra wraps what a source's constructor raises; a DataError is for the user as it is.
         if isinstance(error.__cause__, DataError):
@@ -199,7 +205,11 @@ def finish_run(
     if context is not None:
         metrics.update(lm_eval.ce_loss_metrics(context, lambda x: raw_sae(x).reconstruction))
         top_examples = lm_eval.top_examples(context, raw_sae.encode, TOP_EXAMPLES_PER_FEATURE)
+    curves = [
+        callback.points for callback in trainer.callbacks if isinstance(callback, HeldoutCurve)
+    ]
     metrics.update(
+        heldout_fvu_curve=curves[0] if curves else {},
         steps=int(trainer.global_step),
         tokens_seen=int(trainer.global_step) * source.batch_size,
         heldout_tokens=len(splits.heldout),
