@@ -24,6 +24,14 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 COMPLETE_MARKER = "COMPLETE"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
+# Hydra's record of the job's composed config. The trainer writes it itself once it has accepted
+# a job (Hydra's own writing is off), so a refused command never rewrites a finished folder's.
+HYDRA_DIR = ".hydra"
+HYDRA_CONFIG = ".hydra/config.yaml"
+# One JSON record per job of a multirun, in the sweep folder (not in the job's folder, so that a
+# deleted job folder is still known): what the job was, what it did, and why it failed.
+JOB_RECORDS_DIR = ".saeseeds_jobs"
+JOB_RECORD_FORMAT = "saeseeds.job/1"
 
 # Tensors every architecture saves, float32, with input normalisation folded in.
 WEIGHT_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -58,6 +66,14 @@ OPERATIONAL_KEYS = (
     "ckpt_path",
     "trainer.enable_progress_bar",
     "trainer.checkpoint_every_n_steps",
+    "trainer.log_every_n_steps",
+    # Copies of paths.* inside the data group, and knobs that change speed, not results.
+    "data.cache_dir",
+    "data.model_cache_dir",
+    "data.model.device",
+    "data.model.forward_batch_size",
+    "model.device",
+    "model.forward_batch_size",
 )
 # Keys that vary between the runs of one condition (a group): the seed, and the operational ones.
 NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
@@ -78,6 +94,36 @@ def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any
 
 def config_sha256(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: leaf value}."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def differing_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (a key present in one only counts)."""
+    left, right = flatten(recorded), flatten(current)
+    return sorted(
+        key
+        for key in set(left) | set(right)
+        if json.dumps(left.get(key, "<absent>"), sort_keys=True, default=str)
+        != json.dumps(right.get(key, "<absent>"), sort_keys=True, default=str)
+    )
+
+
+def describe_differences(recorded: dict[str, Any], current: dict[str, Any], limit: int = 6) -> str:
+    """``sae.k=8 vs 16, sae.lr=None vs 0.01``: the first ``limit`` differing keys, both values."""
+    left, right = flatten(recorded), flatten(current)
+    keys = differing_keys(recorded, current)
+    parts = [f"{key}={left.get(key, '<absent>')} vs {right.get(key, '<absent>')}" for key in keys]
+    more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
 
 
 def run_config(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -20,3 +20,10 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """Bad data input: a missing or malformed file, too few tokens, an unknown hook, ..."""
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written: the folder is unwritable, the disk or quota is full, ...
+
+    Also an :class:`OSError`, so code that handles failed writes keeps working.
+    """

@@ -1,10 +1,12 @@
 """Atomic files and folders, build locks and file hashes: one implementation of each.
 
-Every file of a run or report folder, every cache folder and every converted model goes through
-here. A file is written to a temporary name in the same folder, flushed and fsynced, then
-``os.replace``d; a folder is built under a temporary name and renamed into place. A reader never
-sees half a file or half a folder. torch is imported only to write safetensors. This module must
-stay free of training or analysis logic.
+Every file of a run or report folder, every checkpoint, every cache folder and every converted
+model goes through here. A file is written to a temporary name in the same folder, flushed and
+fsynced, then ``os.replace``d; a folder is built under a temporary name and renamed into place. A
+reader never sees half a file or half a folder, and a writer killed at any point leaves the old
+file or the new one. A write that fails for want of space or permission raises
+:class:`saeseeds.errors.OutputError` naming the file. torch is imported only to write safetensors.
+This module must stay free of training or analysis logic.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from saeseeds.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     removed and ``path`` keeps its old content, if any.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise output_error(path, error) from error
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -49,9 +57,63 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        # An error about another file (a read inside the block) is not this write's failure.
+        if isinstance(error, OutputError) or error.filename not in (None, str(tmp), str(path)):
+            raise
+        raise output_error(path, error) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def output_error(path: str | Path, error: OSError) -> OutputError:
+    """The user-facing form of a failed write: which file, why, and what would work."""
+    reason = error.strerror or str(error)
+    return OutputError(
+        f"cannot write {path}: {reason}. Outputs need a writable folder with free space; "
+        "free some space or choose another output folder."
+    )
+
+
+def writable_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` could not be created or written into, or None when it can.
+
+    Checks the folder if it exists, else its nearest existing ancestor; creates nothing.
+    """
+    candidate = Path(folder).expanduser().absolute()
+    while not candidate.exists():
+        if candidate.parent == candidate:
+            break
+        candidate = candidate.parent
+    if not candidate.is_dir():
+        return f"{candidate} is not a folder"
+    if not os.access(candidate, os.W_OK | os.X_OK):
+        return f"{candidate} is not writable"
+    return None
+
+
+def remove_folder_if_only(folder: str | Path, names: set[str]) -> bool:
+    """Delete ``folder`` if it holds nothing but entries named in ``names`` (and empty folders);
+    True if deleted.
+
+    Used to take back the folder a refused command created (Hydra's log file, the job's
+    ``.hydra/``), never anything a user or a finished job wrote.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    # Empty folders (a checkpoints/ folder whose first write failed) hold nothing either.
+    entries = {
+        entry.name
+        for entry in folder.iterdir()
+        if not (entry.is_dir() and entry.name not in names and not any(entry.iterdir()))
+    }
+    if not entries <= names:
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -71,10 +133,18 @@ def atomic_write_json(path: str | Path, payload: Any) -> Path:
 def atomic_save_safetensors(
     path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
 ) -> Path:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as error:
+            # safetensors reports a failed write as "I/O error: No space left ... (os error 28)".
+            code = re.search(r"os error (\d+)", str(error))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from error
     return Path(path)
 
 
@@ -132,3 +202,38 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any] | None:
+    """A YAML config such as ``.hydra/config.yaml`` as a plain dict, its interpolations resolved;
+    None when the file is missing, unreadable or not a mapping.
+
+    Interpolations that need a running Hydra app (``${hydra:...}``, only under ``paths``) are
+    replaced by None first, so the rest (``data.cache_dir: ${paths.cache_dir}``) resolves.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        config = OmegaConf.load(path)
+        if not isinstance(config, DictConfig):
+            return None
+        _blank_hydra_interpolations(config)
+        plain = OmegaConf.to_container(config, resolve=True)
+    except Exception:  # noqa: BLE001 - OmegaConf and YAML raise many error types
+        return None
+    return plain if isinstance(plain, dict) else None
+
+
+def _blank_hydra_interpolations(node: Any) -> None:
+    from omegaconf import DictConfig, ListConfig
+
+    keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig | ListConfig):
+            _blank_hydra_interpolations(child)
+        elif "${hydra:" in str(child._value()):
+            node[key] = None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from saeseeds.activations.base import ActivationSource
@@ -12,10 +12,14 @@ from saeseeds.config.validation import sae_config_of, validate_train_config
 from saeseeds.errors import ConfigError
 from saeseeds.sae import build_sae
 from saeseeds.sae.topk import TopKSAE
+from saeseeds.training.run import build_source
 from tests.helpers import CONF_DIR, compose_train
 
 GROUPS = ("model", "hook", "sae", "data", "trainer", "logger", "paths")
-NEEDS_A_FILE = {"activations": ["data.path=/nonexistent.npy"]}
+NEEDS_A_FILE = {
+    "activations": ["data.path=/nonexistent.npy"],
+    "text_files": ["data.corpus.paths=[/nonexistent.txt]"],
+}
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -28,13 +32,17 @@ def group_options() -> list[tuple[str, str]]:
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
     extra = NEEDS_A_FILE.get(option, []) if group == "data" else []
     cfg = compose_train([f"{group}={option}", *extra], tmp_path)
+    if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            validate_train_config(cfg)
+        return
     validate_train_config(cfg)
     assert cfg[group] is not None
 
 
 def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):
     cfg = compose_train(["data=synthetic", "data.n_tokens=2048", "sae.n_features=64"], tmp_path)
-    source = instantiate(cfg.data, _convert_="all")
+    source = build_source(cfg)  # as the app builds it (data.control handled there)
     assert isinstance(source, ActivationSource)
     splits = source.load()
     assert splits.train.shape == (2048, cfg.data.d_in)

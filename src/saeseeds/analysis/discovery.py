@@ -2,20 +2,25 @@
 folder) to the job folders inside, each loaded or listed with the reason it is skipped.
 
 A job folder is any folder holding ``cfg.json`` or ``.hydra/``; the search does not descend
-into a job folder (its ``checkpoints/`` and ``wandb/`` are never read). Nothing here compares
-runs with each other beyond dropping a second copy of the same folder.
+into a job folder (its ``checkpoints/`` and ``wandb/`` are never read). A sweep folder written by
+train.py also lists its jobs in ``.saeseeds_jobs/``; a listed job whose folder is gone is
+reported as **missing**, and one that failed before writing anything as **failed**, so a sweep
+with fewer folders than jobs says which seeds it lacks. Nothing here compares runs with each
+other beyond dropping a second copy of the same folder.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saeseeds import contract
 from saeseeds.analysis.errors import AnalysisError, RunFolderError
-from saeseeds.analysis.loading import RunFolder, SkippedRun, load_run
+from saeseeds.analysis.loading import RunFolder, SkippedRun, load_run, run_identity
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -94,5 +99,42 @@ def discover(sweep_dir: str | Sequence[str] | None, outputs_root: Path) -> Disco
             try:
                 discovery.runs.append(load_run(run_path))
             except RunFolderError as error:
-                discovery.skipped.append(SkippedRun(run_path, error.status, error.reason))
+                seed, condition = run_identity(run_path)
+                discovery.skipped.append(
+                    SkippedRun(run_path, error.status, error.reason, seed, condition)
+                )
+        discovery.skipped.extend(absent_jobs(root, seen))
     return discovery
+
+
+def absent_jobs(sweep_dir: Path, found: set[Path]) -> list[SkippedRun]:
+    """Jobs the sweep's records list whose folder was not found: deleted, or never written."""
+    absent = []
+    for record_path in sorted((sweep_dir / contract.JOB_RECORDS_DIR).glob("*.json")):
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("job"), str):
+            continue
+        job_dir = (sweep_dir / record["job"]).resolve()
+        if job_dir in found or is_run_folder(job_dir):
+            continue
+        config = record.get("config")
+        condition = (
+            contract.without_keys(config, contract.NON_CONDITION_KEYS)
+            if isinstance(config, dict)
+            else None
+        )
+        seed = record.get("seed") if isinstance(record.get("seed"), int) else None
+        if record.get("outcome") == "failed":
+            status, reason = "failed", f"the job failed before training: {record.get('reason')}"
+        else:
+            status = "missing"
+            reason = (
+                f"the job folder is gone (deleted or moved); {contract.JOB_RECORDS_DIR}/"
+                f"{record_path.name} lists it as {record.get('outcome')}. Re-run the sweep's "
+                "command to train it again."
+            )
+        absent.append(SkippedRun(job_dir, status, reason, seed, condition))
+    return absent

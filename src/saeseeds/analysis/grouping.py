@@ -2,12 +2,15 @@
 
 A group is analysable when it has at least two distinct seeds and its runs agree on every field
 of cfg.json but the seed (architecture, sizes, k, model, hook, normalisation, ...). Groups that
-are not analysable are kept with the reason, so the report can list them.
+are not analysable are kept with the reason, so the report can list them. Folders that could not
+be used but whose records say which condition they belong to (a killed, corrupt, relabelled or
+deleted seed) become a group's ``notes``: the group is analysed with fewer seeds, and says so.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,10 @@ class Group:
     config: dict[str, Any]
     problem: str | None = None
     duplicates: list[SkippedRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """One line per seed of this condition that is not analysed, with the reason."""
+    missing: list[SkippedRun] = field(default_factory=list)
+    """The skipped folders behind ``notes``."""
 
     @property
     def seeds(self) -> list[int]:
@@ -50,21 +57,33 @@ def _labels(configs: list[dict[str, Any]], runs: list[list[RunFolder]]) -> list[
     flats = [_flatten(config) for config in configs]
     all_keys = sorted(set().union(*flats))
     varying = [key for key in all_keys if len({repr(flat.get(key)) for flat in flats}) > 1]
+    # data.model.* and data.hook.* are interpolated copies of model.* and hook.*.
+    shown = [key for key in varying if not key.startswith(("data.model.", "data.hook."))]
     labels = []
     for flat, group_runs in zip(flats, runs, strict=True):
         if varying:
-            labels.append(",".join(f"{key}={flat.get(key)}" for key in varying[:4]))
+            labels.append(",".join(f"{key}={flat.get(key)}" for key in (shown or varying)))
         else:
             cfg = group_runs[0].cfg
             labels.append(f"n_features={cfg.get('n_features')},k={cfg.get('k')}")
     return labels
 
 
+def _same(first: Any, other: Any) -> bool:
+    """Equal, with floats equal to 1e-9 relative: derived values such as the input scale differ
+    in the last bits between thread counts, which does not make the runs another condition."""
+    if isinstance(first, dict) and isinstance(other, dict):
+        return first.keys() == other.keys() and all(_same(first[k], other[k]) for k in first)
+    if isinstance(first, float) and isinstance(other, float):
+        return math.isclose(first, other, rel_tol=1e-9, abs_tol=0.0)
+    return json.dumps(first, sort_keys=True) == json.dumps(other, sort_keys=True)
+
+
 def _consistency_problem(runs: list[RunFolder]) -> str | None:
     names = sorted({name for run in runs for name in run.cfg} - set(PER_RUN_FIELDS))
     for name in names:
-        values = {json.dumps(run.cfg.get(name), sort_keys=True) for run in runs}
-        if len(values) > 1:
+        reference = runs[0].cfg.get(name)
+        if not all(_same(reference, run.cfg.get(name)) for run in runs[1:]):
             detail = ", ".join(f"{run.path.name}: {run.cfg.get(name)}" for run in runs)
             return (
                 f"runs share a config but differ in {name} ({detail}); their dictionaries "
@@ -73,12 +92,33 @@ def _consistency_problem(runs: list[RunFolder]) -> str | None:
     return None
 
 
-def group_runs(runs: list[RunFolder]) -> list[Group]:
-    """Groups in order of first appearance, runs sorted by seed, problems recorded."""
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def attach_missing_seeds(groups: list[Group], skipped: list[SkippedRun]) -> None:
+    """Note in each group the seeds of its condition that were skipped, with the reason."""
+    by_key = {_config_key(group.config): group for group in groups}
+    for entry in skipped:
+        if entry.condition is None:
+            continue
+        group = by_key.get(_config_key(entry.condition))
+        if group is None or (entry.seed is not None and entry.seed in group.seeds):
+            continue
+        seed = f"seed {entry.seed}" if entry.seed is not None else "a run"
+        group.missing.append(entry)
+        group.notes.append(
+            f"{seed} not analysed ({entry.path.name}): {entry.status}: {entry.reason}"
+        )
+
+
+def group_runs(runs: list[RunFolder], skipped: list[SkippedRun] | None = None) -> list[Group]:
+    """Groups in order of first appearance, runs sorted by seed, problems recorded; with
+    ``skipped``, each group notes the seeds of its condition that could not be used."""
     by_key: dict[str, list[RunFolder]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for run in runs:
-        key = json.dumps(run.comparable_config, sort_keys=True, default=str)
+        key = _config_key(run.comparable_config)
         by_key.setdefault(key, []).append(run)
         configs.setdefault(key, run.comparable_config)
     keys = list(by_key)
@@ -101,4 +141,5 @@ def group_runs(runs: list[RunFolder]) -> list[Group]:
                 "config. Train more seeds, e.g. python train.py -m seed=1,2,3 ..."
             )
         groups.append(group)
+    attach_missing_seeds(groups, list(skipped or []))
     return groups

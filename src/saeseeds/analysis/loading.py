@@ -1,10 +1,15 @@
 """Reading and validating one run folder (the contract of :mod:`saeseeds.contract`).
 
 Owns every read of a run folder: cfg.json, sae_weights.safetensors, feature_stats.safetensors,
-metrics.json, environment.json, .hydra/config.yaml (only for runs whose environment.json predates
-the config record) and, lazily, top_examples.json. Tensors are read with safetensors only (never
-pickle), and ``checkpoints/`` is never touched. A folder that cannot be used raises
-:class:`RunFolderError` with the reason; nothing here decides grouping.
+metrics.json, environment.json, .hydra/config.yaml and, lazily, top_examples.json. Tensors are
+read with safetensors only (never pickle), and ``checkpoints/`` is never touched. A folder that
+cannot be used raises :class:`RunFolderError` with the reason; nothing here decides grouping.
+
+The config recorded at completion (environment.json's ``config``) is what a run is; a folder
+whose ``.hydra/config.yaml`` no longer agrees with it was re-used or edited after it finished
+(**relabelled**) and is not analysed: its two records disagree, and which one the user meant
+cannot be known, so it is named with the differing keys instead of being counted under either.
+Optional inputs (top_examples.json) that are malformed are dropped entry by entry, never the run.
 """
 
 from __future__ import annotations
@@ -20,15 +25,24 @@ from safetensors import SafetensorError, safe_open
 
 from saeseeds import contract
 from saeseeds.analysis.errors import RunFolderError
+from saeseeds.io import read_config_file
 
 
 @dataclass
 class SkippedRun:
-    """A folder that is not analysed: ``status`` is incomplete, corrupt, rejected or duplicate."""
+    """A folder that is not analysed: ``status`` is incomplete, corrupt, rejected, relabelled,
+    duplicate, missing (a sweep's job folder that is gone) or failed (a job that never trained).
+
+    ``seed`` and ``condition`` (the run's config without seed and operational keys) are what the
+    folder's records say it was meant to be, when they say; they let a group note the seeds it
+    lacks.
+    """
 
     path: Path
     status: str
     reason: str
+    seed: int | None = None
+    condition: dict[str, Any] | None = None
 
 
 @dataclass
@@ -120,6 +134,44 @@ def _check_shape(array: np.ndarray, shape: tuple[int, ...], name: str) -> None:
         )
 
 
+def check_not_relabelled(run_path: Path, recorded: dict[str, Any]) -> None:
+    """Refuse a folder whose .hydra/config.yaml disagrees with its completion record."""
+    hydra_config = read_config_file(run_path / contract.HYDRA_CONFIG)
+    if hydra_config is None:
+        return  # absent or unreadable: the completion record stands alone
+    at_completion = contract.without_keys(recorded, contract.OPERATIONAL_KEYS)
+    now = contract.without_keys(hydra_config, contract.OPERATIONAL_KEYS)
+    if contract.differing_keys(at_completion, now):
+        raise RunFolderError(
+            "relabelled",
+            f"{contract.HYDRA_CONFIG} no longer matches the config recorded at completion in "
+            f"{contract.ENVIRONMENT_FILE} ({contract.describe_differences(at_completion, now)}; "
+            "at completion vs now): the folder was re-used by another command or edited. Its "
+            f"weights are from the recorded config; restore {contract.HYDRA_CONFIG} or remove "
+            "the folder from the sweep.",
+        )
+
+
+def run_identity(run_path: Path) -> tuple[int | None, dict[str, Any] | None]:
+    """(seed, condition) from whatever record a folder holds, for folders that cannot be used."""
+    environment = run_path / contract.ENVIRONMENT_FILE
+    config = None
+    try:
+        recorded = json.loads(environment.read_text(encoding="utf-8")).get("config")
+        config = recorded if isinstance(recorded, dict) else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    if config is None:
+        config = read_config_file(run_path / contract.HYDRA_CONFIG)
+    if config is None:
+        return None, None
+    seed = config.get("seed")
+    return (
+        seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        contract.without_keys(config, contract.NON_CONDITION_KEYS),
+    )
+
+
 def comparable_config(run_path: Path, environment: Any) -> dict[str, Any]:
     """The run's condition: the config it recorded at completion (environment.json) without the
     seed; for runs written before that record, .hydra/config.yaml without the same keys."""
@@ -165,6 +217,10 @@ def load_run(run_path: Path) -> RunFolder:
     for name, tensor in weights.items():
         if not np.isfinite(tensor).all():
             raise RunFolderError("corrupt", f"{name} contains NaN or infinite values")
+    if not np.any(weights["W_dec"]):
+        raise RunFolderError(
+            "corrupt", "W_dec is all zeros: the dictionary has no directions to compare"
+        )
     decoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_dec"), dtype=np.float32))
     encoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_enc").T, dtype=np.float32))
 
@@ -183,6 +239,9 @@ def load_run(run_path: Path) -> RunFolder:
     metrics = _read_json(metrics_path, "final metrics") if metrics_path.is_file() else {}
     environment = _read_json(environment_path, "versions") if environment_path.is_file() else {}
     wandb_info = environment.get("wandb") if isinstance(environment, dict) else None
+    recorded = environment.get("config") if isinstance(environment, dict) else None
+    if isinstance(recorded, dict):
+        check_not_relabelled(run_path, recorded)
     return RunFolder(
         path=run_path,
         seed=seed,
@@ -198,12 +257,42 @@ def load_run(run_path: Path) -> RunFolder:
 
 
 def read_top_examples(run_path: Path) -> dict[int, list[dict[str, Any]]]:
-    """top_examples.json as {feature index: contexts}; {} when absent or unreadable."""
+    """top_examples.json as {feature index: contexts}; {} when absent or unreadable.
+
+    Only well-typed entries are kept (a context is a dict with str ``text`` and ``token`` and a
+    finite number ``activation``), so a malformed file costs its examples, never the report.
+    """
     path = run_path / contract.TOP_EXAMPLES_FILE
     if not path.is_file():
         return {}
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return {int(index): list(items) for index, items in payload.get("features", {}).items()}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError):
         return {}
+    features = payload.get("features") if isinstance(payload, dict) else None
+    if not isinstance(features, dict):
+        return {}
+    examples: dict[int, list[dict[str, Any]]] = {}
+    for index, items in features.items():
+        try:
+            feature = int(index)
+        except (TypeError, ValueError):
+            continue
+        contexts = [_typed_context(item) for item in items] if isinstance(items, list) else []
+        kept = [context for context in contexts if context is not None]
+        if kept:
+            examples[feature] = kept
+    return examples
+
+
+def _typed_context(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    text, token, activation = item.get("text"), item.get("token"), item.get("activation")
+    if not isinstance(text, str) or not isinstance(token, str):
+        return None
+    if isinstance(activation, bool) or not isinstance(activation, int | float):
+        return None
+    if not np.isfinite(activation):
+        return None
+    return {**item, "text": text, "token": token, "activation": float(activation)}

@@ -32,7 +32,12 @@ def select_device(requested: str) -> str:
     except ImportError:
         available = False
     if requested == "cuda" and not available:
-        raise RuntimeError("device=cuda but no CUDA GPU is available; use device=auto or cpu.")
+        from saeseeds.analysis.errors import AnalysisConfigError
+
+        raise AnalysisConfigError(
+            "device=cuda but torch sees no CUDA GPU; use device=auto (a GPU when present, "
+            "else the CPU) or device=cpu."
+        )
     return "cuda" if available else "cpu"
 
 

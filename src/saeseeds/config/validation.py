@@ -2,30 +2,43 @@
 
 Every failure raises :class:`ConfigError` naming the bad value and what would be valid. The SAE
 group is checked by its architecture's own config dataclass (its ``__post_init__``), built here
-from the composed config, so each architecture owns its checks.
+from the composed config, so each architecture owns its checks. The checks that need no torch run
+first and torch is imported only after them, so a typo fails in well under a second.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from saeseeds.errors import ConfigError
-from saeseeds.sae import SAEConfig, architecture
 from saeseeds.tracking import VALID_MODES
+
+if TYPE_CHECKING:
+    from saeseeds.sae import SAEConfig
 
 VALID_PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
 MAX_SEED = 2**32
+# trainer.accelerator values Lightning accepts without a plugin. CUDA and MPS are checked here;
+# Lightning checks TPUs (xla) itself when the Trainer is built.
+KNOWN_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla")
+# What a user must set for options that have no default, and an example.
+REQUIRED_HINTS = {
+    "data.path": "data=activations needs data.path=FILE, a .safetensors or .npy [N, d_in] matrix",
+    "data.corpus.paths": "data=text_files needs 'data.corpus.paths=[notes.txt,more/]'",
+}
 
 
 def validate_train_config(cfg: DictConfig) -> SAEConfig:
     """Check the composed training config; return the SAE's typed config."""
+    check_required(cfg)
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
         raise ConfigError(
             f"seed={seed!r} is not valid; use an integer in [0, 2^32), e.g. seed=0 or "
             "-m seed=1,2,3."
         )
-    sae_config = sae_config_of(cfg.sae)
     precision = cfg.trainer.precision
     if precision is not None and str(precision) not in VALID_PRECISIONS:
         raise ConfigError(
@@ -42,11 +55,104 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
         )
     if cfg.resume and cfg.ckpt_path:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
-    return sae_config
+    check_trainer(cfg.trainer)
+    return sae_config_of(cfg.sae)  # imports torch
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys still set to ``???``, found without resolving any interpolation."""
+    found: list[str] = []
+    if isinstance(node, DictConfig):
+        keys: list[Any] = list(node.keys())
+    elif isinstance(node, ListConfig):
+        keys = list(range(len(node)))
+    else:
+        return found
+    for key in keys:
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_missing(node, key):
+            found.append(dotted)
+        else:
+            found.extend(missing_keys(node._get_node(key), dotted))
+    return found
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Options without a default must be set before anything resolves them."""
+    missing = missing_keys(cfg)
+    if missing:
+        key = missing[0]
+        hint = REQUIRED_HINTS.get(key, f"set it on the command line: {key}=VALUE")
+        raise ConfigError(f"{key} is required but not set: {hint}.")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Device and length checks that Lightning would make only after the data is loaded (the
+    model's forward passes, on text data), or not at all (an untrained SAE marked COMPLETE)."""
+    accelerator = str(trainer.accelerator)
+    if accelerator not in KNOWN_ACCELERATORS:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} is not valid; choose one of "
+            f"{KNOWN_ACCELERATORS} (auto: a CUDA GPU when present, else the CPU)."
+        )
+    if accelerator in ("gpu", "cuda", "mps"):
+        import torch  # only for a device that needs it: torch takes seconds to import
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but torch {torch.__version__} sees no CUDA GPU; "
+            "use trainer=default (trainer.accelerator=auto or cpu), or install a CUDA build of "
+            "torch on a machine with a GPU."
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps but no Apple MPS device is available; use "
+            "trainer.accelerator=auto or cpu."
+        )
+    check_devices(trainer.devices, accelerator)
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    if max_steps is not None and (max_steps == 0 or max_steps < -1):
+        raise ConfigError(
+            f"trainer.max_steps={max_steps} is not valid; use a positive number of steps, or -1 "
+            "to train for trainer.max_epochs."
+        )
+    if (max_steps is None or max_steps == -1) and (max_epochs is None or max_epochs < 1):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} would train no step (or never stop) and save an "
+            "untrained SAE; use trainer.max_epochs >= 1, or set trainer.max_steps to a positive "
+            "number of steps."
+        )
+
+
+def check_devices(devices: Any, accelerator: str) -> None:
+    """``auto``, a positive count, -1 (all), or a list / comma string of device indices."""
+    valid = "auto, a positive number of devices, -1 (all), or device indices such as [0,1]"
+    if isinstance(devices, ListConfig | list):
+        if len(devices) == 0 or not all(isinstance(d, int) and d >= 0 for d in devices):
+            raise ConfigError(f"trainer.devices={list(devices)} is not valid; use {valid}.")
+        return
+    text = str(devices).strip()
+    if text == "auto":
+        return
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"trainer.devices={devices!r} is not valid; use {valid}.") from None
+    if "," not in text and (not indices or indices[0] == 0 or indices[0] < -1):
+        raise ConfigError(f"trainer.devices={devices!r} is not valid; use {valid}.")
+    if accelerator in ("gpu", "cuda") and "," not in text and indices[0] > 0:
+        import torch
+
+        if indices[0] > torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.devices={indices[0]} but only {torch.cuda.device_count()} CUDA GPU(s) "
+                "are visible; use at most that many, or -1 for all."
+            )
 
 
 def sae_config_of(sae: DictConfig) -> SAEConfig:
     """The architecture's config dataclass, built (and so checked) from the ``sae`` group."""
+    from saeseeds.sae import architecture
+
     config_class = architecture(str(sae.architecture)).Config
     values = OmegaConf.to_container(sae, resolve=True)
     known = set(config_class.__dataclass_fields__)

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from saeseeds.errors import ConfigError
+
 
 class RowBatches(Dataset):
     """Indexing with a tensor of row indices returns that whole batch (no per-row collation)."""
@@ -50,8 +52,9 @@ class SeededBatchSampler(Sampler[Tensor]):
 
 
 def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
+    # A backstop: the run's recorded config is checked before training (checkpoint_io).
     if saved != current:
-        raise ValueError(
+        raise ConfigError(
             f"The checkpoint was trained with data order {saved}, but this run has {current}. "
             "Resume with the same seed, data and data.batch_size as the interrupted run."
         )

@@ -1,11 +1,16 @@
-"""The training app, top to bottom: validate, seed, load activations, build the SAE, fit with
-Lightning, evaluate on held-out data, write the run folder and mark it complete.
+"""The training app, top to bottom: validate, decide what the run folder needs (start, resume or
+skip), seed, load activations, build the SAE, fit with Lightning, evaluate on held-out data,
+write the run folder and mark it complete.
 
-``train.py`` at the repository root is a thin Hydra entry point around :func:`train`.
+``train.py`` at the repository root is a thin Hydra entry point; :mod:`saeseeds.training.job`
+wraps :func:`train` for one Hydra job. Checkpoints are written atomically and checked before a
+resume (:mod:`saeseeds.training.checkpoint_io`); SIGTERM and SIGINT save one at the current step
+(:mod:`saeseeds.training.preemption`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -16,6 +21,8 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,21 +36,50 @@ from saeseeds.sae import SAE, SAEConfig, build_sae
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve
+from saeseeds.training.checkpoint_io import check_shapes
 from saeseeds.training.datamodule import ActivationDataModule
+from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.metrics import evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
+from saeseeds.training.preemption import CheckpointOnSignal, StopSignals
+from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
 
 log = logging.getLogger(__name__)
 TOP_EXAMPLES_PER_FEATURE = 5
 
 
-def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Train one SAE as ``cfg`` says and return its final held-out metrics."""
+def train(
+    cfg: DictConfig, extra_callbacks: list[Callback] | None = None, plan: JobPlan | None = None
+) -> dict[str, Any]:
+    """Train one SAE as ``cfg`` says and return its final held-out metrics.
+
+    ``plan`` is what the job decided about its folder; without one it is decided here, as for a
+    single run (an interrupted folder is resumed only with ``resume=true``). A folder already
+    complete with this config is left alone and its recorded metrics are returned.
+    """
     started = time.time()
     sae_config = validate_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resume_checkpoint(cfg, run_dir)
+    run_config = contract.run_config(OmegaConf.to_container(cfg, resolve=True))
+    if plan is None:
+        plan = plan_job(cfg, run_dir, run_config, auto_resume=False)
+    if plan.action == SKIP:
+        log.info("Skipped %s: %s.", run_dir, plan.message)
+        return json.loads((run_dir / contract.METRICS_FILE).read_text(encoding="utf-8"))
+    with StopSignals() as signals:
+        return _train(cfg, sae_config, run_dir, run_config, plan, signals, extra_callbacks, started)
 
+
+def _train(
+    cfg: DictConfig,
+    sae_config: SAEConfig,
+    run_dir: Path,
+    run_config: dict[str, Any],
+    plan: JobPlan,
+    signals: StopSignals,
+    extra_callbacks: list[Callback] | None,
+    started: float,
+) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     source = build_source(cfg)
     splits = source.load()
@@ -58,26 +94,47 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         dead_tokens_threshold=sae_config.dead_tokens_threshold,
     )
     datamodule = ActivationDataModule(splits.train, splits.heldout, source.batch_size, cfg.seed)
+    checkpoint_io = AtomicCheckpointIO()
+    ckpt_path = None
+    if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
+        check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
+        checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
+        plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
     logger = build_wandb_logger(cfg, run_dir)
+    checkpoint_dir = run_dir / contract.CHECKPOINT_DIR
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / contract.CHECKPOINT_DIR,
+        dirpath=checkpoint_dir,
         save_top_k=0,
         save_last=True,
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+        # Always last.ckpt: a resumed run whose folder was moved would otherwise write
+        # last-v1.ckpt beside the old one, and the next resume would read the stale one.
+        enable_version_counter=False,
     )
     curve = HeldoutCurve(splits.heldout, source.batch_size)
-    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer = L.Trainer(
-        **lightning_arguments(cfg.trainer),
-        precision=precision,
-        gradient_clip_val=sae_config.grad_clip,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=run_dir,
-        logger=logger if logger is not None else False,
-        callbacks=[checkpoints, curve, *(extra_callbacks or [])],
+    on_signal = CheckpointOnSignal(
+        signals,
+        checkpoint_dir / contract.LAST_CHECKPOINT,
+        "Re-run the same command with resume=true (a multirun resumes by itself) to continue.",
     )
+    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    try:
+        trainer = L.Trainer(
+            **lightning_arguments(cfg.trainer),
+            precision=precision,
+            gradient_clip_val=sae_config.grad_clip,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=run_dir,
+            logger=logger if logger is not None else False,
+            callbacks=[checkpoints, curve, RunRecord(run_config), on_signal]
+            + list(extra_callbacks or []),
+            plugins=[checkpoint_io, *cluster_plugins()],
+        )
+    except (MisconfigurationException, TypeError, ValueError) as error:
+        # Lightning's own checks of the trainer group (an option or a combination it refuses).
+        raise ConfigError(f"the trainer group is not valid for Lightning: {error}") from None
     log.info(
         "Training %s on %s (%s) into %s",
         describe(sae, cfg.seed, splits),
@@ -85,7 +142,12 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         precision,
         run_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.global_step == 0:
+        raise ConfigError(
+            "training ended after 0 optimisation steps, so no SAE was saved; check "
+            "trainer.max_epochs, trainer.max_steps and trainer.kwargs (e.g. limit_train_batches)."
+        )
 
     metrics = finish_run(cfg, run_dir, source, splits, module, trainer, precision, started)
     finish_wandb(logger, metrics)
@@ -122,23 +184,12 @@ def build_source(cfg: DictConfig) -> ActivationSource:
         raise
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    if (run_dir / contract.COMPLETE_MARKER).exists():
-        raise ConfigError(f"{run_dir} already holds a complete run; choose a new output folder.")
-    if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file.")
-        return str(path)
-    if cfg.resume:
-        path = run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT
-        if not path.is_file():
-            raise ConfigError(
-                f"resume=true but {path} does not exist. Point hydra.run.dir at the interrupted "
-                "run's folder, or pass ckpt_path=FILE."
-            )
-        return str(path)
-    return None
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, turn off Lightning's own requeue (SIGUSR1: an hpc_ckpt the next start would
+    load unchecked); preemption is handled by the SIGTERM checkpoint and the job's resume."""
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
 
 
 def normalisation_scale(train: torch.Tensor, method: str) -> float:

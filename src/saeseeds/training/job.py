@@ -1,0 +1,166 @@
+"""One job of ``train.py``, from Hydra's call to its outcome.
+
+In order: check the config (before the heavy imports, so a typo fails in about two seconds);
+decide from the job's folder whether to start, resume, skip or refuse
+(:mod:`saeseeds.training.resume`); write ``.hydra/`` only once the job is accepted (Hydra's own
+writing is turned off in ``conf/hydra/default.yaml``, so a refused command never rewrites a
+finished folder's record); train; and record the outcome.
+
+Inside a multirun every job writes a record into ``<sweep>/.saeseeds_jobs/`` (atomically) when it
+starts and when it ends, which :mod:`saeseeds.training.sweep` turns into the sweep's summary and
+the analysis uses to name deleted jobs. A refused job takes back the folder it created (Hydra's
+log file and nothing else), so bad input leaves no half-made run folder behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from saeseeds import contract
+from saeseeds.config.validation import validate_train_config
+from saeseeds.errors import ConfigError
+from saeseeds.io import atomic_write_json, atomic_write_text, remove_folder_if_only
+from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
+from saeseeds.training.sweep import LAUNCH_ENV
+
+log = logging.getLogger("saeseeds")
+# What Hydra itself puts into a job folder before the job runs.
+HYDRA_LEFTOVERS = {"train.log"}
+
+
+def hydra_config() -> Any | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun(hydra_cfg: Any | None) -> bool:
+    from hydra.types import RunMode
+
+    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:  # noqa: BLE001 - OmegaConf raises many interpolation errors
+        raise ConfigError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
+    return contract.run_config(resolved)
+
+
+class JobRecord:
+    """``<sweep>/.saeseeds_jobs/<job>.json``: one job's identity and outcome (multirun only)."""
+
+    def __init__(self, hydra_cfg: Any, run_dir: Path, seed: Any):
+        sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
+        try:
+            job = str(run_dir.absolute().relative_to(sweep_dir))
+        except ValueError:
+            job = run_dir.name
+        self.path = sweep_dir / contract.JOB_RECORDS_DIR / (job.replace("/", "%2F") + ".json")
+        self.payload: dict[str, Any] = {
+            "format": contract.JOB_RECORD_FORMAT,
+            "job": job,
+            "num": int(hydra_cfg.job.num),
+            "overrides": list(hydra_cfg.overrides.task),
+            "launch": os.environ.get(LAUNCH_ENV),
+            "seed": seed,
+            "action": None,
+            "outcome": "running",
+            "reason": None,
+            "config": None,
+            "config_sha256": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    def write(self, **changes: Any) -> None:
+        self.payload.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        try:
+            atomic_write_json(self.path, self.payload)
+        except OSError as error:  # the summary loses one line; the job itself goes on
+            log.warning("Could not write the job record %s: %s", self.path, error)
+
+
+def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: Any | None) -> None:
+    """What Hydra would have written into ``.hydra/``, once the job is accepted."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if hydra_cfg is None or hydra_cfg.output_subdir is not None:
+        return  # not a Hydra run, or Hydra wrote it itself (hydra.output_subdir was set)
+    hydra_dir = run_dir / contract.HYDRA_DIR
+    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of writes killed with SIGKILL (a kill leaves the old file whole, and its
+    temporary beside it); the job owns its folder, so no other writer can be using them."""
+    for folder in (run_dir, run_dir / contract.CHECKPOINT_DIR):
+        for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one job; returns its metrics (None when skipped). Raises what the job raised."""
+    hydra_cfg = hydra_config()
+    multirun = is_multirun(hydra_cfg)
+    run_dir = Path(str(cfg.paths.output_dir))
+    fresh = run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= HYDRA_LEFTOVERS
+    record = JobRecord(hydra_cfg, run_dir, cfg.get("seed")) if multirun else None
+    if record is not None:
+        record.write()
+    plan: JobPlan | None = None
+    try:
+        validate_train_config(cfg)
+        run_config = resolved_run_config(cfg)
+        if record is not None:
+            sha = contract.config_sha256(run_config)
+            record.write(config=run_config, config_sha256=sha)
+        plan = plan_job(cfg, run_dir, run_config, auto_resume=multirun)
+        if record is not None:
+            record.write(action=plan.action)
+        if plan.action == SKIP:
+            log.info("Skipped %s: %s.", run_dir, plan.message)
+            if record is not None:
+                record.write(outcome="skipped")
+            return None
+        if plan.action == RESUME:
+            log.info("Resuming %s %s.", run_dir, plan.message)
+        remove_stale_temporaries(run_dir)
+        write_hydra_files(run_dir, cfg, hydra_cfg)
+        from saeseeds.training.run import train  # Lightning: imported only for accepted jobs
+
+        metrics = train(cfg, plan=plan)
+    except SystemExit as stop:  # a stop signal (Preempted), or Lightning's exit after Ctrl-C
+        if record is not None:
+            preempted = getattr(stop, "signum", None) is not None
+            reason = str(stop) if preempted else f"interrupted (exit status {stop.code})"
+            record.write(outcome="preempted" if preempted else "interrupted", reason=reason)
+        raise
+    except BaseException as error:
+        if record is not None:
+            record.write(outcome="failed", reason=_describe(error))
+        if fresh:  # nothing in it predates this command
+            remove_folder_if_only(run_dir, HYDRA_LEFTOVERS | {contract.HYDRA_DIR})
+        raise
+    if record is not None:
+        record.write(outcome="resumed" if plan.action == RESUME else "started")
+    return metrics
+
+
+def _describe(error: BaseException) -> str:
+    from saeseeds.errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error)
+    first = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {first[0] if first else ''} (traceback in the job's log)"

@@ -1,0 +1,420 @@
+"""The bad-input catalogue: mistakes a new user makes with either app, as the user makes them.
+
+Each case runs the real entry script in a subprocess (two at a time) and asserts what the user
+sees and what is left on disk: the exit status; one message that names the bad value and what
+would be valid; no traceback; and no partial output (a refused command leaves no folder behind,
+and a folder that existed keeps every file as it was, Hydra's ``train.log`` aside). The cases
+that already behaved well are here too, so that they stay that way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from tests.analysis.run_folders import random_directions, write_run_folder
+from tests.helpers import REPO_ROOT, TINY_SAE, TINY_SYNTHETIC, compose_train
+
+TRAIN = [*TINY_SAE, *TINY_SYNTHETIC, "logger=none", "trainer.checkpoint_every_n_steps=5"]
+# Files a refused command may add to or change in a folder that existed: Hydra's log file.
+LOG_FILES = {"train.log", "analyze.log"}
+
+
+@dataclass
+class Case:
+    """One mistake: the command line (``{x}`` names a prepared file or folder), the words the
+    message must contain (the bad value, what is valid), and the exit status."""
+
+    id: str
+    script: str
+    args: list[str]
+    expect: list[str]
+    status: int = 2
+    existing: str | None = None  # a prepared folder the command points at (copied per case)
+    file_size_limit: int | None = None  # bytes; simulates a full disk (writes fail with EFBIG)
+    may_add: tuple[str, ...] = ()  # files an accepted job may add to ``existing`` (.hydra/)
+
+
+def train_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
+    common = TRAIN if "data=activations" not in args else [*TINY_SAE, "logger=none"]
+    return Case(id, "train.py", [*common, *args], expect, **kwargs)
+
+
+def analyze_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
+    return Case(id, "analyze.py", ["progress=false", "logger=none", *args], expect, **kwargs)
+
+
+CASES = [
+    # ---- config values (train.py) ----
+    train_case("k-not-below-n", ["sae.k=64"], ["sae.k=64 must be in 1..63"]),
+    train_case(
+        "n-features-not-int",
+        ["sae.n_features=abc"],
+        ["Value 'abc'", "could not be converted to Integer"],
+        status=1,
+    ),
+    train_case("unknown-sae", ["sae=huge"], ["Could not find 'sae/huge'", "topk"], status=1),
+    train_case("seed-not-int", ["seed=abc"], ["seed='abc' is not valid", "[0, 2^32)"]),
+    train_case("seed-negative", ["seed=-1"], ["seed=-1 is not valid", "[0, 2^32)"]),
+    train_case("seed-too-big", ["seed=4294967296"], ["seed=4294967296", "[0, 2^32)"]),
+    train_case("precision", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed"]),
+    train_case(
+        "accelerator-unknown", ["trainer.accelerator=quantum"], ["'quantum'", "'auto', 'cpu'"]
+    ),
+    train_case(
+        "accelerator-gpu-without-gpu",
+        ["trainer.accelerator=gpu"],
+        ["trainer.accelerator=gpu but", "no CUDA GPU", "trainer.accelerator=auto or cpu"],
+    ),
+    train_case(
+        "trainer-gpu-without-gpu",
+        ["trainer=gpu"],
+        ["trainer.accelerator=gpu but", "trainer=default"],
+    ),
+    train_case("devices-zero", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "-1"]),
+    train_case(
+        "max-epochs-zero",
+        ["trainer.max_epochs=0"],
+        ["trainer.max_epochs=0", "untrained", "trainer.max_epochs >= 1"],
+    ),
+    train_case("max-steps-zero", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
+    train_case(
+        "checkpoint-interval",
+        ["trainer.checkpoint_every_n_steps=0"],
+        ["trainer.checkpoint_every_n_steps=0 must be > 0"],
+    ),
+    train_case(
+        "unknown-lightning-argument",
+        ["+trainer.kwargs.bogus_option=1"],
+        ["bogus_option", "not valid for Lightning"],
+    ),
+    train_case("logger-mode", ["logger=wandb", "logger.mode=loud"], ["logger.mode='loud'"]),
+    # ---- data (train.py) ----
+    train_case(
+        "activations-without-path",
+        ["data=activations"],
+        ["data.path is required", "data.path=FILE"],
+    ),
+    train_case(
+        "activations-missing-file",
+        ["data=activations", "data.path={tmp}/missing.npy"],
+        ["missing.npy", "no such activations file"],
+    ),
+    train_case(
+        "activations-wrong-suffix",
+        ["data=activations", "data.path={tmp}/acts.txt"],
+        ["acts.txt", "activation files must be one of"],
+    ),
+    train_case(
+        "fewer-tokens-than-a-batch",
+        ["data.n_tokens=100", "data.batch_size=256"],
+        ["smaller than one batch"],
+    ),
+    Case(
+        "hook-layer-out-of-range",
+        "train.py",
+        ["logger=none", "hook.layer=99"],
+        ["hook.layer=99 is out of range", "valid layers are 0 to 29"],
+    ),
+    # ---- resuming (train.py) ----
+    train_case(
+        "resume-without-checkpoint",
+        ["resume=true"],
+        ["resume=true but", "last.ckpt does not exist", "ckpt_path=FILE"],
+    ),
+    train_case(
+        "resume-and-ckpt-path", ["resume=true", "ckpt_path=x.ckpt"], ["either resume=true or"]
+    ),
+    train_case(
+        "ckpt-path-missing",
+        ["ckpt_path={tmp}/nothing.ckpt"],
+        ["ckpt_path={tmp}/nothing.ckpt", "no such checkpoint file"],
+    ),
+    train_case(
+        "ckpt-path-corrupt",
+        ["ckpt_path={tmp}/corrupt.ckpt"],
+        ["corrupt.ckpt is truncated, corrupt or not a torch checkpoint", "last.ckpt"],
+    ),
+    train_case(
+        "ckpt-path-truncated",
+        ["ckpt_path={tmp}/truncated.ckpt"],
+        ["truncated.ckpt is truncated", "intact checkpoints/last.ckpt"],
+    ),
+    train_case(
+        "ckpt-path-foreign",
+        ["ckpt_path={tmp}/foreign.ckpt"],
+        ["foreign.ckpt is not a Lightning training checkpoint", "checkpoints/last.ckpt"],
+    ),
+    train_case(
+        "ckpt-path-unsafe-pickle",
+        ["ckpt_path={tmp}/unsafe.ckpt"],
+        ["unsafe.ckpt is not a checkpoint that can be loaded safely", "checkpoints/last.ckpt"],
+    ),
+    train_case(
+        "ckpt-path-other-size",
+        ["sae.n_features=32", "ckpt_path={interrupted}/checkpoints/last.ckpt"],
+        ["another config (sae.n_features=64 vs 32", "same seed and config"],
+    ),
+    train_case(
+        "ckpt-path-other-size-unrecorded",
+        ["sae.n_features=32", "ckpt_path={tmp}/unrecorded.ckpt"],
+        ["unrecorded.ckpt holds an SAE of another size: sae.", "same seed and config"],
+    ),
+    train_case(
+        "resume-other-seed",
+        ["seed=4", "resume=true", "hydra.run.dir={existing}"],
+        ["another config (seed=0 vs 4", "Resume with the same seed and config"],
+        existing="interrupted",
+    ),
+    train_case(
+        "resume-other-hyperparameters",
+        ["sae.k=8", "sae.lr=0.01", "resume=true", "hydra.run.dir={existing}"],
+        ["sae.k=4 vs 8", "sae.lr=0.004 vs 0.01", "same seed and config"],
+        existing="interrupted",
+    ),
+    train_case(
+        "interrupted-folder-without-resume",
+        ["hydra.run.dir={existing}"],
+        ["holds an interrupted run", "resume=true"],
+        existing="interrupted",
+    ),
+    train_case(
+        "complete-folder-other-k",
+        ["sae.k=8", "hydra.run.dir={existing}"],
+        ["already holds a complete run with another config (sae.k=4 vs 8", "new output folder"],
+        existing="complete",
+    ),
+    # ---- output folders (train.py) ----
+    train_case(
+        "unwritable-output-folder",
+        ["hydra.run.dir={tmp}/a_file/run"],
+        ["cannot write the output folder", "is not a folder", "hydra.run.dir=PATH"],
+    ),
+    Case(
+        "unwritable-sweep-folder",
+        "train.py",
+        ["-m", *TRAIN, "seed=1,2", "hydra.sweep.dir={tmp}/a_file/sweep"],
+        ["cannot write the output folder", "is not a folder", "hydra.sweep.dir=PATH"],
+    ),
+    train_case(
+        "full-disk-while-training",
+        ["resume=true", "hydra.run.dir={existing}"],
+        ["cannot write", "last.ckpt", "File too large", "free some space"],
+        existing="interrupted",
+        file_size_limit=20_000,
+        may_add=(".hydra/",),
+    ),
+    # ---- analyze.py ----
+    analyze_case(
+        "sweep-dir-missing",
+        ["sweep_dir={tmp}/nope"],
+        ["sweep_dir {tmp}/nope does not exist"],
+    ),
+    analyze_case(
+        "sweep-dir-glob-matches-nothing",
+        ["sweep_dir='{tmp}/zz*'"],
+        ["sweep_dir glob", "matches no folder"],
+    ),
+    analyze_case("no-multirun-yet", ["outputs_root={tmp}/empty"], ["No sweep_dir given"]),
+    analyze_case(
+        "nothing-complete",
+        ["sweep_dir={tmp}/incomplete_sweep"],
+        ["Nothing to analyse", "incomplete: no COMPLETE marker"],
+    ),
+    analyze_case(
+        "single-seed",
+        ["sweep_dir={tmp}/single_seed"],
+        ["only one seed (1)", "stability needs >= 2 seeds"],
+    ),
+    analyze_case(
+        "unknown-solver",
+        ["sweep_dir={tmp}/good_sweep", "solver=hungarian"],
+        ["Invalid value 'hungarian'", "lapjv, scipy"],
+        status=1,
+    ),
+    analyze_case(
+        "threshold-out-of-range",
+        ["sweep_dir={tmp}/good_sweep", "thresholds=[1.5]"],
+        ["thresholds: 1.5 is not a cosine in [-1, 1]"],
+    ),
+    analyze_case(
+        "device-cuda-without-gpu",
+        ["sweep_dir={tmp}/good_sweep", "device=cuda"],
+        ["device=cuda but", "no CUDA GPU", "device=auto", "device=cpu"],
+    ),
+    analyze_case(
+        "unwritable-report-folder",
+        ["sweep_dir={tmp}/good_sweep", "hydra.run.dir={tmp}/a_file/report"],
+        ["cannot write the report folder", "is not a folder", "hydra.run.dir=PATH"],
+    ),
+    analyze_case(
+        "full-disk-while-reporting",
+        ["sweep_dir={tmp}/good_sweep"],
+        ["cannot write", "File too large"],
+        file_size_limit=12_000,
+    ),
+]
+
+
+def _tree(folder: Path, ignore: set[str]) -> dict[str, str]:
+    """{relative path: sha256} of every file, without Hydra's log files."""
+    if not folder.exists():
+        return {}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in ignore
+    }
+
+
+class InterruptAtStep(L.Callback):
+    """Ctrl-C after a given step: leaves checkpoints/last.ckpt and no COMPLETE."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def _prepare(root: Path) -> dict[str, Path]:
+    """The files and folders the cases point at."""
+    from saeseeds.training.run import train
+
+    (root / "acts.txt").write_text("1 2 3\n")
+    (root / "a_file").write_text("not a folder\n")
+    (root / "corrupt.ckpt").write_bytes(os.urandom(4096))
+    torch.save({"W_enc": torch.zeros(2, 2)}, root / "foreign.ckpt")
+    torch.save({"state_dict": {}, "opaque": Path("/")}, root / "unsafe.ckpt")
+    (root / "empty").mkdir()
+
+    interrupted = root / "interrupted"
+    cfg = compose_train([*TRAIN, "seed=0"], interrupted)
+    with pytest.raises(SystemExit):
+        train(cfg, extra_callbacks=[InterruptAtStep(22)])
+    last = (interrupted / "checkpoints" / "last.ckpt").read_bytes()
+    (root / "truncated.ckpt").write_bytes(last[: len(last) // 2])
+    unrecorded = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)
+    unrecorded.pop("saeseeds")  # as written before checkpoints carried their config
+    torch.save(unrecorded, root / "unrecorded.ckpt")
+
+    complete = root / "complete"
+    result = run([*TRAIN, "seed=0", f"hydra.run.dir={complete}"], "train.py", root)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    base = random_directions(8, 4, seed=0)
+    for seed in (1, 2):
+        write_run_folder(root / f"good_sweep/seed={seed}", np.roll(base, seed, axis=0), seed=seed)
+        write_run_folder(root / f"incomplete_sweep/seed={seed}", base, seed=seed, complete=False)
+    write_run_folder(root / "single_seed/seed=1", base, seed=1)
+    return {"interrupted": interrupted, "complete": complete}
+
+
+def run(
+    args: list[str], script: str, cwd: Path, file_size_limit: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    env.pop("WANDB_API_KEY", None)
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size if file_size_limit else None,
+    )
+
+
+@dataclass
+class Outcome:
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+    root: Path
+    output_dir: Path
+    before: dict[str, str]
+    after: dict[str, str]
+    leftovers: list[str]
+
+
+def _run_case(case: Case, root: Path, prepared: dict[str, Path]) -> Outcome:
+    case_dir = root / "cases" / case.id
+    case_dir.mkdir(parents=True)
+    existing = case_dir / "existing"
+    if case.existing is not None:
+        shutil.copytree(prepared[case.existing], existing)
+    names = {"tmp": root, "existing": existing, **prepared}
+    args = [arg.format(**names) for arg in case.args]
+    output_dir = existing if case.existing is not None else case_dir / "out"
+    if not any(arg.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for arg in args):
+        args.append(f"hydra.run.dir={output_dir}")
+    before = _tree(output_dir, LOG_FILES)
+    started = time.perf_counter()
+    result = run(args, case.script, case_dir, case.file_size_limit)
+    seconds = time.perf_counter() - started
+    leftovers = [
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.name.endswith(".tmp") or ".tmp-" in path.name
+    ]
+    after = (
+        {
+            name: digest
+            for name, digest in _tree(output_dir, LOG_FILES).items()
+            if not (name.startswith(case.may_add) and name not in before)
+        }
+        if case.may_add
+        else _tree(output_dir, LOG_FILES)
+    )
+    return Outcome(result, seconds, root, output_dir, before, after, leftovers)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    """Every case, run two at a time (the machine has two cores)."""
+    root = tmp_path_factory.mktemp("bad_input")
+    prepared = _prepare(root)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case.id: pool.submit(_run_case, case, root, prepared) for case in CASES}
+        return {case_id: future.result() for case_id, future in futures.items()}
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 30
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, outcomes: dict[str, Outcome]):
+    outcome = outcomes[case.id]
+    result = outcome.result
+    seen = result.stdout + result.stderr
+    assert result.returncode == case.status, seen[-3000:]
+    assert "Traceback" not in seen, seen[-3000:]
+    for words in case.expect:
+        assert words.format(tmp=outcome.root) in result.stderr, result.stderr[-3000:]
+    # No partial output: nothing new where the command pointed, nothing half-written anywhere.
+    assert outcome.after == outcome.before, (outcome.before, outcome.after)
+    if case.existing is None:
+        assert not outcome.output_dir.exists(), sorted(outcome.output_dir.rglob("*"))
+    assert outcome.leftovers == []
