@@ -112,8 +112,10 @@ def read_run_cfg(run_dir: Path) -> dict[str, Any]:
         value = cfg.get(field)
         if type(value) is not int or value < 1:
             raise ExportError(f"{cfg_path}: {field}={value!r} must be a positive integer")
-    if uses_k and cfg["k"] > cfg["n_features"]:
-        raise ExportError(f"{cfg_path}: k={cfg['k']} exceeds n_features={cfg['n_features']}")
+    if uses_k and cfg["k"] >= cfg["n_features"]:
+        raise ExportError(
+            f"{cfg_path}: k={cfg['k']} must be smaller than n_features={cfg['n_features']}"
+        )
     if cfg.get("dtype", "float32") != "float32":
         raise ExportError(f"{cfg_path}: dtype {cfg['dtype']!r}; contract v1 saves float32")
     return cfg

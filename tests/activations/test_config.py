@@ -5,18 +5,18 @@ where it is not."""
 from __future__ import annotations
 
 import pytest
-from hydra.utils import instantiate
 
 from saeseeds.activations.corpora import HFDatasetCorpus, PythonDocsCorpus, TextFilesCorpus
 from saeseeds.activations.models import hub_offline
 from saeseeds.activations.text import TextActivationSource
 from saeseeds.errors import DataError
+from saeseeds.training.run import build_source
 from tests.helpers import compose_train
 
 
 def source_for(*overrides: str) -> TextActivationSource:
     cfg = compose_train(list(overrides))
-    source = instantiate(cfg.data, _convert_="all")
+    source = build_source(cfg)  # as the app builds it (data.control handled there)
     assert isinstance(source, TextActivationSource)
     return source
 

@@ -26,10 +26,24 @@ def test_independent_random_dictionaries_sit_at_the_chance_level(tmp_path, analy
 
 def test_p_value_runs_from_its_floor_to_one():
     baseline = random_baseline(
-        32, 8, n_samples=9, settings=ComputeSettings(), thresholds=[0.7], shared_threshold=0.7
+        32, 8, 3, n_samples=9, settings=ComputeSettings(), thresholds=[0.7], shared_threshold=0.7
     )
     assert baseline.p_value(0.99) == pytest.approx(1 / 10)
     assert baseline.p_value(-1.0) == pytest.approx(1.0)
     assert len(baseline.matched_cosines) == 3 * 32
     # More features than dimensions: matched random directions are far from orthogonal.
     assert 0.3 < baseline.chance()["decoder_median"] < 0.8
+
+
+def test_null_samples_are_groups_of_as_many_dictionaries_as_seeds():
+    """The null is the observed statistic's: the median of S(S-1)/2 pair medians, so a null of
+    five dictionaries per sample is far less spread than one of a single pair."""
+    settings = ComputeSettings(encoder=False, live_only=False)
+
+    def null(n_seeds):
+        return random_baseline(32, 8, n_seeds, 30, settings, [0.7], 0.7).null_medians()
+
+    pairs, fives = null(2), null(5)
+    assert len(pairs) == len(fives) == 30
+    assert fives.std() < 0.6 * pairs.std()
+    assert fives.mean() == pytest.approx(pairs.mean(), abs=0.03)

@@ -32,6 +32,7 @@ SWEEP = [
     "data.k_true=2",
     "data.n_tokens=65536",
     "data.batch_size=256",
+    "trainer.max_epochs=1",
     "logger=none",
     "trainer.enable_progress_bar=false",
 ]

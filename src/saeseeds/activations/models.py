@@ -96,10 +96,14 @@ class LoadedModel:
 
 
 def display_name(config: ModelConfig) -> str:
-    """The model name recorded in provenance and cfg.json (a local folder's name for ``local``)."""
+    """The model name recorded in provenance and cfg.json: a local folder's name for ``local``,
+    and marked as such for random weights, so a control never passes for the trained model."""
+    name = config.name
     if config.path is not None and config.name in ("", "local"):
-        return Path(config.path).expanduser().resolve().name
-    return config.name
+        name = Path(config.path).expanduser().resolve().name
+    if config.init == "random":
+        return f"{name}+random_init_seed{config.seed}"
+    return name
 
 
 def _local_path(config: ModelConfig) -> Path | None:

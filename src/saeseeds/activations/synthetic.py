@@ -32,6 +32,7 @@ class SyntheticSource(ActivationSource):
         heldout_fraction: float,
         batch_size: int,
         data_seed: int,
+        spectrum_decay: float = 0.0,
     ):
         if d_in <= 0 or n_true_features <= 0:
             raise DataError(
@@ -54,12 +55,18 @@ class SyntheticSource(ActivationSource):
         self.min_magnitude, self.max_magnitude = min_magnitude, max_magnitude
         self.n_tokens, self.batch_size = n_tokens, batch_size
         self.n_heldout = max(batch_size, int(round(n_tokens * heldout_fraction)))
+        if spectrum_decay < 0:
+            raise DataError(f"data.spectrum_decay={spectrum_decay} must be >= 0.")
+        self.spectrum_decay = spectrum_decay
         self.data_seed = data_seed
         self.generator = torch.Generator().manual_seed(data_seed)
         self.true_directions = self._sample_directions()  # [n_true_features, d_in]
 
     def _sample_directions(self) -> Tensor:
         directions = torch.randn(self.n_true_features, self.d_in, generator=self.generator)
+        if self.spectrum_decay > 0:
+            scales = torch.exp(-self.spectrum_decay * torch.arange(self.d_in) / self.d_in)
+            directions = directions * scales
         return directions / directions.norm(dim=1, keepdim=True)
 
     def sample(self, n_samples: int) -> Tensor:  # [n_samples, d_in]
@@ -89,6 +96,7 @@ class SyntheticSource(ActivationSource):
             "data_seed": self.data_seed,
             "n_true_features": self.n_true_features,
             "k_true": self.k_true,
+            "spectrum_decay": self.spectrum_decay,
         }
 
     def write_artifacts(self, run_dir: Path) -> None:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from saeseeds.analysis.config import validate_config
+from saeseeds.analysis.controls import attach_controls
 from saeseeds.analysis.discovery import Discovery, discover
 from saeseeds.analysis.errors import AnalysisError
 from saeseeds.analysis.group_analysis import GroupReport, analyse_group
@@ -132,7 +133,7 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
     timings: dict[str, float] = {}
     validate_config(cfg)
     discovery = discover(cfg.sweep_dir, Path(cfg.outputs_root))
-    groups = group_runs(discovery.runs)
+    groups = group_runs(discovery.runs, discovery.skipped)
     skipped = discovery.skipped + [entry for group in groups for entry in group.duplicates]
     analysable = [group for group in groups if group.analysable]
     not_analysed = [group for group in groups if not group.analysable]
@@ -148,6 +149,7 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
         reports = [
             analyse_group(group, cfg, settings, lambda: bar.update(1)) for group in analysable
         ]
+    attach_controls(reports, cfg.bootstrap.confidence)
     timings["analysis_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

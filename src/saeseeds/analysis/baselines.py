@@ -1,37 +1,46 @@
-"""The chance level: the same pair statistics for random unit-norm dictionaries of the same shape.
+"""The isotropic null: the same group statistics for random unit-norm dictionaries.
 
-Each baseline sample is a pair of independent random dictionaries (Gaussian rows, normalised;
-decoder and encoder drawn independently), compared exactly like two seeds. The p-value of an
-observed group median is permutation-style: p = (1 + #{null pair medians >= observed}) /
-(1 + n_samples), so its smallest value is 1 / (n_samples + 1).
+Each null sample is a "group" of S random dictionaries of the runs' shape (S = the group's number
+of seeds; Gaussian rows, normalised; decoder and encoder drawn independently), compared exactly
+like S seeds: all S·(S−1)/2 pairs are matched and the pair statistics aggregated as for the
+observed group (median of pair medians, mean of the others). The observed group median is then
+judged by a Monte Carlo test: p = (1 + #{null group medians >= observed}) / (1 + n_samples), so
+its smallest value is 1 / (n_samples + 1).
+
+Random directions in d_in dimensions are the weakest null: real activations are anisotropic, so
+SAEs trained on featureless data with their geometry (``data.control=gaussian``) match far better
+than this. :mod:`saeseeds.analysis.controls` compares a condition with those trained controls.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
+from saeseeds.analysis.group_stats import aggregate
 from saeseeds.analysis.loading import RunFolder, unit_rows
 from saeseeds.analysis.pair_metrics import ComputeSettings, compare_pair, pair_statistics
 
-HISTOGRAM_SAMPLES = 3  # baseline pairs whose matched cosines are kept for the histograms
+HISTOGRAM_PAIRS = 3  # null pairs whose matched cosines are kept for the histograms
 
 
 @dataclass
 class Baseline:
-    """Chance-level statistics for one (n_features, d_in)."""
+    """Null group statistics for one (n_features, d_in, number of seeds)."""
 
     n_features: int
     d_in: int
+    n_seeds: int
     samples: list[dict[str, float]]
-    """pair_statistics of each random pair."""
-    matched_cosines: np.ndarray  # [≤ HISTOGRAM_SAMPLES * n_features] decoder matched cosines
+    """Group statistics of each null sample (S random dictionaries)."""
+    matched_cosines: np.ndarray  # [≤ HISTOGRAM_PAIRS * n_features] decoder matched cosines
 
     def chance(self) -> dict[str, float]:
-        """Mean over samples of each statistic."""
+        """Mean over null samples of each group statistic: the chance level."""
         names = self.samples[0].keys()
         return {name: float(np.nanmean([s[name] for s in self.samples])) for name in names}
 
@@ -39,7 +48,7 @@ class Baseline:
         return np.array([sample["decoder_median"] for sample in self.samples])
 
     def p_value(self, observed_median: float) -> float:
-        """Share of the null at or above the observed group median (with the +1 correction)."""
+        """Monte Carlo p-value of the observed group median (with the +1 correction)."""
         null = self.null_medians()
         return float((1 + np.sum(null >= observed_median)) / (1 + len(null)))
 
@@ -66,22 +75,30 @@ def random_run(
 def random_baseline(
     n_features: int,
     d_in: int,
+    n_seeds: int,
     n_samples: int,
     settings: ComputeSettings,
     thresholds: list[float],
     shared_threshold: float,
     seed: int = 0,
 ) -> Baseline:
-    """Compare ``n_samples`` pairs of independent random dictionaries."""
-    rng = np.random.default_rng([seed, n_features, d_in])
+    """``n_samples`` null groups of ``n_seeds`` random dictionaries each."""
+    rng = np.random.default_rng([seed, n_features, d_in, n_seeds])
     # Random dictionaries are all live, so live-only would repeat the full matching.
-    baseline_settings = dataclasses.replace(settings, live_only=False)
+    null_settings = dataclasses.replace(settings, live_only=False)
     samples, cosines = [], []
-    for index in range(n_samples):
-        run_a = random_run(n_features, d_in, rng, 2 * index, settings.encoder)
-        run_b = random_run(n_features, d_in, rng, 2 * index + 1, settings.encoder)
-        pair = compare_pair(run_a, run_b, baseline_settings)
-        samples.append(pair_statistics(pair, thresholds, shared_threshold))
-        if index < HISTOGRAM_SAMPLES:
-            cosines.append(pair.decoder.cosines)
-    return Baseline(n_features, d_in, samples, np.concatenate(cosines))
+    for _ in range(n_samples):
+        runs = [random_run(n_features, d_in, rng, s, settings.encoder) for s in range(n_seeds)]
+        pair_stats = []
+        for run_a, run_b in combinations(runs, 2):
+            pair = compare_pair(run_a, run_b, null_settings)
+            pair_stats.append(pair_statistics(pair, thresholds, shared_threshold))
+            if len(cosines) < HISTOGRAM_PAIRS:
+                cosines.append(pair.decoder.cosines)
+        samples.append(
+            {
+                name: aggregate(np.array([stats[name] for stats in pair_stats]), name)
+                for name in pair_stats[0]
+            }
+        )
+    return Baseline(n_features, d_in, n_seeds, samples, np.concatenate(cosines))

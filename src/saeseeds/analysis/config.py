@@ -43,9 +43,11 @@ class MetricsSwitches:
     overlap: bool = True
     """Overlap vs number of seeds (Paulo & Belrose); needs ``encoder``."""
     frequency: bool = True
-    """Matched similarity and reappearance vs firing frequency, with Spearman correlations."""
+    """Matched decoder cosine vs firing frequency (Spearman); reappearance vs frequency is part of
+    ``reappearance``."""
     baseline: bool = True
-    """Random unit-norm dictionaries of the same shape (chance level) and a p-value."""
+    """The isotropic null: groups of random unit-norm dictionaries (chance level, Monte Carlo
+    p-value); trained controls are compared whenever their groups are in sweep_dir."""
     subspaces: bool = True
     """Unstable-feature subspace overlap vs the random expectation r/d_in; needs reappearance."""
 
@@ -81,10 +83,11 @@ class BootstrapConfig:
 
 @dataclass
 class BaselineConfig:
-    """Random unit-norm dictionaries of the runs' shape: the chance level."""
+    """The isotropic null: random unit-norm dictionaries of the runs' shape."""
 
     n_samples: int = 39
-    """Random dictionary pairs; the smallest reachable p-value is 1 / (n_samples + 1)."""
+    """Null samples, each S random dictionaries (S = the group's seeds) compared like S seeds;
+    the smallest reachable p-value is 1 / (n_samples + 1). Costs n_samples·S(S−1)/2 matchings."""
     seed: int = 0
 
 

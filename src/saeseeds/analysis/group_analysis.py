@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from saeseeds.analysis.baselines import Baseline, random_baseline
+from saeseeds.analysis.convergence import convergence
 from saeseeds.analysis.examples import example_pairs
 from saeseeds.analysis.group_stats import (
     GroupPairs,
@@ -26,6 +27,7 @@ from saeseeds.analysis.group_stats import (
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.pair_metrics import ComputeSettings, compare_pair, pair_statistics
 from saeseeds.analysis.reappearance import (
+    best_match_by_seed,
     overlap_vs_seeds,
     reappearance_by_seed,
     reappearance_summary,
@@ -42,6 +44,10 @@ class GroupReport:
     statistics: dict[str, dict[str, float]]
     reappearance: dict[int, np.ndarray] = field(default_factory=dict)
     """{seed: p_i [n_features]}"""
+    best_match: dict[int, np.ndarray] = field(default_factory=dict)
+    """{seed: mean over other seeds of max_j C_dec[i, j], [n_features]}"""
+    beyond_geometry: dict[int, np.ndarray] = field(default_factory=dict)
+    """{seed: bool [n_features]}: best match above the geometry control's 95th percentile."""
     extras: dict[str, Any] = field(default_factory=dict)
     """reappearance summary, overlap curve, frequency correlation, subspaces, p-value, ..."""
     baseline: Baseline | None = None
@@ -90,6 +96,8 @@ def analyse_group(
         pairs, cfg.bootstrap.n_samples, cfg.bootstrap.confidence, cfg.bootstrap.seed
     )
     report = GroupReport(group, pairs, statistics, timings=timings)
+    report.best_match = best_match_by_seed(pairs)
+    report.extras["convergence"] = convergence(group.runs)
     metrics = cfg.metrics
     if metrics.reappearance:
         report.reappearance = reappearance_by_seed(pairs, cfg.reappearance.threshold)
@@ -113,6 +121,7 @@ def analyse_group(
         report.baseline = random_baseline(
             group.runs[0].n_features,
             group.runs[0].d_in,
+            len(group.runs),
             cfg.baseline.n_samples,
             settings,
             list(cfg.thresholds),

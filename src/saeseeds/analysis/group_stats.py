@@ -87,7 +87,7 @@ def aggregate(values: np.ndarray, metric: str) -> float:
     return float(np.median(values) if metric.endswith("median") else np.mean(values))
 
 
-def _pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN on the diagonal
+def pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN on the diagonal
     seeds = group.seeds
     matrix = np.full((len(seeds), len(seeds)), np.nan)
     for (seed_a, seed_b), stats in group.statistics.items():
@@ -96,24 +96,34 @@ def _pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN o
     return matrix
 
 
-def bootstrap_interval(
-    matrix: np.ndarray, metric: str, n_samples: int, confidence: float, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Percentile interval of the group value when the seeds are resampled with replacement."""
+def bootstrap_values(
+    matrix: np.ndarray, metric: str, n_samples: int, rng: np.random.Generator
+) -> np.ndarray:  # [n_samples], NaN where a resample has no pair of distinct seeds
+    """Group values of a pair metric when the seeds are resampled with replacement."""
     n_seeds = matrix.shape[0]
     upper = np.triu_indices(n_seeds, k=1)
-    values = []
-    for _ in range(n_samples):
+    values = np.full(n_samples, np.nan)
+    for index in range(n_samples):
         chosen = rng.integers(0, n_seeds, size=n_seeds)
         # Pairs of the same seed drawn twice have no value (NaN) and drop out in aggregate().
-        value = aggregate(matrix[np.ix_(chosen, chosen)][upper], metric)
-        if not np.isnan(value):
-            values.append(value)
-    if not values:
+        values[index] = aggregate(matrix[np.ix_(chosen, chosen)][upper], metric)
+    return values
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
         return float("nan"), float("nan")
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def bootstrap_interval(
+    matrix: np.ndarray, metric: str, n_samples: int, confidence: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile interval of the group value when the seeds are resampled with replacement."""
+    return percentile_interval(bootstrap_values(matrix, metric, n_samples, rng), confidence)
 
 
 def group_statistics(
@@ -124,7 +134,7 @@ def group_statistics(
     rng = np.random.default_rng(seed)
     summary = {}
     for metric in metrics:
-        matrix = _pair_matrix(group, metric)
+        matrix = pair_matrix(group, metric)
         value = aggregate(matrix[np.triu_indices(len(group.seeds), k=1)], metric)
         low, high = (
             bootstrap_interval(matrix, metric, n_bootstrap, confidence, rng)
@@ -137,7 +147,7 @@ def group_statistics(
 
 def seed_matrix(group: GroupPairs, metric: str) -> np.ndarray:
     """[S, S] matrix of a pair metric for the heatmaps (diagonal 1 for cosines and fractions)."""
-    matrix = _pair_matrix(group, metric)
+    matrix = pair_matrix(group, metric)
     np.fill_diagonal(matrix, 1.0)
     return matrix
 

@@ -2,6 +2,7 @@
 
 - Reappearance (Gerasimov et al.): for feature i of seed a, p_i = share of the other seeds b
   with max_j C_dec[i, j] >= θ. Stable: p_i >= 1 - ε; unstable: p_i <= ε.
+- Best-match cosine per feature: max_j C_dec[i, j] against each other seed, averaged.
 - Overlap vs number of seeds (Paulo & Belrose): for a base seed, the share of its latents
   shared (c_dec > 0.7 and c_enc > 0.7) with none of m other seeds, m = 1 … S-1, averaged over
   the subsets of m other seeds and over base seeds.
@@ -27,6 +28,17 @@ def reappearance_by_seed(group: GroupPairs, threshold: float) -> dict[int, np.nd
         hits = np.stack([group.max_cosine(seed, other) >= threshold for other in others])
         result[seed] = hits.mean(axis=0)  # [n_features]
     return result
+
+
+def best_match_by_seed(group: GroupPairs) -> dict[int, np.ndarray]:
+    """{seed: [n_features]}: each feature's best-match cosine max_j C_dec[i, j], averaged over the
+    other seeds. The per-feature statistic behind "reproduced beyond geometry"."""
+    return {
+        seed: np.mean(
+            [group.max_cosine(seed, other) for other in group.seeds if other != seed], axis=0
+        )
+        for seed in group.seeds
+    }
 
 
 def reappearance_summary(

@@ -134,6 +134,10 @@ class SyntheticDataConfig(DataConfig):
     """Ground-truth features active per sample."""
     noise_std: float = 0.01
     """Std of isotropic Gaussian noise added to each sample."""
+    spectrum_decay: float = 0.0
+    """Anisotropy of the true directions: coordinate i is scaled by exp(-spectrum_decay·i/d_in)
+    before normalising, so larger values pack the features into fewer dominant dimensions, as in
+    real activations (0: isotropic)."""
     min_magnitude: float = 0.5
     """Active magnitudes are uniform in [min_magnitude, max_magnitude]."""
     max_magnitude: float = 1.5

@@ -108,7 +108,7 @@ def build_summary(
 
 def write_text(path: Path, text: str) -> Path:
     """Atomic write (temp file + rename) through saeseeds.io_utils."""
-    # saeseeds.io_utils imports torch (~1.5 s, ~300 MB); load it only once there is a file to write.
+    # saeseeds.io imports torch (~1.5 s, ~300 MB); load it only once there is a file to write.
     from saeseeds.io import atomic_write_text
 
     return atomic_write_text(path, text)
@@ -146,9 +146,13 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
                 [partner, np.round(cosine, 5), best, np.round(pairs.max_cosine(run.seed, other), 5)]
             )
         p = report.reappearance.get(run.seed)
+        best_match = report.best_match.get(run.seed)
+        beyond = report.beyond_geometry.get(run.seed)
         frequency = run.firing_frequency
         for feature in range(run.n_features):
             reappearance = "" if p is None else round(float(p[feature]), 5)
+            best = "" if best_match is None else round(float(best_match[feature]), 5)
+            beyond_geometry = "" if beyond is None else int(beyond[feature])
             rows.append(
                 [
                     report.label,
@@ -158,6 +162,8 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
                     f"{frequency[feature]:.6g}",
                     int(run.live_mask[feature]),
                     reappearance,
+                    best,
+                    beyond_geometry,
                 ]
                 + [column[feature] for column in columns]
             )
@@ -167,6 +173,7 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
 def write_features_csv(reports: list[GroupReport], path: Path) -> Path:
     all_seeds = sorted({seed for report in reports for seed in report.pairs.seeds})
     header = ["group", "seed", "feature", "fire_count", "firing_frequency", "live", "reappearance"]
+    header += ["best_match_mean", "beyond_geometry"]
     for seed in all_seeds:
         header += [
             f"matched_feature_seed{seed}",

@@ -1,10 +1,12 @@
 """report.md: the human-readable report.
 
-The published-style table first (one row per condition: median matched cosine, full and
-live-only, stability at each τ, shared, chance level), then per group the detailed statistics
-with 95% seed-bootstrap intervals, the figures, and example matched pairs with both features'
-top-activating contexts side by side. Skipped runs and groups that could not be analysed are
-listed with their reasons. It reads results only; it computes nothing.
+It opens with one plain sentence per condition saying which controls it beats and by how much,
+then each condition beside its controls (difference with a 95% seed-bootstrap interval and a
+p-value), the published-style table (one row per group: median matched cosine, full and
+live-only, stability at each τ, shared, isotropic chance level), then per group the detailed
+statistics with intervals, convergence, the figures, and example matched pairs with both
+features' top-activating contexts side by side. Skipped runs and groups that could not be
+analysed are listed with their reasons. It reads results only; it computes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from saeseeds.analysis.controls import CONTROL_NAMES, verdict
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
@@ -24,7 +27,16 @@ FIGURE_TITLES = {
     "reappearance_vs_frequency": "Reappearance vs firing frequency",
     "matched_cosine_vs_frequency": "Matched cosine vs firing frequency",
     "overlap_vs_seeds": "Overlap vs number of seeds",
+    "beyond_geometry": "Best-match cosine per feature vs the geometry control",
 }
+SIDE_BY_SIDE = (
+    ("decoder_median", "median"),
+    ("live_decoder_median", "live-only"),
+    ("decoder_stability@0.7", "stability@0.7"),
+    ("decoder_stability@0.9", "stability@0.9"),
+    ("shared", "shared"),
+    ("stable_share", "stable share"),
+)
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -50,7 +62,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def published_table(reports: list[GroupReport], thresholds: list[float]) -> list[str]:
     header = ["condition", "median matched cosine", "live-only"]
-    header += [f"stability@{tau:g}" for tau in thresholds] + ["shared", "chance level"]
+    header += [f"stability@{tau:g}" for tau in thresholds] + ["shared", "isotropic chance"]
     rows = []
     for report in reports:
         chance = report.extras.get("baseline", {}).get("chance", {}).get("decoder_median")
@@ -60,6 +72,57 @@ def published_table(reports: list[GroupReport], thresholds: list[float]) -> list
             + [_stat(report, "shared"), _number(chance)]
         )
     return _table(header, rows)
+
+
+def controls_table(reports: list[GroupReport]) -> list[str]:
+    """Each condition on one row, each of its controls on the rows below it."""
+    header = ["group", "role"] + [title for _, title in SIDE_BY_SIDE]
+    header += ["difference in median [95% CI]", "p-value"]
+    rows = []
+    for report in reports:
+        controls = report.extras.get("controls", {})
+        if report.extras.get("role") == "control":
+            continue
+        own = {name: report.statistics.get(name, {}).get("value") for name, _ in SIDE_BY_SIDE}
+        own["stable_share"] = report.extras.get("reappearance", {}).get("stable_share")
+        rows.append(
+            [f"**{report.label}**", "condition"]
+            + [_number(own.get(n)) for n, _ in SIDE_BY_SIDE]
+            + ["", ""]
+        )
+        for name in CONTROL_NAMES:
+            control = controls.get(name)
+            if control is None:
+                continue
+            low, high = control["difference_ci"]
+            values = control["side_by_side"]
+            rows.append(
+                [control["label"], f"{name.replace('_', '-')} control"]
+                + [_number(values.get(n)) for n, _ in SIDE_BY_SIDE]
+                + [
+                    f"{control['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",
+                    _number(control["p_value"]),
+                ]
+            )
+    return _table(header, rows)
+
+
+def _convergence(report: GroupReport) -> list[str]:
+    entry = report.extras.get("convergence")
+    if not entry:
+        return ["- Convergence: no held-out FVU curve in these runs' metrics.json."]
+    drops = ", ".join(
+        f"seed {seed}: {drop:.1%}" for seed, drop in entry["last_quarter_relative_fvu_drop"].items()
+    )
+    state = (
+        "**still improving** — train longer before trusting these numbers"
+        if entry["still_improving"]
+        else "converged by this criterion"
+    )
+    return [
+        f"- Convergence: held-out FVU fell by {drops} over the last quarter of training; "
+        f"{state} (threshold {entry['threshold']:.0%})."
+    ]
 
 
 def _details(report: GroupReport, thresholds: list[float]) -> list[str]:
@@ -85,9 +148,9 @@ def _findings(report: GroupReport) -> list[str]:
     if "baseline" in extras:
         baseline = extras["baseline"]
         lines.append(
-            f"- p-value of the group median against {baseline['n_samples']} random dictionary "
-            f"pairs: {_number(baseline['p_value'])} (smallest possible: "
-            f"{_number(1 / (baseline['n_samples'] + 1))})"
+            f"- Monte Carlo p-value of the group median against {baseline['n_samples']} groups "
+            f"of random dictionaries (isotropic null, the weakest): {_number(baseline['p_value'])} "
+            f"(smallest possible: {_number(1 / (baseline['n_samples'] + 1))})"
         )
     if "reappearance" in extras:
         summary = extras["reappearance"]
@@ -157,6 +220,20 @@ def render_report(
 ) -> str:
     lines = ["# Seed-stability report", ""]
     lines += [f"Inputs: {', '.join(f'`{root}`' for root in roots)}", ""]
+    conditions = [r for r in reports if r.extras.get("role") != "control"]
+    lines += ["## Verdict", ""] + [f"- {verdict(report)}" for report in conditions] + [""]
+    lines += [
+        "Each condition is judged against its strongest control: SAEs trained with the same "
+        "config and seeds on Gaussian data with the activations' mean and covariance "
+        "(`data.control=gaussian`), then on a randomly initialised model (`model=random`), and "
+        "only last against random unit-norm dictionaries, which anisotropic activations beat "
+        "easily.",
+        "",
+        "## Conditions and their controls",
+        "",
+    ]
+    lines += controls_table(reports) + [""]
+    lines += ["## All groups", ""]
     lines += published_table(reports, thresholds) + [""]
     if skipped:
         lines += ["## Runs not used", ""]
@@ -173,12 +250,15 @@ def render_report(
     for report in reports:
         run = report.group.runs[0]
         lines += [f"## {report.label}", ""]
+        lines += [f"> {note}" for note in getattr(report.group, "notes", [])]
+        lines += [""] if getattr(report.group, "notes", []) else []
         lines += [
             f"Seeds {report.pairs.seeds}; n_features={run.n_features}, d_in={run.d_in}, "
             f"k={run.cfg.get('k')}, hook `{run.hook_name}`, model `{run.cfg.get('model_name')}`.",
             "",
         ]
-        lines += _details(report, thresholds) + [""] + _findings(report) + [""]
+        lines += _details(report, thresholds) + [""] + _findings(report) + _convergence(report)
+        lines += [""]
         for name, path in figures.get(report.label, {}).items():
             lines += [f"![{FIGURE_TITLES.get(name, name)}]({path.relative_to(report_dir)})", ""]
         if report.examples:

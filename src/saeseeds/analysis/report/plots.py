@@ -72,7 +72,7 @@ def matched_cosine_histograms(report: GroupReport, path: Path) -> Path:
                 histtype="step",
                 color="black",
                 linewidth=1.5,
-                label="random dictionaries",
+                label="random dictionaries (isotropic null)",
             )
         axes.set_xlabel("matched decoder cosine (Hungarian)")
         axes.set_ylabel("density")
@@ -107,6 +107,34 @@ def matched_cosine_vs_frequency(
     axes.set_xlabel("firing frequency on held-out tokens")
     axes.set_ylabel("matched decoder cosine")
     axes.set_title(f"Matched cosine vs firing frequency — {report.label}", fontsize=9)
+    return _save(figure, path)
+
+
+def beyond_geometry(report: GroupReport, control: GroupReport, path: Path) -> Path:
+    """Best-match cosine per feature: the condition's and its geometry control's, with the
+    control's 95th percentile (features right of it are reproduced beyond geometry)."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    bins = np.linspace(-0.1, 1.0, 56)
+    for label, values, style in (
+        (report.label, report.best_match, {"alpha": 0.7}),
+        (
+            f"geometry control: {control.label}",
+            control.best_match,
+            {"histtype": "step", "color": "black", "linewidth": 1.5},
+        ),
+    ):
+        axes.hist(
+            np.concatenate(list(values.values())), bins=bins, density=True, label=label, **style
+        )
+    threshold = report.extras["beyond_geometry_threshold"]
+    axes.axvline(
+        threshold, color="red", linestyle="--", label=f"control's 95th percentile ({threshold:.2f})"
+    )
+    axes.set_xlabel("best-match cosine to the other seeds (mean over seeds)")
+    axes.set_ylabel("density")
+    share = report.extras["beyond_geometry_fraction"]
+    axes.set_title(f"{share:.1%} of features beyond geometry — {report.label}", fontsize=9)
+    axes.legend(fontsize=7)
     return _save(figure, path)
 
 
@@ -153,6 +181,12 @@ def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, di
             frequencies, cosines = frequency_points(report.pairs)
             paths["matched_cosine_vs_frequency"] = matched_cosine_vs_frequency(
                 report, frequencies, cosines, figures_dir / f"{name}_frequency.png"
+            )
+        gaussian = report.extras.get("controls", {}).get("gaussian")
+        if gaussian is not None and report.beyond_geometry:
+            control = next(r for r in reports if r.label == gaussian["label"])
+            paths["beyond_geometry"] = beyond_geometry(
+                report, control, figures_dir / f"{name}_beyond_geometry.png"
             )
         figures[report.label] = paths
     if any("overlap_vs_seeds" in report.extras for report in reports):

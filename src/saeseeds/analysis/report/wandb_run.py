@@ -40,6 +40,14 @@ def summary_scalars(reports: list[GroupReport]) -> dict[str, float]:
         if baseline:
             scalars[f"{prefix}/p_value"] = baseline["p_value"]
             scalars[f"{prefix}/chance_decoder_median"] = baseline["chance"]["decoder_median"]
+        for name, control in report.extras.get("controls", {}).items():
+            scalars[f"{prefix}/controls/{name}/median"] = control["median"]
+            scalars[f"{prefix}/controls/{name}/difference"] = control["difference"]
+            scalars[f"{prefix}/controls/{name}/p_value"] = control["p_value"]
+        if "beyond_geometry_fraction" in report.extras:
+            scalars[f"{prefix}/beyond_geometry_fraction"] = report.extras[
+                "beyond_geometry_fraction"
+            ]
         reappearance = report.extras.get("reappearance")
         if reappearance:
             scalars[f"{prefix}/stable_share"] = reappearance["stable_share"]
