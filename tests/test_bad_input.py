@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from tests.analysis.run_folders import random_directions, write_run_folder
 from tests.helpers import REPO_ROOT, TINY_SAE, TINY_SYNTHETIC, compose_train
+from tests.training.test_run import InterruptAtStep
 
 TRAIN = [*TINY_SAE, *TINY_SYNTHETIC, "logger=none", "trainer.checkpoint_every_n_steps=5"]
 # Files a refused command may add to or change in a folder that existed: Hydra's log file.
@@ -279,17 +279,6 @@ def _tree(folder: Path, ignore: set[str]) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name not in ignore
     }
-
-
-class InterruptAtStep(L.Callback):
-    """Ctrl-C after a given step: leaves checkpoints/last.ckpt and no COMPLETE."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def _prepare(root: Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saeseeds.analysis.loading import RunFolder, SkippedRun
+from saeseeds.contract import flatten
 
 # cfg.json fields that may differ inside a group; every other one must agree.
 PER_RUN_FIELDS = ("seed",)
@@ -43,18 +44,9 @@ class Group:
         return self.problem is None
 
 
-def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(config, dict):
-        return {prefix: config}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _labels(configs: list[dict[str, Any]], runs: list[list[RunFolder]]) -> list[str]:
     """Name each group by the config keys that differ between groups."""
-    flats = [_flatten(config) for config in configs]
+    flats = [flatten(config) for config in configs]
     all_keys = sorted(set().union(*flats))
     varying = [key for key in all_keys if len({repr(flat.get(key)) for flat in flats}) > 1]
     # data.model.* and data.hook.* are interpolated copies of model.* and hook.*.
