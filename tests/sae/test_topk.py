@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeseeds.sae.kernels import TopKEncoder, geometric_median
+from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
+from saeseeds.sae.kernels import geometric_median
 from saeseeds.sae.topk import TopKSAE
 from tests.helpers import topk_sae
 
@@ -125,7 +126,7 @@ def test_default_learning_rate_scaling():
     assert topk_sae(8, 2**12, 4).default_lr() == pytest.approx(4e-4)
 
 
-# ---- fused encoder (TopKEncoder): sparse backward must equal plain autograd ----
+# ---- fused forward (TopKAutoencoder): its backward must equal plain autograd ----
 def make_sae_with_negative_top_latents(fused: bool, dtype=torch.float32) -> TopKSAE:
     """Half the chosen pre-activations negative, so ReLU zeros take part in the comparison."""
     sae = make_sae()
@@ -144,7 +145,7 @@ def loss_and_gradients(sae: TopKSAE, x, dead_mask):
 
 
 @pytest.mark.parametrize("n_dead", [0, 5, 40])  # none, fewer than k_aux = 12, more than k_aux
-@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("sparse", [True, False, None])  # None: main sparse, AuxK dense
 def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
     x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
     dead_mask = torch.zeros(96, dtype=torch.bool)
@@ -168,31 +169,35 @@ def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
 
 
-def test_fused_encoder_passes_gradcheck_in_float64():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_encoder_passes_gradcheck_in_float64(sparse):
     generator = torch.Generator().manual_seed(4)
     d_in, n_features, k = 6, 20, 3
     x = torch.randn(5, d_in, generator=generator, dtype=torch.float64)
     weights = [
         torch.randn(d_in, n_features, generator=generator, dtype=torch.float64),  # W_enc
         torch.randn(n_features, generator=generator, dtype=torch.float64),  # b_enc
+        torch.randn(n_features, d_in, generator=generator, dtype=torch.float64),  # W_dec
         torch.randn(d_in, generator=generator, dtype=torch.float64),  # b_dec
     ]
+    weights[1] -= 1.0  # some chosen pre-activations negative: ReLU zeros take part
     inputs = [tensor.clone().requires_grad_() for tensor in (x, *weights)]
     dead_latents = torch.arange(0, n_features, 3)
 
-    def chosen_pre_activations(x, W_enc, b_enc, b_dec):
-        top, indices, aux, aux_indices = TopKEncoder.apply(
-            x, W_enc, b_enc, b_dec, k, dead_latents, d_in // 2
+    def outputs(x, W_enc, b_enc, W_dec, b_dec):
+        values, indices, reconstruction, aux_reconstruction = TopKAutoencoder.apply(
+            x, W_enc, b_enc, W_dec, b_dec, k, dead_latents, d_in // 2, sparse
         )
         # Unsorted Top-K may list the same latents in another order after a finite-difference
-        # nudge; ordering by latent index makes the outputs comparable.
-        return top.gather(1, indices.argsort(1)), aux.gather(1, aux_indices.argsort(1))
+        # nudge; ordering by latent index makes the values comparable.
+        return values.gather(1, indices.argsort(1)), reconstruction, aux_reconstruction
 
-    assert torch.autograd.gradcheck(chosen_pre_activations, inputs, fast_mode=True)
-    sae = topk_sae(d_in, n_features, k).double()
+    assert torch.autograd.gradcheck(outputs, inputs, fast_mode=True)
+    sae = topk_sae(d_in, n_features, k, sparse_decoder=sparse).double()
     sae.initialize(torch.randn(64, d_in, generator=generator, dtype=torch.float64), generator)
     with torch.no_grad():
         sae.W_enc.add_(0.3 * torch.randn(sae.W_enc.shape, generator=generator, dtype=x.dtype))
+        sae.W_dec.add_(0.3 * torch.randn(sae.W_dec.shape, generator=generator, dtype=x.dtype))
         # Some chosen latents negative (ReLU zeros), none exactly at ReLU's kink.
         sae.b_enc.sub_(sae.pre_activations(x).topk(k).values.median() + 0.05)
 
@@ -253,3 +258,9 @@ def test_fused_training_steps_are_bit_identical_under_deterministic_algorithms()
     finally:
         torch.use_deterministic_algorithms(previous)
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_size_rule_picks_dense_for_small_dictionaries_only():
+    assert use_dense(128, 32, None) and use_dense(2048, 288, None)  # n=128; AuxK, 2048 dead
+    assert not use_dense(16384, 32, None) and not use_dense(4915, 288, None)
+    assert use_dense(16384, 32, False) and not use_dense(128, 32, True)  # forced

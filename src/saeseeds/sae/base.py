@@ -163,9 +163,9 @@ class SAE(nn.Module):
 
     def fvu(self, x: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
         """(mse over elements, FVU) of a batch."""
-        error = x - reconstruction
+        squared_error = (x - reconstruction).pow(2)
         total_variance = (x - x.mean(0)).pow(2).sum()
-        return error.pow(2).mean(), error.pow(2).sum() / total_variance.clamp_min(1e-12)
+        return squared_error.mean(), squared_error.sum() / total_variance.clamp_min(1e-12)
 
 
 REGISTRY: dict[str, type[SAE]] = {}

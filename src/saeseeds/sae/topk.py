@@ -1,9 +1,10 @@
 """The Top-K SAE of Gao et al. (2024), "Scaling and evaluating sparse autoencoders".
 
 z = ReLU(TopK_k(W_encᵀ(x − b_dec) + b_enc)), x̂ = W_decᵀ z + b_dec, with unit-norm decoder rows;
-loss = MSE + AuxK/32. The encoder and Top-K run as one autograd function whose backward touches
-only the chosen latents (:class:`saeseeds.sae.kernels.TopKEncoder`), and the decoder gathers the
-k chosen rows; ``fused_encoder=False`` and ``sparse_decoder=False`` are the plain reference paths.
+loss = MSE + AuxK/32. The whole training forward runs as one autograd function whose backward
+touches only the chosen latents, decoding densely or sparsely by size
+(:class:`saeseeds.sae.fused_topk.TopKAutoencoder`); ``fused_encoder=False`` is the plain
+autograd reference path.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from torch import Tensor
 
 from saeseeds.errors import ConfigError
 from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register
+from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
 from saeseeds.sae.kernels import (
     AUXK_ALPHA,
-    TopKEncoder,
     auxk_k,
     auxk_loss,
     encoder_pre_activations,
@@ -40,8 +41,10 @@ class TopKConfig(SAEConfig):
     """Number of active latents per token."""
     auxk_alpha: float = AUXK_ALPHA
     """Weight of the AuxK loss (Gao et al. §A.2: 1/32)."""
-    sparse_decoder: bool = True
-    """Decode by gathering the k chosen rows (same maths as dense, faster)."""
+    sparse_decoder: bool | None = None
+    """Decode by gathering the chosen decoder rows (true) or by a matmul over the scattered
+    [batch, n_features] code (false); null picks by size (dense for small dictionaries). The
+    maths is the same; only the speed differs."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,7 +85,7 @@ class TopKSAE(SAE):
         return encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
 
     def decode_latents(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
-        if self.config.sparse_decoder:
+        if not use_dense(self.n_features, values.shape[1], self.config.sparse_decoder):
             out = sparse_decode(values, indices, self.W_dec)
         else:
             dense = torch.zeros(
@@ -101,17 +104,19 @@ class TopKSAE(SAE):
         n_dead = len(dead_latents) if dead_latents is not None else 0
         k_aux = auxk_k(self.d_in, n_dead)
         if self.fused_encoder:
-            top_pre, indices, aux_pre, aux_indices = TopKEncoder.apply(
-                x, self.W_enc, self.b_enc, self.b_dec, self.k, dead_latents, k_aux
-            )
+            values, indices, reconstruction, aux_reconstruction = TopKAutoencoder.apply(
+                x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, dead_latents, k_aux,
+                self.config.sparse_decoder,
+            )  # fmt: skip
         else:
             top_pre, indices, aux_pre, aux_indices = self.select_with_autograd(x, dead_mask, k_aux)
-        values = F.relu(top_pre)  # [batch, k]
-        reconstruction = self.decode_latents(values, indices)
+            values = F.relu(top_pre)  # [batch, k]
+            reconstruction = self.decode_latents(values, indices)
+            if n_dead > 0:
+                aux_reconstruction = self.decode_latents(F.relu(aux_pre), aux_indices, bias=False)
         mse, fvu = self.fvu(x, reconstruction)
         aux = x.new_zeros(())
         if n_dead > 0:
-            aux_reconstruction = self.decode_latents(F.relu(aux_pre), aux_indices, bias=False)
             residual = (x - reconstruction).detach()
             aux = auxk_loss(aux_reconstruction, residual, n_dead, self.d_in)
         losses = {"mse": mse, "auxk": self.config.auxk_alpha * aux}
