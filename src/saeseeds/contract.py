@@ -74,9 +74,15 @@ OPERATIONAL_KEYS = (
     "data.model.forward_batch_size",
     "model.device",
     "model.forward_batch_size",
+    "threads",
+    # How seeds were started: seeds=[1,2,3] trains them in one job, each exactly as its own job.
+    "seeds",
 )
 # Keys that vary between the runs of one condition (a group): the seed, and the operational ones.
 NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
+# Keys whose null value is the behaviour from before they existed. They are left out of run
+# configs when null, so folders written before them still match (resume, skip, grouping).
+NULL_MEANS_ABSENT_KEYS = ("order_seed",)
 
 
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -126,11 +132,15 @@ def describe_differences(recorded: dict[str, Any], current: dict[str, Any], limi
     return ", ".join(parts[:limit]) + more
 
 
+def _null_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(key for key in NULL_MEANS_ABSENT_KEYS if key in config and config[key] is None)
+
+
 def run_config(resolved: dict[str, Any]) -> dict[str, Any]:
     """What defines one run: the resolved config without operational keys (the seed stays)."""
-    return without_keys(resolved, OPERATIONAL_KEYS)
+    return without_keys(resolved, OPERATIONAL_KEYS + _null_keys(resolved))
 
 
 def condition_config(resolved: dict[str, Any]) -> dict[str, Any]:
     """What defines a condition: the run config without the seed."""
-    return without_keys(resolved, NON_CONDITION_KEYS)
+    return without_keys(resolved, NON_CONDITION_KEYS + _null_keys(resolved))

@@ -84,7 +84,9 @@ def hydra_job_identity(run_dir: Path) -> tuple[str, str]:
     return f"{run_dir.parent.name}_{run_dir.name}", name
 
 
-def build_wandb_logger(cfg: Any, run_dir: Path) -> Any:
+def build_wandb_logger(cfg: Any, run_dir: Path, concurrent: bool = False) -> Any:
+    """The job's Lightning W&B logger, or None when logging is off. ``concurrent``: this run is
+    one of several open at once in this process (a several-seeds job logs one run per seed)."""
     from omegaconf import OmegaConf
 
     if not cfg.logger.enabled:
@@ -108,6 +110,7 @@ def build_wandb_logger(cfg: Any, run_dir: Path) -> Any:
         mode=mode,
         job_type="train",
         config=OmegaConf.to_container(cfg, resolve=True),
+        **({"reinit": "create_new"} if concurrent else {}),
     )
 
 
@@ -120,11 +123,11 @@ def finish_wandb(logger: Any, metrics: dict[str, Any]) -> None:
     run.finish()
 
 
-def wandb_run_info(trainer: Any) -> dict[str, Any] | None:
-    """Where a training job's W&B run went, for environment.json; None without one."""
+def wandb_run_info(logger: Any) -> dict[str, Any] | None:
+    """Where a training job's W&B run went (its Lightning logger), for environment.json; None
+    without one."""
     from lightning.pytorch.loggers import WandbLogger
 
-    logger = trainer.logger
     if not isinstance(logger, WandbLogger):
         return None
     run = logger.experiment

@@ -109,3 +109,35 @@ def test_defaults_train_on_embedded_smollm2_offline(tmp_path):
     assert metrics["ce_clean"] < metrics["ce_sae"] < metrics["ce_zero_ablation"]
     top = json.loads((run / "top_examples.json").read_text())
     assert top["features"]
+
+
+def test_a_job_does_not_depend_on_the_jobs_that_ran_before_it(tiny_llama, tmp_path):
+    """In a sweep the second job reuses the first one's model, activations and clean-logit
+    baseline from memory; run alone in a fresh process it must write the same SAE and metrics."""
+    common = [
+        "model=local",
+        f"model.path={tiny_llama}",
+        *TINY_TEXT,
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.model_cache_dir={tmp_path / 'models'}",
+    ]
+    sweep_dir, alone_dir = tmp_path / "sweep", tmp_path / "alone"
+    swept = run_app(
+        "train.py", "-m", "seed=1,2", *common, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    alone = run_app("train.py", "seed=2", *common, f"hydra.run.dir={alone_dir}", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    job_dirs = [p.parent for p in sweep_dir.rglob("COMPLETE")]
+    (second,) = [d for d in job_dirs if json.loads((d / "cfg.json").read_text())["seed"] == 2]
+    assert environment(second)["data_provenance"]["activation_cache_hit"] is True
+    weights = "sae_weights.safetensors"
+    assert (second / weights).read_bytes() == (alone_dir / weights).read_bytes()
+    in_sweep, by_itself = (
+        json.loads((d / "metrics.json").read_text()) for d in (second, alone_dir)
+    )
+    for name in ("fvu", "l0", "dead_fraction", "ce_loss_score", "kl_div", "heldout_fvu_curve"):
+        assert in_sweep[name] == by_itself[name], name
+    assert (second / "top_examples.json").read_text() == (
+        alone_dir / "top_examples.json"
+    ).read_text()

@@ -24,6 +24,9 @@ MAX_SEED = 2**32
 # Lightning checks TPUs (xla) itself when the Trainer is built.
 KNOWN_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla")
 # What a user must set for options that have no default, and an example.
+# Strategies that train in worker processes and hand only the weights back to the main one (not
+# the step count, the held-out curve or the dead-latent tracker): the run folder would be wrong.
+WORKER_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "xla")
 REQUIRED_HINTS = {
     "data.path": "data=activations needs data.path=FILE, a .safetensors or .npy [N, d_in] matrix",
     "data.corpus.paths": "data=text_files needs 'data.corpus.paths=[notes.txt,more/]'",
@@ -34,11 +37,12 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
     """Check the composed training config; return the SAE's typed config."""
     check_required(cfg)
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+    if not is_seed(seed):
         raise ConfigError(
             f"seed={seed!r} is not valid; use an integer in [0, 2^32), e.g. seed=0 or "
             "-m seed=1,2,3."
         )
+    check_seeds(cfg)
     precision = cfg.trainer.precision
     if precision is not None and str(precision) not in VALID_PRECISIONS:
         raise ConfigError(
@@ -57,6 +61,49 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
     check_trainer(cfg.trainer)
     return sae_config_of(cfg.sae)  # imports torch
+
+
+def is_seed(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value < MAX_SEED
+
+
+def check_seeds(cfg: DictConfig) -> None:
+    """``order_seed``: null or a seed. ``seeds``: null, or distinct seeds with an ``order_seed``
+    (one job trains them on one batch stream) on one device."""
+    order_seed = cfg.get("order_seed")
+    if order_seed is not None and not is_seed(order_seed):
+        raise ConfigError(
+            f"order_seed={order_seed!r} is not valid; use an integer in [0, 2^32), or null for a "
+            "data order that follows seed."
+        )
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return
+    example = "e.g. 'seeds=[1,2,3]' order_seed=0"
+    values = list(seeds) if isinstance(seeds, ListConfig | list) else None
+    if not values or not all(is_seed(value) for value in values):
+        raise ConfigError(
+            f"seeds={seeds!r} is not valid; use a list of integers in [0, 2^32), {example}."
+        )
+    if len(set(values)) != len(values):
+        raise ConfigError(f"seeds={values} repeats a seed; list each seed once.")
+    if order_seed is None:
+        raise ConfigError(
+            f"seeds={values} trains the seeds on one batch stream, so it needs the seed of that "
+            f"stream: add order_seed=N ({example}). Each seed's folder is then the one "
+            "`seed=S order_seed=N` would write."
+        )
+    if cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path=... resumes one run; with seeds=[...] use resume=true (a multirun "
+            "resumes by itself)."
+        )
+    if str(cfg.trainer.strategy) != "auto" or str(cfg.trainer.devices) not in ("auto", "1"):
+        raise ConfigError(
+            f"seeds={values} trains on one device; it cannot be combined with "
+            f"trainer.strategy={cfg.trainer.strategy} trainer.devices={cfg.trainer.devices}. "
+            "Use trainer.devices=1 (or auto) and trainer.strategy=auto."
+        )
 
 
 def missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -109,6 +156,14 @@ def check_trainer(trainer: DictConfig) -> None:
             "trainer.accelerator=auto or cpu."
         )
     check_devices(trainer.devices, accelerator)
+    strategy = str(trainer.strategy)
+    if strategy.startswith(WORKER_STRATEGIES):
+        raise ConfigError(
+            f"trainer.strategy={strategy} is not supported; use trainer.strategy=ddp (one "
+            "process per device, started by Lightning or by the cluster) or auto. Strategies "
+            "that train in worker processes hand back only the weights, not the rest of the run "
+            "that the run folder records."
+        )
     max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
     if max_steps is not None and (max_steps == 0 or max_steps < -1):
         raise ConfigError(
@@ -147,6 +202,25 @@ def check_devices(devices: Any, accelerator: str) -> None:
                 f"trainer.devices={indices[0]} but only {torch.cuda.device_count()} CUDA GPU(s) "
                 "are visible; use at most that many, or -1 for all."
             )
+
+
+def training_processes(trainer: DictConfig) -> int:
+    """How many processes Lightning trains with: devices (``auto``: every CUDA GPU for a GPU
+    accelerator, else 1) times ``trainer.kwargs.num_nodes``."""
+    devices, accelerator = trainer.devices, str(trainer.accelerator)
+    nodes = int((trainer.get("kwargs") or {}).get("num_nodes", 1) or 1)
+    if isinstance(devices, ListConfig | list):
+        return len(devices) * nodes
+    text = str(devices).strip()
+    if "," in text:
+        return len([part for part in text.split(",") if part.strip()]) * nodes
+    if text in ("auto", "-1"):
+        if accelerator in ("auto", "gpu", "cuda"):
+            import torch
+
+            return max(1, torch.cuda.device_count()) * nodes
+        return nodes
+    return int(text) * nodes
 
 
 def sae_config_of(sae: DictConfig) -> SAEConfig:

@@ -1,13 +1,16 @@
-"""Batches of activations for Lightning, in an order fixed by the seed and the global step.
+"""Batches of activations for Lightning, in an order fixed by the order seed and the global step.
 
-The order of epoch e is ``randperm(N, seed=hash(seed, e))``. Because the batch served at global
-step s depends only on (seed, s), a run resumed from a mid-epoch checkpoint continues with exactly
-the batches the uninterrupted run would have seen. It does not compute activations.
+The order seed is ``order_seed``, or ``seed`` when that is null (:func:`order_seed`). The order of
+epoch e is ``randperm(N, seed=hash(order seed, e))``. Because the batch served at global step s
+depends only on (order seed, s), a run resumed from a mid-epoch checkpoint continues with exactly
+the batches the uninterrupted run would have seen, and runs that share an order seed see the same
+batch stream whatever their SAE seed. It does not compute activations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +18,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from saeseeds.errors import ConfigError
+
+
+def order_seed(cfg: Any) -> int:
+    """The seed of the batch order: ``order_seed``, or the run's ``seed`` when it is null."""
+    chosen = cfg.get("order_seed")
+    return int(cfg.seed if chosen is None else chosen)
 
 
 class RowBatches(Dataset):
@@ -31,11 +40,28 @@ class RowBatches(Dataset):
 
 
 class SeededBatchSampler(Sampler[Tensor]):
+    """The seeded batches of ``batch_size`` rows from ``start_step()`` on. With several processes
+    (DDP), each batch is the global one and process ``rank`` of ``world_size`` takes its own
+    contiguous, disjoint shard of it, so N devices train on the batches of one device."""
+
     def __init__(
-        self, n_rows: int, batch_size: int, seed: int, start_step: Callable[[], int] = lambda: 0
+        self,
+        n_rows: int,
+        batch_size: int,
+        seed: int,
+        start_step: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        if batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={batch_size} must be a multiple of the {world_size} training "
+                "processes (trainer.devices x trainer.num_nodes): each takes an equal share of "
+                "every batch."
+            )
         self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
         self.start_step = start_step
+        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
     def __len__(self) -> int:
         return self.n_rows // self.batch_size  # drop the ragged tail: equal-size steps
@@ -48,7 +74,8 @@ class SeededBatchSampler(Sampler[Tensor]):
         epoch, offset = divmod(self.start_step(), len(self))
         order = self.epoch_order(epoch)
         for batch_index in range(offset, len(self)):
-            yield order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            batch = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            yield batch[self.shard]
 
 
 def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
@@ -56,7 +83,8 @@ def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
     if saved != current:
         raise ConfigError(
             f"The checkpoint was trained with data order {saved}, but this run has {current}. "
-            "Resume with the same seed, data and data.batch_size as the interrupted run."
+            "Resume with the same seed, order_seed, data and data.batch_size as the interrupted "
+            "run."
         )
 
 
@@ -93,8 +121,12 @@ class ActivationDataModule(L.LightningDataModule):
         return self.trainer.global_step if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
+        # The Trainer is built with use_distributed_sampler=False: sharding is done here.
+        rank, world_size = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
         sampler = SeededBatchSampler(
-            len(self.train_rows), self.batch_size, self.seed, self._global_step
+            len(self.train_rows), self.batch_size, self.seed, self._global_step, rank, world_size
         )
         return ResumableLoader(RowBatches(self.train_rows), sampler=sampler, batch_size=None)
 

@@ -31,6 +31,8 @@ from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
 from saeseeds.training.sweep import LAUNCH_ENV
 
 log = logging.getLogger("saeseeds")
+# Where a process started for DDP finds its rank (Lightning's order). Only rank 0 writes.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 # What Hydra itself puts into a job folder before the job runs.
 HYDRA_LEFTOVERS = {"train.log"}
 
@@ -45,6 +47,34 @@ def is_multirun(hydra_cfg: Any | None) -> bool:
     from hydra.types import RunMode
 
     return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process (DDP) run; 0 in a single process."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def processes_started_outside() -> bool:
+    """True when a launcher (torchrun, srun with several tasks) started every DDP process."""
+    return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+def check_launch(cfg: DictConfig, multirun: bool) -> None:
+    """Refuse DDP inside a multirun where Lightning would start the other processes itself: it
+    re-runs ``sys.argv``, i.e. the whole sweep, in each of them."""
+    from saeseeds.config.validation import training_processes
+
+    processes = training_processes(cfg.trainer)
+    if multirun and processes > 1 and not processes_started_outside():
+        raise ConfigError(
+            f"this job would train in {processes} processes (trainer.devices="
+            f"{cfg.trainer.devices}), but Lightning starts the extra ones by re-running the "
+            "command line, which inside a multirun (-m) re-runs the whole sweep. Run each "
+            "multi-device job as its own command (no -m), or set trainer.devices=1 in a sweep."
+        )
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -110,17 +140,27 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one job; returns its metrics (None when skipped). Raises what the job raised."""
+    """Run one job; returns its metrics (None when skipped). Raises what the job raised.
+    ``seeds=[...]``: a multi-seed job (:mod:`saeseeds.training.seed_jobs`)."""
+    if cfg.get("seeds") is not None:
+        from saeseeds.training.seed_jobs import run_seeds_job
+
+        run_seeds_job(cfg)
+        return None
     hydra_cfg = hydra_config()
     multirun = is_multirun(hydra_cfg)
     run_dir = Path(str(cfg.paths.output_dir))
-    fresh = run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= HYDRA_LEFTOVERS
-    record = JobRecord(hydra_cfg, run_dir, cfg.get("seed")) if multirun else None
+    # Processes that DDP started beside rank 0 train with it; rank 0 writes every record.
+    rank_zero = process_rank() == 0
+    fresh = rank_zero and run_dir.is_dir()
+    fresh = fresh and {entry.name for entry in run_dir.iterdir()} <= HYDRA_LEFTOVERS
+    record = JobRecord(hydra_cfg, run_dir, cfg.get("seed")) if multirun and rank_zero else None
     if record is not None:
         record.write()
     plan: JobPlan | None = None
     try:
         validate_train_config(cfg)
+        check_launch(cfg, multirun)
         run_config = resolved_run_config(cfg)
         if record is not None:
             sha = contract.config_sha256(run_config)
@@ -135,8 +175,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
             return None
         if plan.action == RESUME:
             log.info("Resuming %s %s.", run_dir, plan.message)
-        remove_stale_temporaries(run_dir)
-        write_hydra_files(run_dir, cfg, hydra_cfg)
+        if rank_zero:
+            remove_stale_temporaries(run_dir)
+            write_hydra_files(run_dir, cfg, hydra_cfg)
         from saeseeds.training.run import train  # Lightning: imported only for accepted jobs
 
         metrics = train(cfg, plan=plan)
@@ -148,7 +189,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         raise
     except BaseException as error:
         if record is not None:
-            record.write(outcome="failed", reason=_describe(error))
+            record.write(outcome="failed", reason=describe_error(error))
         if fresh:  # nothing in it predates this command
             remove_folder_if_only(run_dir, HYDRA_LEFTOVERS | {contract.HYDRA_DIR})
         raise
@@ -157,7 +198,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     return metrics
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     from saeseeds.errors import UserError
 
     if isinstance(error, UserError):

@@ -1,20 +1,152 @@
-"""The LightningModule that trains one SAE of any architecture: the loss (the sum of the SAE's
-named terms), optimiser, schedule, the decoder constraint around each step, dead-latent tracking
-and logged metrics. The maths of each architecture is in :mod:`saeseeds.sae`; data and files are
-elsewhere.
+"""The LightningModules that train SAEs of any architecture: the loss (the sum of the SAE's named
+terms), optimiser, schedule, the decoder constraint around each step, dead-latent tracking and
+logged metrics. :class:`SAETrainingModule` trains one SAE; :class:`MultiSeedModule` trains the
+SAEs of several seeds in lockstep on the same batches, each exactly as its own module would (one
+Adam parameter group, one gradient clip, one dead-latent tracker per SAE). The maths of each
+architecture is in :mod:`saeseeds.sae`; data and files are elsewhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saeseeds.sae import SAE
 from saeseeds.training.metrics import accumulate, batch_totals, summarise_totals
 
+VALIDATION_METRICS = ("fvu", "explained_variance", "l0", "dead_fraction")
 
-class SAETrainingModule(L.LightningModule):
+
+def lr_factor_schedule(
+    total_steps: int, warmup_steps: int, decay_start_fraction: float
+) -> Callable[[int], float]:
+    """Linear warm-up (at most 10% of training), constant, then linear decay to zero."""
+    warmup = min(warmup_steps, total_steps // 10)
+    decay_start = int(total_steps * decay_start_fraction)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if step < decay_start:
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+
+    return lr_factor
+
+
+def sae_step(
+    sae: SAE, x: Tensor, tokens_since_fired: Tensor, dead_tokens_threshold: int
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One SAE's training loss on ``x`` and its step metrics; updates its dead-latent tracker
+    (``tokens_since_fired``, [n_features], in place)."""
+    dead_mask = tokens_since_fired >= dead_tokens_threshold
+    output = sae(x, dead_mask)
+    loss = sum(output.losses.values())
+    update_dead_tracker(tokens_since_fired, output.latent_indices, output.latent_values, len(x))
+    metrics = {
+        "train/loss": loss,
+        **{f"train/{name}": term for name, term in output.losses.items()},
+        "train/fvu": output.fvu,
+        "train/l0": (output.latent_values > 0).sum(-1).float().mean(),
+        "train/dead_fraction": dead_mask.float().mean(),
+    }
+    return loss, metrics
+
+
+@torch.no_grad()
+def update_dead_tracker(
+    tokens_since_fired: Tensor, indices: Tensor, values: Tensor, n_tokens: int
+) -> None:
+    fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
+    fired[indices[values > 0]] = True
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP: each process saw one shard of the batch; a latent fired if it fired in any.
+        fired_anywhere = fired.to(torch.int32)
+        torch.distributed.all_reduce(fired_anywhere, op=torch.distributed.ReduceOp.MAX)
+        fired = fired_anywhere.bool()
+        n_tokens *= torch.distributed.get_world_size()
+    tokens_since_fired += n_tokens
+    tokens_since_fired[fired] = 0
+
+
+class _SAEModuleBase(L.LightningModule):
+    """What both modules share: the schedule, the decoder constraint and held-out evaluation of
+    each SAE in :attr:`trained_saes`, whose log keys start with :meth:`log_prefix`."""
+
+    def __init__(
+        self,
+        lr: float,
+        input_scale: float,
+        warmup_steps: int,
+        decay_start_fraction: float,
+        dead_tokens_threshold: int,
+    ):
+        super().__init__()
+        self.lr = lr
+        self.warmup_steps, self.decay_start_fraction = warmup_steps, decay_start_fraction
+        self.dead_tokens_threshold = dead_tokens_threshold
+        self.input_scale = input_scale
+        self.validation_totals: list[dict[str, Tensor]] = []
+        self.total_steps = 1  # set in configure_optimizers, once the trainer knows the data
+
+    @property
+    def trained_saes(self) -> Sequence[SAE]:
+        raise NotImplementedError
+
+    def log_prefix(self, index: int) -> str:
+        return ""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs before Lightning's gradient clipping: project, then clip (Gao et al. §A.1).
+        for sae in self.trained_saes:
+            sae.before_optimizer_step()
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        for sae in self.trained_saes:
+            sae.after_optimizer_step()
+
+    def configure_optimizers(self):
+        # One parameter group per SAE: Adam updates each group by itself, as a lone SAE's.
+        groups = [{"params": list(sae.parameters())} for sae in self.trained_saes]
+        optimizer = torch.optim.Adam(groups, lr=self.lr, betas=(0.9, 0.999))
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = lr_factor_schedule(
+            self.total_steps, self.warmup_steps, self.decay_start_fraction
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ---- held-out evaluation ----
+    def on_validation_epoch_start(self) -> None:
+        self.validation_totals = [{} for _ in self.trained_saes]
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch.float() * self.input_scale
+        for sae, totals in zip(self.trained_saes, self.validation_totals, strict=True):
+            accumulate(totals, batch_totals(x, sae(x), sae.n_features))
+
+    def on_validation_epoch_end(self) -> None:
+        for index, totals in enumerate(self.validation_totals):
+            if not totals:
+                continue
+            metrics = summarise_totals(totals)
+            prefix = self.log_prefix(index)
+            self.log_dict(
+                {f"{prefix}val/{name}": metrics[name] for name in VALIDATION_METRICS},
+                prog_bar=False,
+            )
+
+
+class SAETrainingModule(_SAEModuleBase):
+    """Trains one SAE."""
+
     def __init__(
         self,
         sae: SAE,
@@ -24,95 +156,91 @@ class SAETrainingModule(L.LightningModule):
         decay_start_fraction: float = 0.8,
         dead_tokens_threshold: int = 20_000,
     ):
-        super().__init__()
+        super().__init__(lr, input_scale, warmup_steps, decay_start_fraction, dead_tokens_threshold)
         self.sae = sae
-        self.lr = lr
-        self.warmup_steps, self.decay_start_fraction = warmup_steps, decay_start_fraction
-        self.dead_tokens_threshold = dead_tokens_threshold
-        self.input_scale = input_scale
         # Tokens since each latent last fired; a buffer, so it is checkpointed for resuming.
         self.register_buffer("tokens_since_fired", torch.zeros(sae.n_features, dtype=torch.long))
-        self.validation_totals: dict[str, Tensor] = {}
-        self.total_steps = 1  # set in configure_optimizers, once the trainer knows the data
 
-    # ---- training ----
+    @property
+    def trained_saes(self) -> Sequence[SAE]:
+        return [self.sae]
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = batch.float() * self.input_scale  # [batch, d_in]
-        dead_mask = self.tokens_since_fired >= self.dead_tokens_threshold
         self.sae.set_progress(self.global_step, self.total_steps)
-        output = self.sae(x, dead_mask)
-        loss = sum(output.losses.values())
-        self._update_dead_tracker(output.latent_indices, output.latent_values, len(x))
-
-        l0 = (output.latent_values > 0).sum(-1).float().mean()
-        self.log_dict(
-            {
-                "train/loss": loss,
-                **{f"train/{name}": term for name, term in output.losses.items()},
-                "train/fvu": output.fvu,
-                "train/l0": l0,
-                "train/dead_fraction": dead_mask.float().mean(),
-                "lr": self.optimizers().param_groups[0]["lr"],
-            },
-            on_step=True,
-            on_epoch=False,
-            prog_bar=False,
-        )
-        self.log("fvu", output.fvu, prog_bar=True, logger=False)
+        loss, metrics = sae_step(self.sae, x, self.tokens_since_fired, self.dead_tokens_threshold)
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log_dict({**metrics, "lr": lr}, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         return loss
 
-    @torch.no_grad()
-    def _update_dead_tracker(self, indices: Tensor, values: Tensor, n_tokens: int) -> None:
-        fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
-        fired[indices[values > 0]] = True
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs before Lightning's gradient clipping: project, then clip (Gao et al. §A.1).
-        self.sae.before_optimizer_step()
+class MultiSeedModule(_SAEModuleBase):
+    """Trains the SAEs of ``seeds`` on the same batches. The loss is the sum of their losses, so
+    each SAE's gradient is exactly its own; clipping, the constraint, the Adam update and the
+    dead-latent tracker are per SAE. Metrics are logged as ``seed=S/<name>``
+    (:class:`saeseeds.training.multiseed.SeedLogger` hands each seed's to its own logger)."""
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.sae.after_optimizer_step()
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999))
-        total_steps = self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.warmup_steps, total_steps // 10)
-        decay_start = int(total_steps * self.decay_start_fraction)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if step < decay_start:
-                return 1.0
-            return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
-
-    # ---- held-out evaluation ----
-    def on_validation_epoch_start(self) -> None:
-        self.validation_totals = {}
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = batch.float() * self.input_scale
-        accumulate(self.validation_totals, batch_totals(x, self.sae(x), self.sae.n_features))
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.validation_totals:
-            return
-        metrics = summarise_totals(self.validation_totals)
-        self.log_dict(
-            {
-                "val/fvu": metrics["fvu"],
-                "val/explained_variance": metrics["explained_variance"],
-                "val/l0": metrics["l0"],
-                "val/dead_fraction": metrics["dead_fraction"],
-            },
-            prog_bar=False,
+    def __init__(
+        self,
+        saes: Sequence[SAE],
+        seeds: Sequence[int],
+        lr: float,
+        input_scale: float,
+        warmup_steps: int = 100,
+        decay_start_fraction: float = 0.8,
+        dead_tokens_threshold: int = 20_000,
+    ):
+        super().__init__(lr, input_scale, warmup_steps, decay_start_fraction, dead_tokens_threshold)
+        self.saes = nn.ModuleList(saes)
+        self.seeds = [int(seed) for seed in seeds]
+        n_features = saes[0].n_features
+        # [n_seeds, n_features]: each row is one SAE's tracker, as in SAETrainingModule.
+        self.register_buffer(
+            "tokens_since_fired", torch.zeros(len(saes), n_features, dtype=torch.long)
         )
+
+    @property
+    def trained_saes(self) -> Sequence[SAE]:
+        return list(self.saes)
+
+    def log_prefix(self, index: int) -> str:
+        return seed_prefix(self.seeds[index])
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x = batch.float() * self.input_scale  # [batch, d_in]
+        lr = self.optimizers().param_groups[0]["lr"]
+        losses, fvus = [], []
+        for index, sae in enumerate(self.saes):
+            sae.set_progress(self.global_step, self.total_steps)
+            loss, metrics = sae_step(
+                sae, x, self.tokens_since_fired[index], self.dead_tokens_threshold
+            )
+            losses.append(loss)
+            fvus.append(metrics["train/fvu"].detach())
+            prefix = self.log_prefix(index)
+            logged = {f"{prefix}{name}": value for name, value in {**metrics, "lr": lr}.items()}
+            self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("fvu", torch.stack(fvus).mean(), prog_bar=True, logger=False)
+        return torch.stack(losses).sum()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning would clip the norm over every parameter of the optimiser, i.e. over all
+        # seeds at once; each SAE is clipped by its own norm, as its own job clips it.
+        if gradient_clip_val is None or gradient_clip_val <= 0:
+            return
+        for sae in self.saes:
+            parameters = list(sae.parameters())
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+
+
+def seed_prefix(seed: int) -> str:
+    return f"seed={seed}/"

@@ -67,7 +67,7 @@ def plan_job(
 ) -> JobPlan:
     """Decide from ``run_dir``'s records; raises :class:`ConfigError` when the job must not run."""
     if (run_dir / contract.COMPLETE_MARKER).exists():
-        return _plan_complete(run_dir, run_config)
+        return plan_complete(run_dir, run_config)
     last = run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT
     if not cfg.ckpt_path and not last.is_file():
         if cfg.resume and not auto_resume:  # in a multirun, a job that never ran just starts
@@ -95,7 +95,7 @@ def plan_job(
     return JobPlan(RESUME, run_dir, last, checkpoint, f"from step {step} of {last}")
 
 
-def _plan_complete(run_dir: Path, run_config: dict[str, Any]) -> JobPlan:
+def plan_complete(run_dir: Path, run_config: dict[str, Any]) -> JobPlan:
     recorded = completed_config(run_dir)
     if recorded is None:
         raise ConfigError(

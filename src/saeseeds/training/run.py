@@ -5,7 +5,9 @@ write the run folder and mark it complete.
 ``train.py`` at the repository root is a thin Hydra entry point; :mod:`saeseeds.training.job`
 wraps :func:`train` for one Hydra job. Checkpoints are written atomically and checked before a
 resume (:mod:`saeseeds.training.checkpoint_io`); SIGTERM and SIGINT save one at the current step
-(:mod:`saeseeds.training.preemption`).
+(:mod:`saeseeds.training.preemption`). A multi-seed job (``seeds=[...]``) reuses these steps for
+several SAEs in one fit (:mod:`saeseeds.training.multiseed`). Under DDP every process runs this
+flow up to the end of the fit; rank 0 alone evaluates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve
 from saeseeds.training.checkpoint_io import check_shapes
-from saeseeds.training.datamodule import ActivationDataModule
+from saeseeds.training.datamodule import ActivationDataModule, order_seed
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.metrics import evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
@@ -81,19 +84,12 @@ def _train(
     started: float,
 ) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
-    source = build_source(cfg)
-    splits = source.load()
-    input_scale = normalisation_scale(splits.train, sae_config.normalize)
+    source, splits, input_scale = load_activations(cfg, sae_config)
     sae = initialised_sae(sae_config, splits, input_scale, cfg.seed)
-    module = SAETrainingModule(
-        sae,
-        lr=sae_config.lr if sae_config.lr is not None else sae.default_lr(),
-        input_scale=input_scale,
-        warmup_steps=sae_config.warmup_steps,
-        decay_start_fraction=sae_config.decay_start_fraction,
-        dead_tokens_threshold=sae_config.dead_tokens_threshold,
+    module = SAETrainingModule(sae, **module_arguments(sae_config, sae, input_scale))
+    datamodule = ActivationDataModule(
+        splits.train, splits.heldout, source.batch_size, order_seed(cfg)
     )
-    datamodule = ActivationDataModule(splits.train, splits.heldout, source.batch_size, cfg.seed)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
@@ -102,6 +98,94 @@ def _train(
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
     logger = build_wandb_logger(cfg, run_dir)
+    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    callbacks = training_callbacks(
+        cfg, run_dir, splits, source.batch_size, signals, RunRecord(run_config)
+    )
+    trainer = build_trainer(
+        cfg,
+        sae_config,
+        run_dir,
+        [logger] if logger is not None else [],
+        callbacks + list(extra_callbacks or []),
+        checkpoint_io,
+        precision,
+    )
+    log.info(
+        "Training %s on %s (%s) into %s",
+        describe(sae, cfg.seed, splits),
+        trainer.strategy.root_device,
+        precision,
+        run_dir,
+    )
+    fit = fit_module(trainer, module, datamodule, ckpt_path, precision, started)
+    if not trainer.is_global_zero:  # DDP: rank 0 evaluates and writes the run folder
+        return {}
+    curve = heldout_curve(trainer)
+    metrics = finish_run(
+        cfg,
+        run_dir,
+        source,
+        splits,
+        TrainedSAE(module.sae, input_scale, curve.points if curve else {}),
+        fit,
+        wandb_run_info(trainer.logger),
+    )
+    finish_wandb(logger, metrics)
+    log_complete(run_dir, metrics)
+    return metrics
+
+
+@dataclass
+class TrainedSAE:
+    """One trained SAE (in training units) and what its training measured."""
+
+    sae: SAE
+    input_scale: float
+    heldout_fvu_curve: dict[str, float]
+
+
+@dataclass
+class FitRecord:
+    """What one ``trainer.fit`` did; shared by every SAE it trained."""
+
+    steps: int
+    device: str
+    precision: str
+    started: float  # time.time() at the start of the job
+    fit_time_s: float
+    seeds_trained_together: list[int] | None = None
+
+
+def load_activations(
+    cfg: DictConfig, sae_config: SAEConfig
+) -> tuple[ActivationSource, ActivationSplits, float]:
+    """The job's activation source, its splits and the input scale (the same for every seed)."""
+    source = build_source(cfg)
+    splits = source.load()
+    return source, splits, normalisation_scale(splits.train, sae_config.normalize)
+
+
+def module_arguments(sae_config: SAEConfig, sae: SAE, input_scale: float) -> dict[str, Any]:
+    return dict(
+        lr=sae_config.lr if sae_config.lr is not None else sae.default_lr(),
+        input_scale=input_scale,
+        warmup_steps=sae_config.warmup_steps,
+        decay_start_fraction=sae_config.decay_start_fraction,
+        dead_tokens_threshold=sae_config.dead_tokens_threshold,
+    )
+
+
+def training_callbacks(
+    cfg: DictConfig,
+    run_dir: Path,
+    splits: ActivationSplits,
+    batch_size: int,
+    signals: StopSignals,
+    record: RunRecord,
+) -> list[Callback]:
+    """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record in
+    every checkpoint, and the checkpoint on SIGTERM/SIGINT."""
     checkpoint_dir = run_dir / contract.CHECKPOINT_DIR
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -112,45 +196,74 @@ def _train(
         # last-v1.ckpt beside the old one, and the next resume would read the stale one.
         enable_version_counter=False,
     )
-    curve = HeldoutCurve(splits.heldout, source.batch_size)
     on_signal = CheckpointOnSignal(
         signals,
         checkpoint_dir / contract.LAST_CHECKPOINT,
         "Re-run the same command with resume=true (a multirun resumes by itself) to continue.",
     )
-    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    return [checkpoints, HeldoutCurve(splits.heldout, batch_size), record, on_signal]
+
+
+def build_trainer(
+    cfg: DictConfig,
+    sae_config: SAEConfig,
+    run_dir: Path,
+    loggers: list[Any],
+    callbacks: list[Callback],
+    checkpoint_io: AtomicCheckpointIO,
+    precision: str,
+) -> L.Trainer:
     try:
-        trainer = L.Trainer(
+        return L.Trainer(
             **lightning_arguments(cfg.trainer),
             precision=precision,
             gradient_clip_val=sae_config.grad_clip,
             enable_model_summary=False,
             num_sanity_val_steps=0,
+            # Several processes (DDP): SeededBatchSampler gives each its shard of every batch.
+            use_distributed_sampler=False,
             default_root_dir=run_dir,
-            logger=logger if logger is not None else False,
-            callbacks=[checkpoints, curve, RunRecord(run_config), on_signal]
-            + list(extra_callbacks or []),
+            logger=loggers if loggers else False,
+            callbacks=callbacks,
             plugins=[checkpoint_io, *cluster_plugins()],
         )
     except (MisconfigurationException, TypeError, ValueError) as error:
         # Lightning's own checks of the trainer group (an option or a combination it refuses).
         raise ConfigError(f"the trainer group is not valid for Lightning: {error}") from None
-    log.info(
-        "Training %s on %s (%s) into %s",
-        describe(sae, cfg.seed, splits),
-        trainer.strategy.root_device,
-        precision,
-        run_dir,
-    )
+
+
+def fit_module(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: ActivationDataModule,
+    ckpt_path: str | None,
+    precision: str,
+    started: float,
+) -> FitRecord:
+    """``trainer.fit``, timed; refuses a fit that took no optimisation step."""
+    fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_time_s = time.perf_counter() - fit_started
     if trainer.global_step == 0:
         raise ConfigError(
             "training ended after 0 optimisation steps, so no SAE was saved; check "
             "trainer.max_epochs, trainer.max_steps and trainer.kwargs (e.g. limit_train_batches)."
         )
+    return FitRecord(
+        steps=int(trainer.global_step),
+        device=str(trainer.strategy.root_device),
+        precision=precision,
+        started=started,
+        fit_time_s=round(fit_time_s, 3),
+    )
 
-    metrics = finish_run(cfg, run_dir, source, splits, module, trainer, precision, started)
-    finish_wandb(logger, metrics)
+
+def heldout_curve(trainer: L.Trainer) -> HeldoutCurve | None:
+    curves = [callback for callback in trainer.callbacks if isinstance(callback, HeldoutCurve)]
+    return curves[0] if curves else None
+
+
+def log_complete(run_dir: Path, metrics: dict[str, Any]) -> None:
     log.info(
         "Run complete: %s (held-out FVU %.4f, L0 %.1f, dead %.1f%%)",
         run_dir,
@@ -158,7 +271,6 @@ def _train(
         metrics["l0"],
         100 * metrics["dead_fraction"],
     )
-    return metrics
 
 
 def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
@@ -236,15 +348,13 @@ def finish_run(
     run_dir: Path,
     source: ActivationSource,
     splits: ActivationSplits,
-    module: SAETrainingModule,
-    trainer: L.Trainer,
-    precision: str,
-    started: float,
+    trained: TrainedSAE,
+    fit: FitRecord,
+    wandb_run: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Evaluate the folded SAE on raw held-out activations and write every contract file."""
-    trained = module.sae
-    folded = trained.folded_state(module.input_scale)
-    raw_sae = build_sae(trained.d_in, trained.config)
+    folded = trained.sae.folded_state(trained.input_scale)
+    raw_sae = build_sae(trained.sae.d_in, trained.sae.config)
     raw_sae.load_folded(folded)
     raw_sae.eval()
 
@@ -256,15 +366,13 @@ def finish_run(
     if context is not None:
         metrics.update(lm_eval.ce_loss_metrics(context, lambda x: raw_sae(x).reconstruction))
         top_examples = lm_eval.top_examples(context, raw_sae.encode, TOP_EXAMPLES_PER_FEATURE)
-    curves = [
-        callback.points for callback in trainer.callbacks if isinstance(callback, HeldoutCurve)
-    ]
     metrics.update(
-        heldout_fvu_curve=curves[0] if curves else {},
-        steps=int(trainer.global_step),
-        tokens_seen=int(trainer.global_step) * source.batch_size,
+        heldout_fvu_curve=dict(trained.heldout_fvu_curve),
+        steps=fit.steps,
+        tokens_seen=fit.steps * source.batch_size,
         heldout_tokens=len(splits.heldout),
-        wall_time_s=round(time.time() - started, 3),
+        fit_time_s=fit.fit_time_s,
+        wall_time_s=round(time.time() - fit.started, 3),
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -273,7 +381,7 @@ def finish_run(
     run_folder.write_json(
         run_dir,
         contract.CFG_FILE,
-        run_folder.sae_cfg(trained, splits.provenance, module.input_scale, cfg.seed),
+        run_folder.sae_cfg(trained.sae, splits.provenance, trained.input_scale, cfg.seed),
     )
     run_folder.write_json(run_dir, contract.METRICS_FILE, metrics)
     if top_examples is not None:
@@ -284,11 +392,12 @@ def finish_run(
         contract.ENVIRONMENT_FILE,
         run_folder.environment(
             seed=cfg.seed,
-            device=str(trainer.strategy.root_device),
-            precision=precision,
+            device=fit.device,
+            precision=fit.precision,
             provenance=splits.provenance,
             resolved_config=resolved,
-            wandb_run=wandb_run_info(trainer),
+            wandb_run=wandb_run,
+            seeds_trained_together=fit.seeds_trained_together,
         ),
     )
     run_folder.mark_complete(run_dir)

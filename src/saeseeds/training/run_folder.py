@@ -90,8 +90,11 @@ def environment(
     provenance: dict[str, Any],
     resolved_config: dict[str, Any],
     wandb_run: dict[str, Any] | None,
+    seeds_trained_together: list[int] | None = None,
 ) -> dict[str, Any]:
-    """environment.json: versions, platform, git, hashes, and the run's own config record."""
+    """environment.json: versions, platform, git, hashes, and the run's own config record.
+    ``seeds_trained_together``: the seeds of a multi-seed job (``seeds=[...]``) that trained this
+    run, or None for a run trained by its own job."""
     run_config = contract.run_config(resolved_config)
     return {
         "python": sys.version.split()[0],
@@ -116,6 +119,7 @@ def environment(
         "condition_sha256": contract.config_sha256(contract.condition_config(resolved_config)),
         "config": run_config,
         "command": sys.argv,
+        "seeds_trained_together": seeds_trained_together,
         "wandb": wandb_run,
     }
 
