@@ -41,7 +41,7 @@ def test_null_samples_are_groups_of_as_many_dictionaries_as_seeds():
     settings = ComputeSettings(encoder=False, live_only=False)
 
     def null(n_seeds):
-        return random_baseline(32, 8, n_seeds, 30, settings, [0.7], 0.7).null_medians()
+        return random_baseline(32, 8, n_seeds, 30, settings, [0.7], 0.7).null_values()
 
     pairs, fives = null(2), null(5)
     assert len(pairs) == len(fives) == 30

@@ -23,7 +23,7 @@ from saeseeds.analysis.config import validate_config
 from saeseeds.analysis.controls import attach_controls
 from saeseeds.analysis.discovery import Discovery, discover
 from saeseeds.analysis.errors import AnalysisError
-from saeseeds.analysis.group_analysis import GroupReport, analyse_group
+from saeseeds.analysis.group_analysis import GroupReport, analyse_group, check_hungarian_fits
 from saeseeds.analysis.grouping import Group, group_runs
 from saeseeds.analysis.pair_metrics import ComputeSettings
 from saeseeds.analysis.report.data import (
@@ -142,6 +142,7 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
     _announce_problems(skipped, not_analysed)
     timings["discovery_s"] = time.perf_counter() - started
 
+    check_hungarian_fits(analysable, cfg)
     settings = compute_settings(cfg)
     n_pairs = sum(comb(len(group.runs), 2) for group in analysable)
     start = time.perf_counter()
@@ -149,7 +150,7 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
         reports = [
             analyse_group(group, cfg, settings, lambda: bar.update(1)) for group in analysable
         ]
-    attach_controls(reports, cfg.bootstrap.confidence)
+    attach_controls(reports, cfg.bootstrap.confidence, cfg.subspace.max_rank)
     timings["analysis_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -174,6 +175,11 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
         config,
         {**timings, "device": settings.device},
     )
+    summary["matching"] = {
+        "requested": str(cfg.matching),
+        "argmax_above": int(cfg.argmax_above),
+        "by_group": {report.label: report.matching for report in reports},
+    }
     summary["wandb"] = wandb_run
     write_summary(summary, report_dir / "summary.json")
     print(f"Report folder: {report_dir}")

@@ -24,6 +24,17 @@ class Solver(StrEnum):
     scipy = "scipy"
 
 
+class MatchingMode(StrEnum):
+    """How features of two seeds are paired: ``hungarian`` (one-to-one assignment, needs the full
+    n² similarity matrix), ``argmax`` (best partner per feature only, built block by block: MMCS,
+    reappearance, subspaces; no matched-cosine statistics), ``auto`` (hungarian up to
+    ``argmax_above`` features, argmax beyond)."""
+
+    auto = "auto"
+    hungarian = "hungarian"
+    argmax = "argmax"
+
+
 class Device(StrEnum):
     """Where similarity matrices are computed; ``auto`` uses a CUDA GPU when one is present."""
 
@@ -116,6 +127,9 @@ class AnalyzeConfig:
     """"Shared" latents have matched decoder and encoder cosines above this (Paulo & Belrose)."""
     live_only: bool = True
     """Also match only features live in both runs (fire_count > 0 on held-out tokens)."""
+    matching: MatchingMode = MatchingMode.auto
+    argmax_above: int = 32768
+    """With ``matching=auto``, groups with more features than this use argmax matching."""
     solver: Solver = Solver.lapjv
     device: Device = Device.auto
     block_size: int = 2048
@@ -156,6 +170,7 @@ def validate_config(cfg: Any) -> None:
         "reappearance.epsilon must be in [0, 0.5) so that stable and unstable do not overlap.",
     )
     _check(cfg.block_size >= 1, "block_size must be a positive number of rows.")
+    _check(cfg.argmax_above >= 1, "argmax_above must be a positive number of features.")
     _check(cfg.bootstrap.n_samples >= 0, "bootstrap.n_samples must be >= 0 (0 turns it off).")
     _check(0.0 < cfg.bootstrap.confidence < 1.0, "bootstrap.confidence must be in (0, 1).")
     _check(
@@ -169,3 +184,11 @@ def validate_config(cfg: Any) -> None:
         )
     if cfg.metrics.subspaces and not cfg.metrics.reappearance:
         raise AnalysisConfigError("metrics.subspaces needs metrics.reappearance=true.")
+
+
+def resolve_matching(requested: Any, n_features: int, argmax_above: int) -> str:
+    """The matching a group of ``n_features`` gets: ``hungarian`` or ``argmax``."""
+    requested = str(requested)  # a MatchingMode member or its name
+    if requested == "auto":
+        return "argmax" if n_features > argmax_above else "hungarian"
+    return requested

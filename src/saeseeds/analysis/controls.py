@@ -1,6 +1,6 @@
 """A condition judged against its controls: which group is whose control, the difference of
-group medians with a seed-bootstrap interval and p-value, and the features reproduced beyond
-geometry.
+group values with a jackknife-t interval and p-value, the features reproduced beyond geometry, and
+the unstable-feature subspace overlap beside each trained control's.
 
 Controls of a condition group (the same config and seeds, one setting changed):
 - ``gaussian``: ``data.control=gaussian``, SAEs trained on Gaussian samples with the activations'
@@ -9,30 +9,36 @@ Controls of a condition group (the same config and seeds, one setting changed):
   model of the same architecture, Gerasimov et al.'s "dead salmon" control.
 - ``isotropic``: random unit-norm dictionaries (:mod:`.baselines`), the weakest null.
 
-Difference = condition group median − control group median (median of pair medians of the
-decoder matched cosines). Its uncertainty comes from the seeds: each group's standard error is the
-delete-one-seed jackknife, SE² = (S−1)/S · Σ_i (θ_(−i) − θ̄)², the two combine as
-√(SE_a² + SE_b²), and the 95% interval and two-sided p-value use Student's t with min(S_a, S_b) − 1
-degrees of freedom. A percentile bootstrap of 3–5 seeds has only a handful of distinct resamples
-and gives intervals that are too narrow (on featureless data it "found" differences that were not
-there); the jackknife-t interval is wide when seeds are few, as it should be. Seeds of one group
-share one draw of the data, so no seed-based interval covers data-sampling variation. For the
-isotropic null the interval uses the condition's standard error alone, and the p-value is the
-Monte Carlo p-value of :class:`.baselines.Baseline`.
+Difference = condition − control on the headline statistic: the group median (median of pair
+medians of the decoder matched cosines), or MMCS with argmax matching. Its uncertainty comes from
+the seeds: each group's standard error is the delete-one-seed jackknife, the two combine as
+√(SE_a² + SE_b²), and the 95% interval and two-sided p-value use Student's t with
+min(S_a, S_b) − 1 degrees of freedom (:func:`group_stats.difference_of_groups`). A percentile
+bootstrap of 3–5 seeds has only a handful of distinct resamples and gives intervals that are too
+narrow (on featureless data it "found" differences that were not there); the jackknife-t interval
+is wide when seeds are few, as it should be. Seeds of one group share one draw of the data, so no
+seed-based interval covers data-sampling variation. For the isotropic null the interval uses the
+condition's standard error alone, and the p-value is the Monte Carlo p-value of
+:class:`.baselines.Baseline`.
 """
 
 from __future__ import annotations
 
-from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from saeseeds.analysis.group_stats import aggregate, pair_matrix
+from saeseeds.analysis.group_stats import (
+    difference_of_groups,
+    jackknife_se,
+    outcome,
+    pair_matrix,
+    t_interval,
+)
+from saeseeds.analysis.subspaces import compare_with_control
 from saeseeds.contract import flatten
 
-STATISTIC = "decoder_median"
+STATISTIC = "decoder_median"  # the headline statistic with Hungarian matching
 CONTROL_NAMES = ("gaussian", "random_model", "isotropic")
 _MODEL_INIT_KEYS = {"model.init", "model.seed", "data.model.init", "data.model.seed"}
 BEYOND_GEOMETRY_QUANTILE = 0.95
@@ -71,46 +77,28 @@ def _with_control_default(flat: dict[str, Any]) -> dict[str, Any]:
     return {"data.control": "none", **flat} if any(k.startswith("data.") for k in flat) else flat
 
 
-def jackknife_se(group_pairs: Any) -> float:
-    """Delete-one-seed jackknife standard error of the group median; NaN below 3 seeds."""
-    matrix = pair_matrix(group_pairs, STATISTIC)  # [S, S]
-    n_seeds = matrix.shape[0]
-    if n_seeds < 3:
-        return float("nan")
-    leave_one_out = []
-    for left_out in range(n_seeds):
-        kept = [seed for seed in range(n_seeds) if seed != left_out]
-        pairs = np.array([matrix[a, b] for a, b in combinations(kept, 2)])
-        leave_one_out.append(aggregate(pairs, STATISTIC))
-    values = np.array(leave_one_out)
-    return float(np.sqrt((n_seeds - 1) / n_seeds * np.sum((values - values.mean()) ** 2)))
-
-
-def t_interval(
-    difference: float, standard_error: float, dof: int, confidence: float
-) -> tuple[list[float], float]:
-    """(interval, two-sided p-value) of a difference with Student's t on ``dof`` degrees."""
-    if not (dof >= 1 and standard_error > 0):
-        return [float("nan"), float("nan")], float("nan")
-    half_width = stats.t.ppf(0.5 + confidence / 2, dof) * standard_error
-    p_value = 2 * stats.t.sf(abs(difference) / standard_error, dof)
-    return [difference - half_width, difference + half_width], float(p_value)
-
-
-def compare(condition: Any, control: Any, confidence: float) -> dict[str, Any]:
-    """Condition minus trained control on the group median, with interval and p-value."""
-    median = control.statistics[STATISTIC]["value"]
-    difference = condition.statistics[STATISTIC]["value"] - median
-    standard_error = float(np.hypot(jackknife_se(condition.pairs), jackknife_se(control.pairs)))
-    dof = min(len(condition.pairs.seeds), len(control.pairs.seeds)) - 1
-    interval, p_value = t_interval(difference, standard_error, dof, confidence)
+def compare(condition: Any, control: Any, confidence: float) -> dict[str, Any] | None:
+    """Condition minus trained control on the headline statistic (the group median; MMCS with
+    argmax matching), with interval and p-value; None when the control lacks that statistic."""
+    statistic = condition.headline_statistic
+    if statistic not in control.statistics:
+        return None
+    difference = difference_of_groups(
+        pair_matrix(condition.pairs, statistic),
+        pair_matrix(control.pairs, statistic),
+        statistic,
+        confidence,
+    )
+    value = control.statistics[statistic]["value"]
     return {
         "label": control.label,
-        "median": median,
-        "difference": difference,
-        "difference_ci": interval,
-        "p_value": p_value,
-        "standard_error": standard_error,
+        "statistic": statistic,
+        "value": value,
+        **({"median": value} if statistic == STATISTIC else {}),
+        "difference": condition.statistics[statistic]["value"] - value,
+        "difference_ci": difference["difference_ci"],
+        "p_value": difference["p_value"],
+        "standard_error": difference["standard_error"],
         "side_by_side": side_by_side(control),
     }
 
@@ -120,13 +108,16 @@ def compare_isotropic(condition: Any, confidence: float) -> dict[str, Any] | Non
     baseline = condition.extras.get("baseline")
     if not baseline:
         return None
-    null_median = float(baseline["chance"][STATISTIC])  # mean of the null group medians
-    difference = condition.statistics[STATISTIC]["value"] - null_median
-    standard_error = jackknife_se(condition.pairs)
+    statistic = condition.headline_statistic
+    null_value = float(baseline["chance"][statistic])  # mean of the null group values
+    difference = condition.statistics[statistic]["value"] - null_value
+    standard_error = jackknife_se(pair_matrix(condition.pairs, statistic), statistic)
     interval, _ = t_interval(difference, standard_error, len(condition.pairs.seeds) - 1, confidence)
     return {
         "label": "random unit-norm dictionaries",
-        "median": null_median,
+        "statistic": statistic,
+        "value": null_value,
+        **({"median": null_value} if statistic == STATISTIC else {}),
         "difference": difference,
         "difference_ci": interval,
         "p_value": baseline["p_value"],
@@ -140,7 +131,7 @@ def compare_isotropic(condition: Any, confidence: float) -> dict[str, Any] | Non
 
 
 _SIDE_BY_SIDE = ("decoder_median", "live_decoder_median", "decoder_stability@0.7",
-                 "decoder_stability@0.9", "shared")  # fmt: skip
+                 "decoder_stability@0.9", "shared", "mmcs")  # fmt: skip
 
 
 def side_by_side(report: Any) -> dict[str, float | None]:
@@ -166,8 +157,9 @@ def beyond_geometry(condition: Any, control: Any) -> tuple[float, float, dict[in
     return share, threshold, masks
 
 
-def attach_controls(reports: list[Any], confidence: float) -> None:
-    """Fill ``extras["controls"]`` (and the beyond-geometry share) of every condition group."""
+def attach_controls(reports: list[Any], confidence: float, subspace_rank: int = 32) -> None:
+    """Fill ``extras["controls"]`` (the beyond-geometry share, and the unstable-subspace overlap
+    beside each trained control's) of every condition group."""
     by_label = {report.label: report for report in reports}
     pairs = find_controls({report.label: report.group.config for report in reports})
     controlled = {label for kinds in pairs.values() for label in kinds.values()}
@@ -178,37 +170,74 @@ def attach_controls(reports: list[Any], confidence: float) -> None:
         if isotropic is not None:
             controls["isotropic"] = isotropic
         for kind, label in pairs.get(report.label, {}).items():
-            controls[kind] = compare(report, by_label[label], confidence)
+            control = by_label[label]
+            entry = compare(report, control, confidence)
+            if entry is None:
+                continue
+            if report.subspace_bases and control.subspace_bases:
+                entry["subspace_overlap"] = compare_with_control(
+                    report.subspace_bases, control.subspace_bases, subspace_rank, confidence
+                )
+            controls[kind] = entry
             if kind == "gaussian":
-                share, threshold, masks = beyond_geometry(report, by_label[label])
+                share, threshold, masks = beyond_geometry(report, control)
                 report.extras["beyond_geometry_fraction"] = share
                 report.extras["beyond_geometry_threshold"] = threshold
                 report.beyond_geometry = masks
         report.extras["controls"] = controls
 
 
+def _control_name(name: str) -> str:
+    return "isotropic null" if name == "isotropic" else f"{name.replace('_', '-')} control"
+
+
+def subspace_sentence(report: Any) -> str:
+    """Whether the unstable features' subspace overlap beats each trained control's."""
+    parts = []
+    for name in CONTROL_NAMES:
+        entry = report.extras.get("controls", {}).get(name, {}).get("subspace_overlap")
+        if entry is None:
+            continue
+        if entry["outcome"] is None:
+            parts.append(f"cannot be compared with the {_control_name(name)}'s ({entry['reason']})")
+            continue
+        low, high = entry["difference_ci"]
+        verb = {"beats": "beats", "is below": "is below"}.get(
+            entry["outcome"], "does not beat (not distinguishable from)"
+        )
+        parts.append(
+            f"{verb} the {_control_name(name)}'s ({entry['condition']:.3f} vs "
+            f"{entry['control']:.3f} at rank {entry['rank']}; difference "
+            f"{entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]; random subspaces "
+            f"{entry['random_expectation']:.3f})"
+        )
+    if not parts:
+        return ""
+    return "The overlap of its unstable features' subspaces " + "; it ".join(parts) + "."
+
+
 def verdict(report: Any) -> str:
     """One plain sentence: which controls the condition beats, by how much."""
-    entry = report.statistics[STATISTIC]
+    statistic = report.headline_statistic
+    entry = report.statistics[statistic]
     parts = []
     for name in CONTROL_NAMES:
         control = report.extras.get("controls", {}).get(name)
         if control is None:
             continue
         low, high = control["difference_ci"]
-        if np.isnan(low) or low <= 0 <= high:
-            outcome = "is not distinguishable from"
-        elif low > 0:
-            outcome = "beats"
-        else:
-            outcome = "is below"
-        kind = "isotropic null" if name == "isotropic" else f"{name.replace('_', '-')} control"
         parts.append(
-            f"{outcome} the {kind} ({control['median']:.3f}; "
-            f"difference {control['difference']:+.3f} [{low:+.3f}, {high:+.3f}], "
-            f"p = {control['p_value']:.3g})"
+            f"{outcome(control['difference_ci'])} the {_control_name(name)} "
+            f"({control['value']:.3f}; difference {control['difference']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}], p = {control['p_value']:.3g})"
         )
-    sentence = f"**{report.label}**: median matched cosine {entry['value']:.3f}"
+    if statistic == STATISTIC:
+        sentence = f"**{report.label}**: median matched cosine {entry['value']:.3f}"
+    else:
+        sentence = (
+            f"**{report.label}** (argmax matching, no one-to-one assignment): "
+            f"MMCS (mean max cosine) {entry['value']:.3f}"
+        )
     if not parts:
         return (
             sentence + ", with no control to judge it against (train one: data.control=gaussian)."
@@ -219,6 +248,9 @@ def verdict(report: Any) -> str:
             f" {report.extras['beyond_geometry_fraction']:.1%} of its features are reproduced "
             "beyond geometry (best-match cosine above the geometry control's 95th percentile)."
         )
+    subspaces = subspace_sentence(report)
+    if subspaces:
+        sentence += " " + subspaces
     if report.extras.get("convergence", {}).get("still_improving"):
         sentence += " Its SAEs were still improving when training stopped (see Convergence)."
     return sentence

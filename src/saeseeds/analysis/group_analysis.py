@@ -2,11 +2,14 @@
 
 Pairs first (the only expensive step; a progress bar advances per pair), then group statistics
 with bootstrap intervals, reappearance, overlap vs seeds, firing-frequency correlations,
-subspaces, the random baseline and the example pairs. Writing the results is :mod:`report`'s job.
+subspaces, the random baseline and the example pairs. With argmax matching (no assignment) the
+analyses that need one are not run, and are listed as such. Writing the results is
+:mod:`report`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from saeseeds.analysis.baselines import Baseline, random_baseline
+from saeseeds.analysis.config import resolve_matching
 from saeseeds.analysis.convergence import convergence
+from saeseeds.analysis.errors import AnalysisConfigError
 from saeseeds.analysis.examples import example_pairs
 from saeseeds.analysis.group_stats import (
     GroupPairs,
@@ -25,14 +30,24 @@ from saeseeds.analysis.group_stats import (
     spearman,
 )
 from saeseeds.analysis.grouping import Group
-from saeseeds.analysis.pair_metrics import ComputeSettings, compare_pair, pair_statistics
+from saeseeds.analysis.pair_metrics import (
+    ARGMAX,
+    HUNGARIAN,
+    ComputeSettings,
+    compare_pair,
+    pair_statistics,
+)
 from saeseeds.analysis.reappearance import (
     best_match_by_seed,
     overlap_vs_seeds,
     reappearance_by_seed,
     reappearance_summary,
 )
-from saeseeds.analysis.subspaces import unstable_subspace_overlap
+from saeseeds.analysis.similarity import available_memory_bytes, matrix_bytes
+from saeseeds.analysis.subspaces import unstable_bases, unstable_subspace_overlap
+
+HEADLINE = {HUNGARIAN: "decoder_median", ARGMAX: "mmcs"}
+"""The group statistic a condition is judged on, per matching mode."""
 
 
 @dataclass
@@ -53,14 +68,23 @@ class GroupReport:
     baseline: Baseline | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    matching: str = HUNGARIAN
+    """``hungarian`` or ``argmax`` (:func:`config.resolve_matching`)."""
+    subspace_bases: dict[int, np.ndarray] = field(default_factory=dict)
+    """{seed: principal directions of its unstable features [d_in, ≤ d_in]}."""
 
     @property
     def label(self) -> str:
         return self.group.label
 
     @property
-    def median(self) -> float:
-        return self.statistics["decoder_median"]["value"]
+    def headline_statistic(self) -> str:
+        """decoder_median with Hungarian matching, mmcs with argmax."""
+        return HEADLINE[self.matching]
+
+    @property
+    def headline(self) -> float:
+        return self.statistics[self.headline_statistic]["value"]
 
 
 def compute_pairs(
@@ -79,10 +103,60 @@ def compute_pairs(
     return group_pairs
 
 
+def not_computed(matching: str, cfg: Any) -> dict[str, list[str]]:
+    """What argmax matching leaves out: the pair statistics Hungarian matching would have given,
+    the group results that need an assignment and features.csv's matched_* columns."""
+    if matching == HUNGARIAN:
+        return {"statistics": [], "results": [], "features_csv_columns": []}
+    encoder, live = bool(cfg.metrics.encoder), bool(cfg.live_only)
+    prefixes = ["decoder_"] + (["live_decoder_"] if live else [])
+    if encoder:
+        prefixes += ["encoder_"] + (["live_encoder_"] if live else [])
+    names = [
+        f"{prefix}{name}"
+        for prefix in prefixes
+        for name in ["median", "mean"] + [f"stability@{tau:g}" for tau in cfg.thresholds]
+    ]
+    names += ["n_matched"] + (["n_live_a", "n_live_b", "live_n_matched"] if live else [])
+    if encoder:
+        names += ["shared", "agreement"] + (["live_shared", "live_agreement"] if live else [])
+    switches = {
+        "overlap_vs_seeds": cfg.metrics.overlap,
+        "matched_cosine_vs_firing_frequency": cfg.metrics.frequency,
+        "examples": True,
+    }
+    return {
+        "statistics": names,
+        "results": [name for name, enabled in switches.items() if enabled],
+        "features_csv_columns": ["matched_feature_seedS", "matched_cosine_seedS"],
+    }
+
+
+def check_hungarian_fits(groups: list[Group], cfg: Any) -> None:
+    """Refuse, before any work, a Hungarian matching whose n² matrix exceeds available memory."""
+    for group in groups:
+        n_features = group.runs[0].n_features
+        if resolve_matching(cfg.matching, n_features, cfg.argmax_above) == HUNGARIAN:
+            _check_fits(group.label, n_features)
+
+
+def _check_fits(label: str, n_features: int) -> None:
+    needed, available = matrix_bytes(n_features, n_features), available_memory_bytes()
+    if available is not None and needed > available:
+        raise AnalysisConfigError(
+            f"Group {label}: Hungarian matching of {n_features} features needs a "
+            f"{needed / 2**30:.1f} GiB similarity matrix, and {available / 2**30:.1f} GiB of "
+            "memory is available. Use matching=argmax (MMCS and reappearance without an "
+            f"assignment), or matching=auto with argmax_above below {n_features}."
+        )
+
+
 def analyse_group(
     group: Group, cfg: Any, settings: ComputeSettings, advance: Callable[[], None]
 ) -> GroupReport:
     """Every enabled metric of DESIGN.md's "Stability metrics" for one group."""
+    matching = resolve_matching(cfg.matching, group.runs[0].n_features, cfg.argmax_above)
+    settings = dataclasses.replace(settings, matching=matching)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pairs = compute_pairs(group, cfg, settings, advance)
@@ -95,24 +169,33 @@ def analyse_group(
     statistics = group_statistics(
         pairs, cfg.bootstrap.n_samples, cfg.bootstrap.confidence, cfg.bootstrap.seed
     )
-    report = GroupReport(group, pairs, statistics, timings=timings)
+    report = GroupReport(group, pairs, statistics, timings=timings, matching=matching)
+    report.extras["matching"] = {
+        "mode": matching,
+        "requested": str(cfg.matching),
+        "argmax_above": int(cfg.argmax_above),
+        "headline_statistic": report.headline_statistic,
+        "not_computed": not_computed(matching, cfg),
+    }
     report.best_match = best_match_by_seed(pairs)
     report.extras["convergence"] = convergence(group.runs)
     metrics = cfg.metrics
+    assigned = matching == HUNGARIAN
     if metrics.reappearance:
         report.reappearance = reappearance_by_seed(pairs, cfg.reappearance.threshold)
         report.extras["reappearance"] = reappearance_summary(
             pairs, report.reappearance, cfg.reappearance.epsilon
         )
-    if metrics.overlap:
+    if metrics.overlap and assigned:
         report.extras["overlap_vs_seeds"] = overlap_vs_seeds(pairs, cfg.shared_threshold)
-    if metrics.frequency:
+    if metrics.frequency and assigned:
         frequencies, cosines = frequency_points(pairs)
         report.extras["matched_cosine_vs_firing_frequency"] = spearman(frequencies, cosines)
     if metrics.subspaces:
         unstable = {seed: p <= cfg.reappearance.epsilon for seed, p in report.reappearance.items()}
+        report.subspace_bases = unstable_bases(pairs, unstable)
         report.extras["subspaces"] = unstable_subspace_overlap(
-            pairs, unstable, cfg.subspace.max_rank
+            pairs, unstable, cfg.subspace.max_rank, report.subspace_bases
         )
     timings["group_statistics_s"] = time.perf_counter() - start
 
@@ -128,12 +211,15 @@ def analyse_group(
             cfg.shared_threshold,
             cfg.baseline.seed,
         )
+        statistic = report.headline_statistic
         report.extras["baseline"] = {
             "chance": report.baseline.chance(),
-            "p_value": report.baseline.p_value(report.median),
+            "statistic": statistic,
+            "p_value": report.baseline.p_value(report.headline, statistic),
             "n_samples": len(report.baseline.samples),
-            "null_medians": report.baseline.null_medians().tolist(),
+            "null_values": report.baseline.null_values(statistic).tolist(),
         }
         timings["baseline_s"] = time.perf_counter() - start
-    report.examples = example_pairs(pairs, report.median, cfg.report.examples_per_feature)
+    if assigned:
+        report.examples = example_pairs(pairs, report.headline, cfg.report.examples_per_feature)
     return report

@@ -4,7 +4,9 @@ Group value of a pair metric: the median over pairs for ``*median`` metrics (the
 best-match cosine" of the multi-seed study is the median of pair medians), the mean over pairs
 for everything else (mean cosine, stability fractions, shared, agreement, MMCS). The interval
 resamples seeds with replacement and recomputes the value on the pairs of distinct resampled
-seeds. Also here: the oriented views of a pair (seed a's features against seed b) that the
+seeds. For a difference between two groups (a condition and its control) the delete-one-seed
+jackknife standard error and Student's t interval live here too, for any [S, S] matrix of pair
+values. Also here: the oriented views of a pair (seed a's features against seed b) that the
 per-feature analyses use, and matched similarity vs firing frequency.
 """
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
+from scipy import stats as scipy_stats
 from scipy.stats import spearmanr
 
 from saeseeds.analysis.loading import RunFolder
@@ -58,6 +61,8 @@ class GroupPairs:
     def matched(self, seed: int, other: int) -> tuple[np.ndarray, np.ndarray]:
         """Hungarian decoder partner (-1 if unmatched) and matched cosine per feature of seed."""
         pair, forward = self._pair(seed, other)
+        if pair.decoder is None:
+            raise ValueError("no assignment with argmax matching; use best_partner/max_cosine")
         n_features = pair.n_features_a if forward else pair.n_features_b
         partner = np.full(n_features, -1, dtype=np.int64)
         own, theirs = (
@@ -94,6 +99,61 @@ def pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN on
         i, j = seeds.index(seed_a), seeds.index(seed_b)
         matrix[i, j] = matrix[j, i] = stats.get(metric, np.nan)
     return matrix
+
+
+def jackknife_se(matrix: np.ndarray, metric: str) -> float:
+    """Delete-one-seed jackknife standard error of a group value, from its [S, S] pair matrix:
+    SE² = (S−1)/S · Σ_i (θ_(−i) − θ̄)². NaN below 3 seeds."""
+    n_seeds = matrix.shape[0]
+    if n_seeds < 3:
+        return float("nan")
+    leave_one_out = []
+    for left_out in range(n_seeds):
+        kept = [seed for seed in range(n_seeds) if seed != left_out]
+        pairs = np.array([matrix[a, b] for a, b in combinations(kept, 2)])
+        leave_one_out.append(aggregate(pairs, metric))
+    values = np.array(leave_one_out)
+    return float(np.sqrt((n_seeds - 1) / n_seeds * np.sum((values - values.mean()) ** 2)))
+
+
+def t_interval(
+    difference: float, standard_error: float, dof: int, confidence: float
+) -> tuple[list[float], float]:
+    """(interval, two-sided p-value) of a difference with Student's t on ``dof`` degrees."""
+    if not (dof >= 1 and standard_error > 0):
+        return [float("nan"), float("nan")], float("nan")
+    half_width = scipy_stats.t.ppf(0.5 + confidence / 2, dof) * standard_error
+    p_value = 2 * scipy_stats.t.sf(abs(difference) / standard_error, dof)
+    return [difference - half_width, difference + half_width], float(p_value)
+
+
+def difference_of_groups(
+    matrix_a: np.ndarray, matrix_b: np.ndarray, metric: str, confidence: float
+) -> dict[str, float | list[float]]:
+    """Group value of ``metric`` for a minus b, from their [S, S] pair matrices, with the
+    combined jackknife SE √(SE_a² + SE_b²) and a t interval on min(S_a, S_b) − 1 degrees."""
+    value_a = aggregate(matrix_a[np.triu_indices(matrix_a.shape[0], k=1)], metric)
+    value_b = aggregate(matrix_b[np.triu_indices(matrix_b.shape[0], k=1)], metric)
+    difference = value_a - value_b
+    standard_error = float(np.hypot(jackknife_se(matrix_a, metric), jackknife_se(matrix_b, metric)))
+    dof = min(matrix_a.shape[0], matrix_b.shape[0]) - 1
+    interval, p_value = t_interval(difference, standard_error, dof, confidence)
+    return {
+        "value_a": value_a,
+        "value_b": value_b,
+        "difference": difference,
+        "difference_ci": interval,
+        "p_value": p_value,
+        "standard_error": standard_error,
+    }
+
+
+def outcome(interval: list[float]) -> str:
+    """``beats`` (interval above 0), ``is below`` or ``is not distinguishable from``."""
+    low, high = interval
+    if np.isnan(low) or low <= 0 <= high:
+        return "is not distinguishable from"
+    return "beats" if low > 0 else "is below"
 
 
 def bootstrap_values(

@@ -139,8 +139,7 @@ def check_not_relabelled(run_path: Path, recorded: dict[str, Any]) -> None:
     hydra_config = read_config_file(run_path / contract.HYDRA_CONFIG)
     if hydra_config is None:
         return  # absent or unreadable: the completion record stands alone
-    at_completion = contract.without_keys(recorded, contract.OPERATIONAL_KEYS)
-    now = contract.without_keys(hydra_config, contract.OPERATIONAL_KEYS)
+    at_completion, now = contract.run_config(recorded), contract.run_config(hydra_config)
     if contract.differing_keys(at_completion, now):
         raise RunFolderError(
             "relabelled",
@@ -168,7 +167,7 @@ def run_identity(run_path: Path) -> tuple[int | None, dict[str, Any] | None]:
     seed = config.get("seed")
     return (
         seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        contract.without_keys(config, contract.NON_CONDITION_KEYS),
+        contract.condition_config(config),
     )
 
 
@@ -177,7 +176,7 @@ def comparable_config(run_path: Path, environment: Any) -> dict[str, Any]:
     seed; for runs written before that record, .hydra/config.yaml without the same keys."""
     recorded = environment.get("config") if isinstance(environment, dict) else None
     if isinstance(recorded, dict):
-        return contract.without_keys(recorded, contract.NON_CONDITION_KEYS)
+        return contract.condition_config(recorded)
     hydra_config = run_path / ".hydra" / "config.yaml"
     if not hydra_config.is_file():
         raise RunFolderError("corrupt", "neither environment.json nor .hydra/ records its config")
@@ -187,7 +186,7 @@ def comparable_config(run_path: Path, environment: Any) -> dict[str, Any]:
         raise RunFolderError("corrupt", f".hydra/config.yaml is unreadable: {error}") from error
     if not isinstance(config, dict):
         raise RunFolderError("corrupt", ".hydra/config.yaml is not a mapping")
-    return contract.without_keys(config, contract.NON_CONDITION_KEYS)
+    return contract.condition_config(config)
 
 
 def load_run(run_path: Path) -> RunFolder:

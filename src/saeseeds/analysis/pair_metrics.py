@@ -3,8 +3,10 @@
 For seeds (a, b): C_dec and C_enc (cosines of unit decoder rows / encoder columns), Hungarian
 matchings π_dec and π_enc, the live-only rectangular matchings, and from them median / mean
 matched cosine, stability fractions (c >= τ), shared (c_dec > 0.7 and c_enc > 0.7), agreement
-(π_dec(i) = π_enc(i)) and MMCS (mean of row maxima of C_dec, no assignment). Only one n² matrix
-is alive at a time. Statistics over several pairs live in :mod:`group_stats`.
+(π_dec(i) = π_enc(i)) and MMCS (mean of row maxima of C_dec, no assignment). At most two n²
+matrices are alive at a time. With argmax matching there is no assignment and no stored matrix:
+only the best partner of each feature (MMCS, reappearance), built block by block. Statistics over
+several pairs live in :mod:`group_stats`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,25 @@ import numpy as np
 
 from saeseeds.analysis.loading import RunFolder
 from saeseeds.analysis.matching import Matching, SharedMatrix, match, matching_from_assignment
-from saeseeds.analysis.similarity import best_matches, cosine_similarity
+from saeseeds.analysis.similarity import (
+    available_memory_bytes,
+    best_matches,
+    best_matches_between,
+    cosine_similarity,
+    matrix_bytes,
+)
+
+HUNGARIAN = "hungarian"
+ARGMAX = "argmax"
 
 
 @dataclass
 class ComputeSettings:
     """How pair matrices are built and solved."""
 
+    matching: str = HUNGARIAN
+    """``hungarian`` (assignments and every pair statistic) or ``argmax`` (best partners and MMCS
+    only); a group's mode comes from :func:`config.resolve_matching`."""
     solver: str = "lapjv"
     device: str = "cpu"
     block_size: int = 2048
@@ -41,7 +55,8 @@ class PairResult:
     seed_b: int
     n_features_a: int
     n_features_b: int
-    decoder: Matching
+    decoder: Matching | None
+    """None with argmax matching: no one-to-one assignment was made."""
     best: dict[str, np.ndarray]
     """argmax partner and max cosine of C_dec per row (seed a) and column (seed b)."""
     encoder: Matching | None = None
@@ -109,10 +124,15 @@ def _live_matching(
 
 
 def _solve_decoder_in_background(settings: ComputeSettings, n_a: int, n_b: int) -> bool:
+    """Overlap the decoder solve with the encoder's matrix when that pays and two matrices fit
+    in the memory available now (otherwise one matrix at a time)."""
+    available = available_memory_bytes()
+    two_fit = available is None or 2 * matrix_bytes(max(n_a, n_b), max(n_a, n_b)) < available
     return (
         settings.solver == "lapjv"
         and settings.encoder
         and min(n_a, n_b) >= settings.background_min_features
+        and two_fit
     )
 
 
@@ -145,8 +165,26 @@ def _overlapped_matchings(
     return decoder, best, encoder
 
 
+def _argmax_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) -> PairResult:
+    """Best decoder partners only: no assignment, no n² matrix kept."""
+    start = time.perf_counter()
+    best = best_matches_between(
+        run_a.decoder_directions,
+        run_b.decoder_directions,
+        block_size=settings.block_size,
+        device=settings.device,
+    )
+    timings = {"best_match_s": time.perf_counter() - start}
+    return PairResult(
+        run_a.seed, run_b.seed, run_a.n_features, run_b.n_features, None, best, timings=timings
+    )
+
+
 def compare_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) -> PairResult:
-    """Decoder (and encoder) matchings of two runs, full and live-only."""
+    """Decoder (and encoder) matchings of two runs, full and live-only; best partners only with
+    argmax matching."""
+    if settings.matching == ARGMAX:
+        return _argmax_pair(run_a, run_b, settings)
     timings: dict[str, float] = {}
     live_a, live_b = np.flatnonzero(run_a.live_mask), np.flatnonzero(run_b.live_mask)
     all_live = len(live_a) == run_a.n_features and len(live_b) == run_b.n_features
@@ -243,7 +281,10 @@ def _matching_stats(prefix: str, matching: Matching, thresholds: list[float]) ->
 def pair_statistics(
     pair: PairResult, thresholds: list[float], shared_threshold: float
 ) -> dict[str, float]:
-    """Flat pair metrics: decoder_*, encoder_*, live_decoder_*, shared, agreement, mmcs, ..."""
+    """Flat pair metrics: decoder_*, encoder_*, live_decoder_*, shared, agreement, mmcs, ...;
+    only mmcs with argmax matching (the rest needs an assignment)."""
+    if pair.decoder is None:
+        return {"mmcs": pair.mmcs}
     stats = {"mmcs": pair.mmcs, "n_matched": float(len(pair.decoder.rows))}
     stats.update(_matching_stats("decoder_", pair.decoder, thresholds))
     variants = [("", pair.decoder, pair.encoder, pair.n_features_a)]

@@ -41,6 +41,23 @@ def select_device(requested: str) -> str:
     return "cuda" if available else "cpu"
 
 
+def matrix_bytes(n_rows: int, n_cols: int) -> int:
+    """Size of one float32 similarity matrix."""
+    return 4 * n_rows * n_cols
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cosine_similarity(
     rows: np.ndarray,  # [n_rows, d_in], unit rows
     columns: np.ndarray,  # [n_cols, d_in], unit rows
@@ -96,34 +113,72 @@ def _fill_on_gpu(
     del columns_gpu
 
 
-def best_matches(similarity: np.ndarray, block_size: int = 2048) -> dict[str, np.ndarray]:
-    """Per row and per column: the best partner (argmax) and its cosine (max), blockwise.
+class _BestMatches:
+    """Row and column argmax/max of a similarity matrix, accumulated over its row blocks.
 
     numpy's argmax over axis 0 is slow on a row-major block, so per block the column maxima are
     reduced along rows (cheap) and located with one comparison and ``nonzero``.
     """
-    n_rows, n_cols = similarity.shape
-    row_best = np.empty(n_rows, dtype=np.int64)  # [n_rows]
-    column_max = np.full(n_cols, -np.inf, dtype=np.float32)  # [n_cols]
-    column_best = np.zeros(n_cols, dtype=np.int64)  # [n_cols]
-    for start in range(0, n_rows, block_size):
-        block = similarity[start : start + block_size]  # [block, n_cols]
-        row_best[start : start + block.shape[0]] = block.argmax(axis=1)
+
+    def __init__(self, n_rows: int, n_cols: int):
+        self.row_best = np.empty(n_rows, dtype=np.int64)  # [n_rows]
+        self.row_max = np.empty(n_rows, dtype=np.float32)  # [n_rows]
+        self.column_max = np.full(n_cols, -np.inf, dtype=np.float32)  # [n_cols]
+        self.column_best = np.zeros(n_cols, dtype=np.int64)  # [n_cols]
+
+    def add(self, start: int, block: np.ndarray) -> None:  # block: rows start.., [block, n_cols]
+        stop = start + block.shape[0]
+        self.row_best[start:stop] = block.argmax(axis=1)
+        self.row_max[start:stop] = block[np.arange(block.shape[0]), self.row_best[start:stop]]
         block_max = block.max(axis=0)  # [n_cols]
-        improved = block_max > column_max  # [n_cols]
+        improved = block_max > self.column_max  # [n_cols]
         if not improved.any():
-            continue
+            return
         # Columns that did not improve compare against +inf and so have no hit.
         target = np.where(improved, block_max, np.float32(np.inf))  # [n_cols]
         hit_rows, hit_columns = np.nonzero(block == target)
         # nonzero runs row-major, so the first hit of a column is its smallest row, as argmax.
         first_columns, first_hits = np.unique(hit_columns, return_index=True)
-        column_best[first_columns] = hit_rows[first_hits] + start
-        column_max[improved] = block_max[improved]
-    row_max = similarity[np.arange(n_rows), row_best]
-    return {
-        "row_max": row_max,
-        "row_best": row_best,
-        "column_max": column_max,
-        "column_best": column_best,
-    }
+        self.column_best[first_columns] = hit_rows[first_hits] + start
+        self.column_max[improved] = block_max[improved]
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {
+            "row_max": self.row_max,
+            "row_best": self.row_best,
+            "column_max": self.column_max,
+            "column_best": self.column_best,
+        }
+
+
+def best_matches(similarity: np.ndarray, block_size: int = 2048) -> dict[str, np.ndarray]:
+    """Per row and per column of a stored matrix: the best partner (argmax) and its cosine."""
+    n_rows, n_cols = similarity.shape
+    best = _BestMatches(n_rows, n_cols)
+    for start in range(0, n_rows, block_size):
+        best.add(start, similarity[start : start + block_size])
+    return best.result()
+
+
+def best_matches_between(
+    rows: np.ndarray,  # [n_rows, d_in], unit rows
+    columns: np.ndarray,  # [n_cols, d_in], unit rows
+    *,
+    block_size: int = 2048,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """:func:`best_matches` of rows · columnsᵀ without storing it: each block of ``block_size``
+    rows is computed, reduced and dropped, so memory stays at one block (argmax matching)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    columns = np.ascontiguousarray(columns, dtype=np.float32)
+    n_rows, n_cols = rows.shape[0], columns.shape[0]
+    best = _BestMatches(n_rows, n_cols)
+    block = np.empty((min(block_size, n_rows), n_cols), np.float32)  # [block, n_cols], reused
+    for start in range(0, n_rows, block_size):
+        stop = min(start + block_size, n_rows)
+        cosine_similarity(
+            rows[start:stop], columns, block_size=block_size, device=device,
+            out=block[: stop - start],
+        )  # fmt: skip
+        best.add(start, block[: stop - start])
+    return best.result()

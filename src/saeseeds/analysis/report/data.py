@@ -5,7 +5,8 @@
   figures, and timings.
 - pairs.csv: one row per seed pair and metric (long format).
 - features.csv: one row per feature per run: firing frequency, reappearance, and per other seed
-  the Hungarian partner with its cosine and the best (argmax) partner with its cosine.
+  the Hungarian partner with its cosine (empty with argmax matching) and the best (argmax) partner
+  with its cosine.
 Every file is written atomically.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
+from saeseeds.analysis.pair_metrics import HUNGARIAN
 
 SUMMARY_FORMAT = "saeseeds.analysis_summary/1"
 
@@ -140,11 +142,13 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
             if other == run.seed or other not in pairs.seeds:
                 columns.extend([np.full(run.n_features, "", dtype=object)] * 4)
                 continue
-            partner, cosine = pairs.matched(run.seed, other)
+            if report.matching == HUNGARIAN:
+                partner, cosine = pairs.matched(run.seed, other)
+                columns.extend([partner, np.round(cosine, 5)])
+            else:  # argmax matching: no assignment, so no matched partner
+                columns.extend([np.full(run.n_features, "", dtype=object)] * 2)
             best = pairs.best_partner(run.seed, other)
-            columns.extend(
-                [partner, np.round(cosine, 5), best, np.round(pairs.max_cosine(run.seed, other), 5)]
-            )
+            columns.extend([best, np.round(pairs.max_cosine(run.seed, other), 5)])
         p = report.reappearance.get(run.seed)
         best_match = report.best_match.get(run.seed)
         beyond = report.beyond_geometry.get(run.seed)

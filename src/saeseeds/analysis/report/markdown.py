@@ -15,13 +15,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saeseeds.analysis.controls import CONTROL_NAMES, verdict
+from saeseeds.analysis.controls import CONTROL_NAMES, subspace_sentence, verdict
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
 
 FIGURE_TITLES = {
     "median_heatmap": "Median matched cosine, seed × seed",
+    "mmcs_heatmap": "MMCS (mean max cosine), seed × seed",
     "shared_heatmap": "Shared fraction, seed × seed",
     "cosine_histograms": "Matched cosines (all and live-only) vs random dictionaries",
     "reappearance_vs_frequency": "Reappearance vs firing frequency",
@@ -35,8 +36,12 @@ SIDE_BY_SIDE = (
     ("decoder_stability@0.7", "stability@0.7"),
     ("decoder_stability@0.9", "stability@0.9"),
     ("shared", "shared"),
+    ("mmcs", "MMCS"),
     ("stable_share", "stable share"),
 )
+NOT_COMPUTED = "n/a"
+"""A statistic that needs an assignment, in a group analysed with argmax matching."""
+STATISTIC_NAMES = {"decoder_median": "median", "mmcs": "MMCS"}
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -45,10 +50,14 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _not_computed(report: GroupReport) -> set[str]:
+    return set(report.extras.get("matching", {}).get("not_computed", {}).get("statistics", []))
+
+
 def _stat(report: GroupReport, metric: str, interval: bool = False) -> str:
     entry = report.statistics.get(metric)
     if entry is None:
-        return "–"
+        return NOT_COMPUTED if metric in _not_computed(report) else "–"
     text = _number(entry["value"])
     if interval and not math.isnan(entry["ci_low"]):
         text += f" [{_number(entry['ci_low'])}, {_number(entry['ci_high'])}]"
@@ -63,31 +72,38 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def published_table(reports: list[GroupReport], thresholds: list[float]) -> list[str]:
     header = ["condition", "median matched cosine", "live-only"]
     header += [f"stability@{tau:g}" for tau in thresholds] + ["shared", "isotropic chance"]
+    header += ["MMCS", "matching"]
     rows = []
     for report in reports:
         chance = report.extras.get("baseline", {}).get("chance", {}).get("decoder_median")
+        chance_text = NOT_COMPUTED if "decoder_median" in _not_computed(report) else _number(chance)
         rows.append(
             [report.label, _stat(report, "decoder_median"), _stat(report, "live_decoder_median")]
             + [_stat(report, f"decoder_stability@{tau:g}") for tau in thresholds]
-            + [_stat(report, "shared"), _number(chance)]
+            + [_stat(report, "shared"), chance_text, _stat(report, "mmcs"), report.matching]
         )
     return _table(header, rows)
+
+
+def _cell(values: dict[str, Any], name: str, absent: set[str]) -> str:
+    return NOT_COMPUTED if name in absent else _number(values.get(name))
 
 
 def controls_table(reports: list[GroupReport]) -> list[str]:
     """Each condition on one row, each of its controls on the rows below it."""
     header = ["group", "role"] + [title for _, title in SIDE_BY_SIDE]
-    header += ["difference in median [95% CI]", "p-value"]
+    header += ["difference [95% CI]", "p-value"]
     rows = []
     for report in reports:
         controls = report.extras.get("controls", {})
         if report.extras.get("role") == "control":
             continue
+        absent = _not_computed(report)
         own = {name: report.statistics.get(name, {}).get("value") for name, _ in SIDE_BY_SIDE}
         own["stable_share"] = report.extras.get("reappearance", {}).get("stable_share")
         rows.append(
             [f"**{report.label}**", "condition"]
-            + [_number(own.get(n)) for n, _ in SIDE_BY_SIDE]
+            + [_cell(own, n, absent) for n, _ in SIDE_BY_SIDE]
             + ["", ""]
         )
         for name in CONTROL_NAMES:
@@ -96,11 +112,12 @@ def controls_table(reports: list[GroupReport]) -> list[str]:
                 continue
             low, high = control["difference_ci"]
             values = control["side_by_side"]
+            statistic = STATISTIC_NAMES.get(control["statistic"], control["statistic"])
             rows.append(
                 [control["label"], f"{name.replace('_', '-')} control"]
-                + [_number(values.get(n)) for n, _ in SIDE_BY_SIDE]
+                + [_cell(values, n, absent) for n, _ in SIDE_BY_SIDE]
                 + [
-                    f"{control['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",
+                    f"{statistic} {control['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",
                     _number(control["p_value"]),
                 ]
             )
@@ -137,9 +154,30 @@ def _details(report: GroupReport, thresholds: list[float]) -> list[str]:
     rows = [
         [name, _stat(report, name, interval=True), _number(chance.get(name.removeprefix("live_")))]
         for name in names
-        if name in report.statistics
+        if name in report.statistics or name in _not_computed(report)
     ]
     return _table(["metric", "group value [95% seed-bootstrap CI]", "chance"], rows)
+
+
+def _matching(report: GroupReport) -> list[str]:
+    entry = report.extras.get("matching", {})
+    if report.matching != "argmax":
+        return ["- Matching: Hungarian (one-to-one assignment maximising the total cosine)."]
+    reason = (
+        f"n_features={report.group.runs[0].n_features} > argmax_above={entry['argmax_above']}"
+        if entry.get("requested") == "auto"
+        else "matching=argmax"
+    )
+    absent = entry.get("not_computed", {})
+    return [
+        f"- Matching: **argmax only** ({reason}): each feature's best partner in the other seed, "
+        "with no one-to-one assignment. Reported: MMCS, reappearance, best-match cosines, "
+        "subspaces. **Not computed** (they need an assignment; `n/a` in the tables): "
+        + ", ".join(
+            f"`{name}`" for name in absent.get("statistics", []) + absent.get("results", [])
+        )
+        + "."
+    ]
 
 
 def _findings(report: GroupReport) -> list[str]:
@@ -147,9 +185,11 @@ def _findings(report: GroupReport) -> list[str]:
     lines = []
     if "baseline" in extras:
         baseline = extras["baseline"]
+        statistic = STATISTIC_NAMES.get(baseline["statistic"], baseline["statistic"])
         lines.append(
-            f"- Monte Carlo p-value of the group median against {baseline['n_samples']} groups "
-            f"of random dictionaries (isotropic null, the weakest): {_number(baseline['p_value'])} "
+            f"- Monte Carlo p-value of the group {statistic} against {baseline['n_samples']} "
+            "groups of random dictionaries (isotropic null, the weakest): "
+            f"{_number(baseline['p_value'])} "
             f"(smallest possible: {_number(1 / (baseline['n_samples'] + 1))})"
         )
     if "reappearance" in extras:
@@ -173,6 +213,9 @@ def _findings(report: GroupReport) -> list[str]:
             f"- Unstable-feature subspace overlap: {subspaces['mean_overlap']:.3f} "
             f"(random expectation r/d_in = {subspaces['mean_random_expectation']:.3f})"
         )
+    compared = subspace_sentence(report)
+    if compared:
+        lines.append(f"- {compared}")
     return lines
 
 
@@ -209,6 +252,19 @@ def _example(example: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _matching_line(reports: list[GroupReport]) -> str:
+    argmax = [report.label for report in reports if report.matching == "argmax"]
+    if not argmax:
+        return "Matching: Hungarian (one-to-one assignment) for every group."
+    hungarian = len(reports) - len(argmax)
+    which = "every group" if not hungarian else ", ".join(f"**{label}**" for label in argmax)
+    rest = f"; Hungarian for the other {hungarian}" if hungarian else ""
+    return (
+        f"Matching: **argmax only** (no one-to-one assignment) for {which}{rest}. Argmax groups "
+        "are judged on MMCS (mean max cosine); their matched-cosine statistics are not computed."
+    )
+
+
 def render_report(
     roots: list[Path],
     reports: list[GroupReport],
@@ -222,6 +278,7 @@ def render_report(
     lines += [f"Inputs: {', '.join(f'`{root}`' for root in roots)}", ""]
     conditions = [r for r in reports if r.extras.get("role") != "control"]
     lines += ["## Verdict", ""] + [f"- {verdict(report)}" for report in conditions] + [""]
+    lines += [_matching_line(reports), ""]
     lines += [
         "Each condition is judged against its strongest control: SAEs trained with the same "
         "config and seeds on Gaussian data with the activations' mean and covariance "
@@ -235,6 +292,12 @@ def render_report(
     lines += controls_table(reports) + [""]
     lines += ["## All groups", ""]
     lines += published_table(reports, thresholds) + [""]
+    if any(report.matching == "argmax" for report in reports):
+        lines += [
+            f"`{NOT_COMPUTED}`: not computed; the group was analysed with argmax matching (no "
+            "one-to-one assignment), see its section.",
+            "",
+        ]
     if skipped:
         lines += ["## Runs not used", ""]
         lines += _table(
@@ -257,7 +320,8 @@ def render_report(
             f"k={run.cfg.get('k')}, hook `{run.hook_name}`, model `{run.cfg.get('model_name')}`.",
             "",
         ]
-        lines += _details(report, thresholds) + [""] + _findings(report) + _convergence(report)
+        lines += _details(report, thresholds) + [""] + _matching(report) + _findings(report)
+        lines += _convergence(report)
         lines += [""]
         for name, path in figures.get(report.label, {}).items():
             lines += [f"![{FIGURE_TITLES.get(name, name)}]({path.relative_to(report_dir)})", ""]

@@ -1,9 +1,9 @@
 """The report's PNG figures (matplotlib, Agg backend: no display needed).
 
-Per group: seed × seed heatmaps of median matched cosine and of the shared fraction; histograms
-of matched cosines (all and live-only) with the random baseline overlaid; reappearance and
-matched cosine vs firing frequency. Across groups: overlap vs number of seeds. Each function
-writes one file and returns its path; none computes a metric.
+Per group: seed × seed heatmaps of median matched cosine (of MMCS with argmax matching) and of the
+shared fraction; histograms of matched cosines (all and live-only) with the random baseline
+overlaid; reappearance and matched cosine vs firing frequency. Across groups: overlap vs number
+of seeds. Each function writes one file and returns its path; none computes a metric.
 """
 
 from __future__ import annotations
@@ -158,17 +158,27 @@ def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, di
     figures: dict[str, dict[str, Path]] = {}
     for report in reports:
         name = slug(report.label)
-        paths = {
-            "median_heatmap": seed_heatmap(
-                report,
-                "decoder_median",
-                "Median matched cosine",
-                figures_dir / f"{name}_median.png",
-            ),
-            "cosine_histograms": matched_cosine_histograms(
-                report, figures_dir / f"{name}_histograms.png"
-            ),
-        }
+        if report.matching == "hungarian":
+            paths = {
+                "median_heatmap": seed_heatmap(
+                    report,
+                    "decoder_median",
+                    "Median matched cosine",
+                    figures_dir / f"{name}_median.png",
+                ),
+                "cosine_histograms": matched_cosine_histograms(
+                    report, figures_dir / f"{name}_histograms.png"
+                ),
+            }
+        else:  # argmax matching: no matched cosines
+            paths = {
+                "mmcs_heatmap": seed_heatmap(
+                    report,
+                    "mmcs",
+                    "MMCS (mean max cosine, argmax matching)",
+                    figures_dir / f"{name}_mmcs.png",
+                )
+            }
         if "shared" in next(iter(report.pairs.statistics.values())):
             paths["shared_heatmap"] = seed_heatmap(
                 report, "shared", "Shared fraction", figures_dir / f"{name}_shared.png"

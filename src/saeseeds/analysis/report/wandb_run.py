@@ -39,11 +39,18 @@ def summary_scalars(reports: list[GroupReport]) -> dict[str, float]:
         baseline = report.extras.get("baseline")
         if baseline:
             scalars[f"{prefix}/p_value"] = baseline["p_value"]
-            scalars[f"{prefix}/chance_decoder_median"] = baseline["chance"]["decoder_median"]
+            statistic = baseline["statistic"]
+            scalars[f"{prefix}/chance_{statistic}"] = baseline["chance"][statistic]
         for name, control in report.extras.get("controls", {}).items():
-            scalars[f"{prefix}/controls/{name}/median"] = control["median"]
+            key = "median" if "median" in control else control["statistic"]
+            scalars[f"{prefix}/controls/{name}/{key}"] = control["value"]
             scalars[f"{prefix}/controls/{name}/difference"] = control["difference"]
             scalars[f"{prefix}/controls/{name}/p_value"] = control["p_value"]
+            subspace = control.get("subspace_overlap")
+            if subspace and subspace["difference"] is not None:
+                scalars[f"{prefix}/controls/{name}/subspace_overlap_difference"] = subspace[
+                    "difference"
+                ]
         if "beyond_geometry_fraction" in report.extras:
             scalars[f"{prefix}/beyond_geometry_fraction"] = report.extras[
                 "beyond_geometry_fraction"
