@@ -46,3 +46,15 @@ def test_contract_and_errors_import_no_torch_and_nothing_of_the_project():
     for name in ("contract.py", "errors.py"):
         modules = imported_modules(PACKAGE / name)
         assert not {m for m in modules if m.startswith(("torch", "saeseeds"))}, name
+
+
+def test_nothing_in_the_package_imports_the_studies():
+    """saeseeds.studies (the reproductions and the results page) sits on top of everything."""
+    violations = [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "studies" not in path.relative_to(PACKAGE).parts
+        for module in sorted(imported_modules(path))
+        if module == "saeseeds.studies" or module.startswith("saeseeds.studies.")
+    ]
+    assert not violations, "\n".join(violations)

@@ -1,0 +1,332 @@
+"""Each published directional claim judged on our numbers: reproduced, not reproduced or
+inconclusive, with the difference, its interval and the control it is judged against.
+
+Rule: a claim says a difference has a sign (e.g. layer 6 minus layer 0 < 0). It is
+**reproduced** where the 95% interval of our difference lies wholly on the claimed side, **not
+reproduced** where it lies wholly on the other side, and **inconclusive** where it contains 0 (or
+cannot be computed). Differences between groups use the analysis's jackknife-t over seeds;
+masking contrasts a Student-t over seeds. Where a geometry control exists, the same difference
+is also taken against it (difference-in-differences): a trend the featureless control shows as
+much is a property of the activations' geometry, not of reproducible features. A claim over
+several settings is reproduced when at least half of its settings are reproduced and none is
+not reproduced; not reproduced, symmetrically; inconclusive otherwise (too few settings decided,
+or settings that contradict each other).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from saeseeds.studies.published import GERASIMOV, GPT2_STUDY, PAULO_BELROSE
+from saeseeds.studies.summaries import Groups, difference, difference_in_differences
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+STUDY_BUDGET = 1024
+
+
+def verdict(interval: Any, direction: int) -> str:
+    """The rule above for one interval and the claimed sign (+1 or −1)."""
+    low, high = (interval or [None, None])[:2]
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    if (low > 0 and direction > 0) or (high < 0 and direction < 0):
+        return REPRODUCED
+    if (low > 0 and direction < 0) or (high < 0 and direction > 0):
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+@dataclass
+class Finding:
+    """One setting of a claim: a − b on one statistic, and the same against a control."""
+
+    setting: str
+    value_a: float | None
+    value_b: float | None
+    difference: float | None
+    interval: list[float | None]
+    verdict: str
+    control: dict[str, Any] | None = None
+    """{name, difference, interval, verdict}: the difference-in-differences against it."""
+    note: str | None = None
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    source: str
+    statistic: str
+    compared: str
+    """What a − b is, e.g. "layer 6 − layer 0"."""
+    judged_against: str
+    direction: int
+    findings: list[Finding] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        counts = {
+            v: sum(f.verdict == v for f in self.findings) for v in (REPRODUCED, NOT_REPRODUCED)
+        }
+        for outcome, other in ((REPRODUCED, NOT_REPRODUCED), (NOT_REPRODUCED, REPRODUCED)):
+            if counts[other] == 0 and 2 * counts[outcome] >= max(len(self.findings), 1):
+                return outcome
+        return INCONCLUSIVE
+
+    @property
+    def beyond_control(self) -> str:
+        """How many settings show the trend more than their geometry control does."""
+        controlled = [f for f in self.findings if f.control is not None]
+        if not controlled:
+            return "n/a"
+        beyond = sum(f.control["verdict"] == REPRODUCED for f in controlled)
+        return f"{beyond} of {len(controlled)} settings"
+
+    @property
+    def summary(self) -> str:
+        counts = [
+            f"{sum(f.verdict == v for f in self.findings)} {v}"
+            for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+            if any(f.verdict == v for f in self.findings)
+        ]
+        plural = "s" if len(self.findings) != 1 else ""
+        return (
+            f"{len(self.findings)} setting{plural}: " + ", ".join(counts) if self.findings else ""
+        )
+
+
+def finding(
+    setting: str,
+    a: dict | None,
+    b: dict | None,
+    metric: str,
+    direction: int,
+    control: tuple[str, dict | None, dict | None] | None = None,
+) -> Finding | None:
+    """a − b on ``metric`` (None when either group is missing), and against a control pair."""
+    if a is None or b is None:
+        return None
+    result = difference(a, b, metric)
+    entry = Finding(
+        setting,
+        result["value_a"],
+        result["value_b"],
+        result["difference"],
+        list(result["difference_ci"]),
+        verdict(result["difference_ci"], direction),
+    )
+    if control is not None and control[1] is not None and control[2] is not None:
+        name, control_a, control_b = control
+        did = difference_in_differences(a, b, control_a, control_b, metric)
+        entry.control = {
+            "name": name,
+            "difference": did["difference"],
+            "interval": list(did["difference_ci"]),
+            "verdict": verdict(did["difference_ci"], direction),
+        }
+    return entry
+
+
+def control_group(groups: Groups, group: dict | None, kind: str) -> dict | None:
+    label = ((group or {}).get("controls", {}).get(kind) or {}).get("label")
+    return groups.entries.get(label) if label else None
+
+
+def budgets(groups: Groups) -> list[int]:
+    """Token budgets of a seed study, the project's first and the study's own last."""
+    values = [v for v in groups.values("data.n_tokens") if isinstance(v, int)]
+    return sorted(values, key=lambda v: (v == STUDY_BUDGET, -v))
+
+
+def budget_name(n_tokens: int) -> str:
+    return "~1k tokens (the study's)" if n_tokens == STUDY_BUDGET else f"{n_tokens:,} tokens"
+
+
+# ---- the multi-seed GPT-2 study ----
+
+
+def real(groups: Groups, **values: Any) -> dict | None:
+    return groups.find(data__control="none", model__init="pretrained", **values)
+
+
+def seed_study_claims(groups: Groups) -> list[Claim]:
+    layer = Claim(
+        "layer", "Deeper layers are less stable", GPT2_STUDY, "live_decoder_median",
+        "layer 6 − layer 0", "the geometry control's own layer difference", -1,
+    )  # fmt: skip
+    size = Claim(
+        "size_gpt2", "Larger dictionaries are less stable", GPT2_STUDY, "live_decoder_median",
+        "512 − 128 features", "the geometry control's own size difference", -1,
+    )  # fmt: skip
+    trained = Claim(
+        "random_model", "SAEs on the trained model are more stable than on a random model",
+        GERASIMOV, "decoder_median", "trained − random-init model",
+        "the random-model (\"dead salmon\") control itself", 1,
+    )  # fmt: skip
+    for n_tokens in budgets(groups):
+        budget = budget_name(n_tokens)
+        for n_features in groups.values("sae.n_features"):
+            deep, shallow = (
+                real(groups, hook__layer=6, sae__n_features=n_features, data__n_tokens=n_tokens),
+                real(groups, hook__layer=0, sae__n_features=n_features, data__n_tokens=n_tokens),
+            )
+            control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (deep, shallow)))
+            found = finding(f"{n_features} features, {budget}", deep, shallow,
+                            layer.statistic, -1, control)  # fmt: skip
+            layer.findings += [found] if found else []
+        sizes = sorted(groups.values("sae.n_features"))
+        for hook_layer in groups.values("hook.layer"):
+            if len(sizes) > 1:
+                large, small = (
+                    real(groups, hook__layer=hook_layer, sae__n_features=n, data__n_tokens=n_tokens)
+                    for n in (sizes[-1], sizes[0])
+                )
+                control = (
+                    "gaussian",
+                    *(control_group(groups, g, "gaussian") for g in (large, small)),
+                )
+                found = finding(f"layer {hook_layer}, {budget}", large, small, size.statistic, -1,
+                                control)  # fmt: skip
+                size.findings += [found] if found else []
+            for n_features in sizes:
+                group = real(groups, hook__layer=hook_layer, sae__n_features=n_features,
+                             data__n_tokens=n_tokens)  # fmt: skip
+                found = finding(
+                    f"layer {hook_layer}, {n_features} features, {budget}", group,
+                    control_group(groups, group, "random_model"), trained.statistic, 1,
+                )  # fmt: skip
+                trained.findings += [found] if found else []
+    return [claim for claim in (layer, size, trained) if claim.findings]
+
+
+# ---- Paulo & Belrose: size, tokens, architectures ----
+
+
+def size_and_tokens_claims(groups: Groups) -> list[Claim]:
+    size = Claim(
+        "size", "The shared fraction falls with dictionary size", PAULO_BELROSE, "shared",
+        "largest − smallest dictionary", "the geometry control's own size difference", -1,
+    )  # fmt: skip
+    tokens = Claim(
+        "tokens", "The shared fraction rises with training tokens", PAULO_BELROSE, "shared",
+        "most − fewest training tokens", "the geometry control's own token difference", 1,
+    )  # fmt: skip
+    sizes = sorted(groups.values("sae.n_features"))
+    token_counts = sorted(groups.values("data.n_tokens"))
+    for n_tokens in token_counts if len(sizes) > 1 else []:
+        large, small = (real(groups, sae__n_features=n, data__n_tokens=n_tokens)
+                        for n in (sizes[-1], sizes[0]))  # fmt: skip
+        control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (large, small)))
+        found = finding(f"{sizes[-1]} − {sizes[0]} features, {n_tokens:,} tokens", large, small,
+                        size.statistic, -1, control)  # fmt: skip
+        size.findings += [found] if found else []
+    for n_features in sizes if len(token_counts) > 1 else []:
+        most, fewest = (real(groups, sae__n_features=n_features, data__n_tokens=n)
+                        for n in (token_counts[-1], token_counts[0]))  # fmt: skip
+        control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (most, fewest)))
+        found = finding(f"{n_features} features, {token_counts[-1]:,} − {token_counts[0]:,} "
+                        "tokens", most, fewest, tokens.statistic, 1, control)  # fmt: skip
+        tokens.findings += [found] if found else []
+    return [claim for claim in (size, tokens) if claim.findings]
+
+
+def architecture_claims(groups: Groups) -> list[Claim]:
+    claim = Claim(
+        "architecture", "ReLU+L1 SAEs are more stable than Top-K at matched sparsity",
+        PAULO_BELROSE, "shared", "ReLU+L1 − Top-K",
+        "Top-K at the same held-out L0 (the calibrated ReLU+L1 coefficient)", 1,
+    )  # fmt: skip
+    relu, topk = (groups.find(sae__architecture=name) for name in ("relu_l1", "topk"))
+    for metric in ("shared", "decoder_median"):
+        found = finding(metric.replace("_", " "), relu, topk, metric, 1)
+        claim.findings += [found] if found else []
+    return [claim] if claim.findings else []
+
+
+# ---- Gerasimov et al.: masking and subspaces ----
+
+
+def masking_claim(groups: Groups, masking: dict[str, Any]) -> Claim | None:
+    claim = Claim(
+        "masking", "Stable features carry most of the reconstruction and prediction signal",
+        GERASIMOV, "equal-mass masking contrast", "masking stable − masking unstable (harm)",
+        "frequency-matched unstable features of the same activation mass; the same contrast "
+        "in the geometry and random-model controls", 1,
+    )  # fmt: skip
+    results = masking.get("groups", {})
+    for label, entry in results.items():
+        condition = groups.conditions.get(label, {})
+        if condition.get("data.control") != "none" or condition.get("model.init") == "random":
+            continue
+        for metric, name in (("fvu", "FVU"), ("ce_loss_score", "CE-loss score")):
+            contrast = entry.get(metric, {}).get("contrast", {})
+            if contrast.get("mean") is None:
+                continue
+            group = groups.entries.get(label, {})
+            gaussian = ((group.get("controls") or {}).get("gaussian") or {}).get("label")
+            control = (results.get(gaussian) or {}).get(metric, {}).get("contrast")
+            claim.findings.append(
+                Finding(
+                    f"{describe(condition)}: {name}", None, None, contrast["mean"],
+                    list(contrast["ci"]), verdict(contrast["ci"], 1),
+                    control={"name": "gaussian (same contrast)", "difference": control["mean"],
+                             "interval": list(control["ci"]),
+                             "verdict": verdict(control["ci"], 1)}
+                    if control and control.get("mean") is not None else None,
+                )
+            )  # fmt: skip
+    return claim if claim.findings else None
+
+
+def subspace_claim(groups: Groups) -> Claim | None:
+    claim = Claim(
+        "subspaces", "Unstable features concentrate in reproducible low-rank subspaces",
+        GERASIMOV, "unstable-subspace overlap", "condition − geometry control, at equal rank",
+        "the geometry control's unstable-subspace overlap (r/d_in shown for reference)", 1,
+    )  # fmt: skip
+    missing = 0
+    for label, group in groups.entries.items():
+        condition = groups.conditions[label]
+        if condition.get("data.control") != "none" or condition.get("model.init") == "random":
+            continue
+        entry = ((group.get("controls") or {}).get("gaussian") or {}).get("subspace_overlap")
+        if entry is None:
+            missing += 1
+            continue
+        interval = entry.get("difference_ci") or [None, None]
+        claim.findings.append(
+            Finding(describe(condition), entry.get("condition"), entry.get("control"),
+                    entry.get("difference"), list(interval), verdict(interval, 1),
+                    note=f"rank {entry.get('rank')}; random subspaces "
+                    f"{fmt(entry.get('random_expectation'))}"
+                    + (f"; {entry['reason']}" if entry.get("reason") else ""))
+        )  # fmt: skip
+    if missing:
+        claim.note = (
+            f"{missing} group(s) have no unstable-subspace comparison with the geometry control in "
+            "their summary.json (an analysis older than that comparison, or no control trained)."
+        )
+    return claim if claim.findings or claim.note else None
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:.{digits}f}")
+    )
+
+
+def describe(condition: dict[str, Any]) -> str:
+    """A short name of a condition: layer, size, architecture, budget."""
+    parts = [f"layer {condition.get('hook.layer')}"]
+    if condition.get("sae.architecture") not in (None, "topk"):
+        parts.append(str(condition["sae.architecture"]))
+    parts.append(f"{condition.get('sae.n_features')} features")
+    n_tokens = condition.get("data.n_tokens")
+    if isinstance(n_tokens, int):
+        parts.append(budget_name(n_tokens))
+    return ", ".join(parts)

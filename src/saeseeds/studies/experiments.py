@@ -1,0 +1,105 @@
+"""What each study trains: its experiment config, the passes that share its sweep folder, and the
+smoke (``--tiny``) version. Read by ``scripts/run_studies.py``; imports nothing heavy.
+
+A pass is one command into the experiment's sweep folder: ``python train.py -m
++experiment=NAME <pass overrides>`` (or, for the architectures, the calibration script
+``scripts/sweep_architectures.py``). The overrides of a command are, in this order: the
+experiment, the smoke overrides (``--tiny`` only), the pass's own, the user's; a later one wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TRAIN = "train"  # python train.py -m +experiment=NAME ...
+CALIBRATED = "calibrated"  # python scripts/sweep_architectures.py ... +experiment=NAME
+
+# The multi-seed GPT-2 study trained on about 1k tokens; 128 per batch makes 8 steps an epoch.
+STUDY_BUDGET = ("data.n_tokens=1024", "data.batch_size=128")
+# Small enough for a smoke run of the whole pipeline on the embedded model in minutes.
+SMOKE_DATA = ("data.batch_size=512", "trainer.max_epochs=2")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One training command into the experiment's sweep folder."""
+
+    label: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One study: ``conf/experiment/<name>.yaml`` and how the script runs it."""
+
+    name: str
+    title: str
+    kind: str = TRAIN
+    passes: tuple[Pass, ...] = (Pass("the project's token budget"),)
+    tiny: tuple[str, ...] = ()
+    """Overrides of the smoke version, for every pass."""
+    calibration: dict[str, str] = field(default_factory=dict)
+    """``--k``/``--seeds`` of sweep_architectures.py (``kind=calibrated``); ``tiny_calibration``
+    replaces them in the smoke version."""
+    tiny_calibration: dict[str, str] = field(default_factory=dict)
+    masking: bool = False
+    """Run the masking experiment on its groups."""
+    masking_skip: dict[str, Any] = field(default_factory=dict)
+    """Groups whose condition has all these values are not masked."""
+
+    def masked(self, condition: dict[str, Any]) -> bool:
+        """Whether the masking experiment runs on a group with this (flat) condition config."""
+        if not self.masking:
+            return False
+        return not all(condition.get(key) == value for key, value in self.masking_skip.items())
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    experiment.name: experiment
+    for experiment in (
+        Experiment(
+            name="seed_study",
+            title="The multi-seed GPT-2 study",
+            passes=(
+                Pass("the project's token budget (131k), with both controls"),
+                Pass("the study's own budget (~1k tokens), with both controls", STUDY_BUDGET),
+            ),
+            tiny=("seed=1,2,3", "data.n_tokens=4096", *SMOKE_DATA),
+            masking=True,
+            # The masking claim is about trained SAEs; 1k tokens leave most features dead.
+            masking_skip={"data.n_tokens": 1024},
+        ),
+        Experiment(
+            name="size_and_tokens",
+            title="Dictionary size and training tokens (Paulo & Belrose 2025)",
+            tiny=(
+                "seed=1,2,3",
+                "sae.n_features=64,256",
+                "sae.k=8",
+                "data.n_tokens=2048,4096",
+                *SMOKE_DATA,
+            ),
+        ),
+        Experiment(
+            name="architectures",
+            title="Top-K vs ReLU+L1 vs BatchTopK at matched L0 (Paulo & Belrose 2025)",
+            kind=CALIBRATED,
+            calibration={"--k": "32", "--seeds": "1,2,3"},
+            tiny_calibration={"--k": "8", "--seeds": "1,2,3", "--max-probes": "4"},
+            tiny=("sae.n_features=64", "data.n_tokens=4096", *SMOKE_DATA),
+        ),
+    )
+}
+
+
+def command_overrides(
+    experiment: Experiment, study_pass: Pass, tiny: bool, user: list[str]
+) -> list[str]:
+    """The Hydra overrides of one pass, in the order that makes a later one win."""
+    return [
+        f"+experiment={experiment.name}",
+        *(experiment.tiny if tiny else ()),
+        *study_pass.overrides,
+        *user,
+    ]

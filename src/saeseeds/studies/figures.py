@@ -1,0 +1,157 @@
+"""The results page's figures (docs/results_*.png), drawn from the studies' summaries with
+matplotlib's Agg backend. Each function returns the file it wrote, or None without the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from saeseeds.io import atomic_path  # noqa: E402
+from saeseeds.studies.claims import budget_name, budgets, control_group, real  # noqa: E402
+from saeseeds.studies.published import GPT2_FIGURES  # noqa: E402
+from saeseeds.studies.summaries import Groups, statistic  # noqa: E402
+
+COLOURS = {"real": "tab:blue", "gaussian": "tab:orange", "random_model": "tab:green"}
+NAMES = {"real": "trained model", "gaussian": "geometry control", "random_model": "random model"}
+
+
+def _save(figure: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def _point(axis: Any, x: float, group: dict | None, metric: str, colour: str, **style: Any) -> None:
+    entry = statistic(group, metric)
+    if entry["value"] is None:
+        return
+    low, high = entry["ci_low"], entry["ci_high"]
+    error = None
+    if low is not None and high is not None:
+        error = [[max(entry["value"] - low, 0)], [max(high - entry["value"], 0)]]
+    axis.errorbar([x], [entry["value"]], yerr=error, fmt="o", color=colour, capsize=3, **style)
+
+
+def seed_study_figure(groups: Groups, path: Path) -> Path | None:
+    """Live-only median matched cosine per layer and size, real vs controls vs published."""
+    token_budgets = budgets(groups)
+    if not token_budgets:
+        return None
+    figure, axes = plt.subplots(1, len(token_budgets), figsize=(5.5 * len(token_budgets), 4),
+                                squeeze=False, sharey=True)  # fmt: skip
+    settings = [(layer, n) for layer in groups.values("hook.layer")
+                for n in groups.values("sae.n_features")]  # fmt: skip
+    for axis, n_tokens in zip(axes[0], token_budgets, strict=True):
+        for x, (layer, n_features) in enumerate(settings):
+            group = real(groups, hook__layer=layer, sae__n_features=n_features,
+                         data__n_tokens=n_tokens)  # fmt: skip
+            for offset, kind in ((-0.2, "real"), (0.0, "gaussian"), (0.2, "random_model")):
+                shown = group if kind == "real" else control_group(groups, group, kind)
+                label = NAMES[kind] if x == 0 else None
+                _point(axis, x + offset, shown, "live_decoder_median", COLOURS[kind], label=label)
+            for published in GPT2_FIGURES:
+                shown = (published["metric"], published["layer"], published["n_features"])
+                if shown in (("live_decoder_median", layer, None),
+                             ("live_decoder_median", layer, n_features)):  # fmt: skip
+                    axis.plot([x], [published["value"]], "k*", markersize=11,
+                              label="published (GPT-2)" if x == 0 else None)  # fmt: skip
+        axis.set_xticks(range(len(settings)))
+        axis.set_xticklabels([f"layer {layer}\n{n} features" for layer, n in settings])
+        axis.set_title(budget_name(n_tokens))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("median matched cosine, live features")
+    axes[0][0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def size_tokens_figure(groups: Groups, path: Path) -> Path | None:
+    """Shared fraction against dictionary size, one line per token budget, real vs control."""
+    sizes = [n for n in groups.values("sae.n_features") if isinstance(n, int)]
+    if not sizes:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, n_tokens in enumerate(groups.values("data.n_tokens")):
+        for kind, style in (("real", "-"), ("gaussian", "--")):
+            xs, ys, lows, highs = [], [], [], []
+            for n in sizes:
+                group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
+                group = group if kind == "real" else control_group(groups, group, kind)
+                entry = statistic(group, "shared")
+                if entry["value"] is None:
+                    continue
+                xs.append(n)
+                ys.append(entry["value"])
+                lows.append(entry["ci_low"] if entry["ci_low"] is not None else entry["value"])
+                highs.append(entry["ci_high"] if entry["ci_high"] is not None else entry["value"])
+            if xs:
+                colour = f"C{index}"
+                axis.plot(xs, ys, style, marker="o", color=colour,
+                          label=f"{n_tokens:,} tokens, {NAMES[kind]}")  # fmt: skip
+                axis.fill_between(xs, lows, highs, color=colour, alpha=0.15)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("dictionary size (features)")
+    axis.set_ylabel("shared fraction (decoder and encoder cosine > 0.7)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def architectures_figure(groups: Groups, path: Path) -> Path | None:
+    architectures = [a for a in groups.values("sae.architecture") if a]
+    if not architectures:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for axis, metric, title in ((axes[0], "shared", "shared fraction"),
+                                (axes[1], "decoder_median", "median matched cosine")):  # fmt: skip
+        for x, name in enumerate(architectures):
+            _point(axis, x, groups.find(sae__architecture=name), metric, f"C{x}")
+        axis.set_xticks(range(len(architectures)))
+        axis.set_xticklabels(architectures)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def masking_figure(groups: Groups, masking: dict[str, Any], path: Path) -> Path | None:
+    """ΔFVU from masking the stable vs the unstable side of each equal-mass pair, per group."""
+    rows = []
+    for label, entry in masking.get("groups", {}).items():
+        stable, unstable = entry["fvu"]["matched_stable"], entry["fvu"]["matched_unstable"]
+        if stable["mean"] is not None and unstable["mean"] is not None:
+            rows.append((label, stable, unstable))
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    for y, (_, stable, unstable) in enumerate(rows):
+        for offset, entry, colour, name in (
+            (-0.15, stable, "tab:blue", "stable masked"),
+            (0.15, unstable, "tab:red", "unstable masked"),
+        ):
+            low, high = entry["ci"]
+            error = None if low is None else [[entry["mean"] - low], [high - entry["mean"]]]
+            axis.errorbar([entry["mean"]], [y + offset], xerr=error, fmt="o", color=colour,
+                          capsize=3, label=name if y == 0 else None)  # fmt: skip
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([condition_name(groups, label) for label, _, _ in rows], fontsize=8)
+    axis.set_xlabel("increase in held-out FVU (equal activation mass masked)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def condition_name(groups: Groups, label: str) -> str:
+    from saeseeds.studies.claims import describe
+
+    condition = groups.conditions.get(label, {})
+    kind = (
+        "geometry control"
+        if condition.get("data.control") == "gaussian"
+        else ("random model" if condition.get("model.init") == "random" else "trained model")
+    )
+    return f"{describe(condition)} ({kind})"

@@ -1,0 +1,132 @@
+"""What ``analyze.py`` wrote, as the studies read it: summary.json, each group's condition (from
+its first run's environment.json), [S, S] pair matrices, and differences between groups with
+the analysis's own jackknife-t machinery (:mod:`saeseeds.analysis.group_stats`).
+
+Fields that newer analyses add (e.g. the unstable-subspace overlap beside a control's) are read
+with ``.get``: an older summary.json gives ``None``, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saeseeds import contract
+from saeseeds.analysis.group_stats import aggregate, difference_of_groups, jackknife_se, t_interval
+from saeseeds.errors import DataError
+
+CONFIDENCE = 0.95
+
+
+def read_summary(analysis_dir: str | Path) -> dict[str, Any]:
+    path = Path(analysis_dir) / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; run analyze.py on the sweep first.") from None
+    except ValueError as error:
+        raise DataError(f"{path} is not valid JSON ({error}); re-run analyze.py.") from None
+
+
+def run_condition(run_dir: str | Path) -> dict[str, Any]:
+    """The flat condition config of a run (its recorded config without the seed)."""
+    environment = json.loads((Path(run_dir) / contract.ENVIRONMENT_FILE).read_text("utf-8"))
+    flat = contract.flatten(environment.get("config") or {})
+    flat.pop("seed", None)
+    flat.setdefault("data.control", "none")
+    flat.setdefault("model.init", "pretrained")
+    return flat
+
+
+def group_conditions(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{group label: flat condition config}."""
+    return {label: run_condition(group["runs"][0]) for label, group in summary["groups"].items()}
+
+
+class Groups:
+    """The groups of one summary.json, found by their condition's values."""
+
+    def __init__(self, summary: dict[str, Any]):
+        self.summary = summary
+        self.entries: dict[str, dict[str, Any]] = summary.get("groups", {})
+        self.conditions = group_conditions(summary) if self.entries else {}
+
+    def find(self, **values: Any) -> dict[str, Any] | None:
+        """The one group whose condition has these values (dots written as ``__``), or None."""
+        wanted = {key.replace("__", "."): value for key, value in values.items()}
+        found = [
+            self.entries[label]
+            for label, condition in self.conditions.items()
+            if all(condition.get(key) == value for key, value in wanted.items())
+        ]
+        return found[0] if len(found) == 1 else None
+
+    def values(self, key: str) -> list[Any]:
+        """The distinct values of one condition key, sorted."""
+        values = {condition.get(key) for condition in self.conditions.values()}
+        return sorted(values, key=lambda v: (not isinstance(v, int | float), v if
+                                             isinstance(v, int | float) else str(v)))  # fmt: skip
+
+    def condition(self, group: dict[str, Any]) -> dict[str, Any]:
+        return self.conditions[group["label"]]
+
+
+def statistic(group: dict[str, Any] | None, metric: str) -> dict[str, float | None]:
+    """{value, ci_low, ci_high} of a group statistic (None where absent)."""
+    entry = (group or {}).get("statistics", {}).get(metric) or {}
+    return {key: entry.get(key) for key in ("value", "ci_low", "ci_high")}
+
+
+def pair_matrix(group: dict[str, Any], metric: str) -> np.ndarray:  # [S, S], NaN diagonal
+    seeds = list(group["seeds"])
+    matrix = np.full((len(seeds), len(seeds)), np.nan)
+    for pair in group.get("pairs", []):
+        value = pair.get(metric)
+        i, j = seeds.index(pair["seed_a"]), seeds.index(pair["seed_b"])
+        matrix[i, j] = matrix[j, i] = np.nan if value is None else value
+    return matrix
+
+
+def difference(
+    group_a: dict[str, Any], group_b: dict[str, Any], metric: str
+) -> dict[str, float | list[float]]:
+    """Group value of ``metric`` for a minus b, with a jackknife-t interval over seeds."""
+    return difference_of_groups(
+        pair_matrix(group_a, metric), pair_matrix(group_b, metric), metric, CONFIDENCE
+    )
+
+
+def difference_in_differences(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    control_a: dict[str, Any],
+    control_b: dict[str, Any],
+    metric: str,
+) -> dict[str, float | list[float]]:
+    """(a − b) − (control_a − control_b): whether a trend is larger than its control's. The
+    four groups' jackknife standard errors add in quadrature; t on min(S) − 1 degrees."""
+    matrices = [pair_matrix(group, metric) for group in (a, b, control_a, control_b)]
+    values = [aggregate(m[np.triu_indices(m.shape[0], k=1)], metric) for m in matrices]
+    value = (values[0] - values[1]) - (values[2] - values[3])
+    standard_error = float(np.sqrt(sum(jackknife_se(m, metric) ** 2 for m in matrices)))
+    dof = min(m.shape[0] for m in matrices) - 1
+    interval, p_value = t_interval(value, standard_error, dof, CONFIDENCE)
+    return {
+        "difference": value,
+        "difference_ci": interval,
+        "p_value": p_value,
+        "standard_error": standard_error,
+    }
+
+
+def mean_run_metric(group: dict[str, Any] | None, key: str) -> float | None:
+    """Mean over the group's runs of one metrics.json value."""
+    values = [
+        metrics.get(key)
+        for metrics in (group or {}).get("run_metrics", {}).values()
+        if isinstance(metrics, dict) and isinstance(metrics.get(key), int | float)
+    ]
+    return float(np.mean(values)) if values else None

@@ -1,0 +1,69 @@
+"""Every study's experiment config composes, through Hydra's compose API and the real CLI, into the
+protocol its header describes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from saeseeds.config import register_configs
+from saeseeds.studies.experiments import EXPERIMENTS
+from tests.helpers import CONF_DIR, run_app
+
+
+def composed(*overrides: str, hydra: bool = False):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def sweep_jobs(name: str) -> list[dict[str, str]]:
+    """The jobs Hydra's basic sweeper makes of the experiment's hydra.sweeper.params."""
+    params = composed(f"+experiment={name}", hydra=True).hydra.sweeper.params
+    keys = list(params)
+    values = [str(params[key]).split(",") for key in keys]
+    return [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*values)]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_composes_with_its_header(name):
+    cfg = composed(f"+experiment={name}")
+    assert cfg.trainer.max_epochs == 8 and cfg.hook.point == "resid_pre"
+    header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert any("differs from the original" in line for line in header), name
+
+
+def test_seed_study_pairs_k_with_the_size_and_trains_no_wasted_control():
+    jobs = sweep_jobs("seed_study")
+    assert len(jobs) == 2 * 3 * 2 * 5
+    sizes = set()
+    for job in jobs[:12]:  # one layer's conditions and dictionaries
+        cfg = composed("+experiment=seed_study", *[f"{k}={v}" for k, v in job.items()])
+        sizes.add((cfg.sae.n_features, cfg.sae.k))
+        # the random-model control is never also the geometry control
+        assert not (cfg.model.init == "random" and cfg.data.control == "gaussian")
+        assert cfg.hook.layer in (0, 6) and cfg.seed in range(1, 6)
+    assert sizes == {(128, 8), (512, 32)}
+    controls = {job["experiment/control@_global_"] for job in jobs}
+    assert controls == {"none", "gaussian", "random_model"}
+
+
+def test_size_and_tokens_and_architectures_sweep_the_published_axes():
+    jobs = sweep_jobs("size_and_tokens")
+    assert {job["sae.n_features"] for job in jobs} == {"256", "1024", "4096"}
+    assert {job["data.n_tokens"] for job in jobs} == {"32768", "131072"}
+    assert len(jobs) == 3 * 2 * 2 * 3
+    relu = composed("+experiment=architectures", "sae=relu_l1", "sae.l1_coefficient=3")
+    assert (relu.sae.architecture, relu.sae.n_features) == ("relu_l1", 512)
+
+
+def test_the_cli_prints_an_experiment_config():
+    result = run_app(
+        "train.py", "+experiment=seed_study", "experiment/dictionary@_global_=n512_k32",
+        "--cfg", "job", cwd=CONF_DIR.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "n_features: 512" in result.stdout and "k: 32" in result.stdout
