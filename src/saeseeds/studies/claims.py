@@ -272,13 +272,33 @@ def masking_claim(groups: Groups, masking: dict[str, Any]) -> Claim | None:
                 Finding(
                     f"{describe(condition)}: {name}", None, None, contrast["mean"],
                     list(contrast["ci"]), verdict(contrast["ci"], 1),
-                    control={"name": "gaussian (same contrast)", "difference": control["mean"],
-                             "interval": list(control["ci"]),
-                             "verdict": verdict(control["ci"], 1)}
-                    if control and control.get("mean") is not None else None,
+                    control=contrast_beyond(contrast, control),
                 )
             )  # fmt: skip
     return claim if claim.findings else None
+
+
+def contrast_beyond(contrast: dict[str, Any], control: dict[str, Any] | None) -> dict | None:
+    """The condition's masking contrast minus its geometry control's: the two seed means'
+    t-intervals give their standard errors, which add in quadrature (Welch, min(n) − 1 df)."""
+    if not control or control.get("mean") is None or None in (control.get("ci") or [None]):
+        return None
+    from scipy import stats
+
+    errors, dofs = [], []
+    for side in (contrast, control):
+        dof = int(side["n_seeds"]) - 1
+        errors.append((side["ci"][1] - side["ci"][0]) / 2 / stats.t.ppf(0.975, dof))
+        dofs.append(dof)
+    value = contrast["mean"] - control["mean"]
+    half = stats.t.ppf(0.975, min(dofs)) * math.hypot(*errors)
+    interval = [value - half, value + half]
+    return {
+        "name": f"gaussian (its contrast {control['mean']:.3f})",
+        "difference": value,
+        "interval": interval,
+        "verdict": verdict(interval, 1),
+    }
 
 
 def subspace_claim(groups: Groups) -> Claim | None:
