@@ -127,25 +127,32 @@ def t_interval(
     return [difference - half_width, difference + half_width], float(p_value)
 
 
-def difference_of_groups(
-    matrix_a: np.ndarray, matrix_b: np.ndarray, metric: str, confidence: float
+def contrast_of_groups(
+    matrices: list[np.ndarray], signs: list[int], metric: str, confidence: float
 ) -> dict[str, float | list[float]]:
-    """Group value of ``metric`` for a minus b, from their [S, S] pair matrices, with the
-    combined jackknife SE √(SE_a² + SE_b²) and a t interval on min(S_a, S_b) − 1 degrees."""
-    value_a = aggregate(matrix_a[np.triu_indices(matrix_a.shape[0], k=1)], metric)
-    value_b = aggregate(matrix_b[np.triu_indices(matrix_b.shape[0], k=1)], metric)
-    difference = value_a - value_b
-    standard_error = float(np.hypot(jackknife_se(matrix_a, metric), jackknife_se(matrix_b, metric)))
-    dof = min(matrix_a.shape[0], matrix_b.shape[0]) - 1
-    interval, p_value = t_interval(difference, standard_error, dof, confidence)
+    """Σ sign·(group value of ``metric``) over groups given by their [S, S] pair matrices, with
+    the jackknife SEs added in quadrature and a t interval on min(S) − 1 degrees."""
+    values = [aggregate(m[np.triu_indices(m.shape[0], k=1)], metric) for m in matrices]
+    value = float(sum(sign * v for sign, v in zip(signs, values, strict=True)))
+    standard_error = float(np.sqrt(sum(jackknife_se(m, metric) ** 2 for m in matrices)))
+    dof = min(m.shape[0] for m in matrices) - 1
+    interval, p_value = t_interval(value, standard_error, dof, confidence)
     return {
-        "value_a": value_a,
-        "value_b": value_b,
-        "difference": difference,
+        "values": values,
+        "difference": value,
         "difference_ci": interval,
         "p_value": p_value,
         "standard_error": standard_error,
     }
+
+
+def difference_of_groups(
+    matrix_a: np.ndarray, matrix_b: np.ndarray, metric: str, confidence: float
+) -> dict[str, float | list[float]]:
+    """Group value of ``metric`` for a minus b, from their [S, S] pair matrices."""
+    result = contrast_of_groups([matrix_a, matrix_b], [1, -1], metric, confidence)
+    value_a, value_b = result.pop("values")
+    return {"value_a": value_a, "value_b": value_b, **result}
 
 
 def outcome(interval: list[float]) -> str:

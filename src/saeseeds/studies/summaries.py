@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from saeseeds import contract
-from saeseeds.analysis.group_stats import aggregate, difference_of_groups, jackknife_se, t_interval
+from saeseeds.analysis.group_stats import contrast_of_groups, difference_of_groups
 from saeseeds.errors import DataError
 
 CONFIDENCE = 0.95
@@ -109,17 +109,9 @@ def difference_in_differences(
     """(a − b) − (control_a − control_b): whether a trend is larger than its control's. The
     four groups' jackknife standard errors add in quadrature; t on min(S) − 1 degrees."""
     matrices = [pair_matrix(group, metric) for group in (a, b, control_a, control_b)]
-    values = [aggregate(m[np.triu_indices(m.shape[0], k=1)], metric) for m in matrices]
-    value = (values[0] - values[1]) - (values[2] - values[3])
-    standard_error = float(np.sqrt(sum(jackknife_se(m, metric) ** 2 for m in matrices)))
-    dof = min(m.shape[0] for m in matrices) - 1
-    interval, p_value = t_interval(value, standard_error, dof, CONFIDENCE)
-    return {
-        "difference": value,
-        "difference_ci": interval,
-        "p_value": p_value,
-        "standard_error": standard_error,
-    }
+    result = contrast_of_groups(matrices, [1, -1, -1, 1], metric, CONFIDENCE)
+    result.pop("values")
+    return result
 
 
 def mean_run_metric(group: dict[str, Any] | None, key: str) -> float | None:
