@@ -61,6 +61,9 @@ class MetricsSwitches:
     p-value); trained controls are compared whenever their groups are in sweep_dir."""
     subspaces: bool = True
     """Unstable-feature subspace overlap vs the random expectation r/d_in; needs reappearance."""
+    redundancy: bool = True
+    """Near-duplicate features inside each dictionary (:mod:`redundancy`); costs one n × n
+    similarity per run, in blocks."""
 
 
 @dataclass
@@ -125,6 +128,8 @@ class AnalyzeConfig:
     """τ values of the stability fractions (share of matched pairs with cosine >= τ)."""
     shared_threshold: float = 0.7
     """"Shared" latents have matched decoder and encoder cosines above this (Paulo & Belrose)."""
+    duplicate_threshold: float = 0.9
+    """Two features of one dictionary whose decoder cosine is at least this are near-duplicates."""
     live_only: bool = True
     """Also match only features live in both runs (fire_count > 0 on held-out tokens)."""
     matching: MatchingMode = MatchingMode.auto
@@ -164,6 +169,7 @@ def validate_config(cfg: Any) -> None:
         _check(-1.0 <= tau <= 1.0, f"thresholds: {tau} is not a cosine in [-1, 1].")
     _check(len(cfg.thresholds) > 0, "thresholds: give at least one τ, e.g. thresholds=[0.7,0.9].")
     _check(-1.0 <= cfg.shared_threshold <= 1.0, "shared_threshold must be in [-1, 1].")
+    _check(-1.0 <= cfg.duplicate_threshold <= 1.0, "duplicate_threshold must be in [-1, 1].")
     _check(-1.0 <= cfg.reappearance.threshold <= 1.0, "reappearance.threshold must be in [-1, 1].")
     _check(
         0.0 <= cfg.reappearance.epsilon < 0.5,

@@ -239,9 +239,8 @@ def verdict(report: Any) -> str:
             f"MMCS (mean max cosine) {entry['value']:.3f}"
         )
     if not parts:
-        return (
-            sentence + ", with no control to judge it against (train one: data.control=gaussian)."
-        )
+        sentence += ", with no control to judge it against (train one: data.control=gaussian)."
+        return sentence + redundancy_warning(report)
     sentence += " " + "; it ".join(parts) + "."
     if "beyond_geometry_fraction" in report.extras:
         sentence += (
@@ -253,4 +252,22 @@ def verdict(report: Any) -> str:
         sentence += " " + subspaces
     if report.extras.get("convergence", {}).get("still_improving"):
         sentence += " Its SAEs were still improving when training stopped (see Convergence)."
-    return sentence
+    return sentence + redundancy_warning(report)
+
+
+DUPLICATE_WARNING_SHARE = 0.1
+"""Warn in the verdict when at least this share of live features has a near-duplicate."""
+
+
+def redundancy_warning(report: Any) -> str:
+    """A sentence when many features of each dictionary are copies of one another (they match
+    each other's copies in every seed and inflate the matched cosines); else empty."""
+    entry = report.extras.get("redundancy") or {}
+    share = entry.get("near_duplicate_share")
+    if share is None or share < DUPLICATE_WARNING_SHARE:
+        return ""
+    return (
+        f" **{share:.0%} of its live features have a near-duplicate in their own dictionary** "
+        f"(decoder cosine ≥ {entry['threshold']:g}); copies of one direction match each other "
+        "across seeds, so its matched cosines overstate how many distinct features reproduce."
+    )

@@ -43,6 +43,7 @@ from saeseeds.analysis.reappearance import (
     reappearance_by_seed,
     reappearance_summary,
 )
+from saeseeds.analysis.redundancy import redundancy
 from saeseeds.analysis.similarity import available_memory_bytes, matrix_bytes
 from saeseeds.analysis.subspaces import unstable_bases, unstable_subspace_overlap
 
@@ -197,6 +198,11 @@ def analyse_group(
         report.extras["subspaces"] = unstable_subspace_overlap(
             pairs, unstable, cfg.subspace.max_rank, report.subspace_bases
         )
+    if metrics.redundancy:
+        report.extras["redundancy"] = redundancy(
+            group.runs, cfg.duplicate_threshold, block_size=settings.block_size,
+            device=settings.device,
+        )  # fmt: skip
     timings["group_statistics_s"] = time.perf_counter() - start
 
     if metrics.baseline:

@@ -216,6 +216,14 @@ def _findings(report: GroupReport) -> list[str]:
     compared = subspace_sentence(report)
     if compared:
         lines.append(f"- {compared}")
+    redundancy = extras.get("redundancy")
+    if redundancy and redundancy["near_duplicate_share"] is not None:
+        lines.append(
+            f"- Near-duplicates inside a dictionary: {redundancy['near_duplicate_share']:.1%} of "
+            f"live features have another feature of their own dictionary at decoder cosine ≥ "
+            f"{redundancy['threshold']:g} (median nearest-neighbour cosine "
+            f"{redundancy['median_nearest_neighbour']:.3f}; mean over seeds)"
+        )
     return lines
 
 

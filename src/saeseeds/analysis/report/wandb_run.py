@@ -59,6 +59,9 @@ def summary_scalars(reports: list[GroupReport]) -> dict[str, float]:
         if reappearance:
             scalars[f"{prefix}/stable_share"] = reappearance["stable_share"]
             scalars[f"{prefix}/unstable_share"] = reappearance["unstable_share"]
+        redundancy = report.extras.get("redundancy")
+        if redundancy and redundancy["near_duplicate_share"] is not None:
+            scalars[f"{prefix}/near_duplicate_share"] = redundancy["near_duplicate_share"]
     return scalars
 
 
