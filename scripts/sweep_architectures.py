@@ -3,6 +3,7 @@
     python scripts/sweep_architectures.py --k 32 --seeds 1,2,3                # the defaults
     python scripts/sweep_architectures.py --k 8 --seeds 1,2 sae.n_features=128 hook.layer=0
     python scripts/sweep_architectures.py --k 32 --calibrate-only              # just find λ
+    python scripts/sweep_architectures.py --k 32 --control gaussian  # + each one's geometry control
 
 Top-K and BatchTopK take L0 = k directly. ReLU+L1 has no k: its L0 falls as the L1 coefficient λ
 rises, so λ is searched first. Each probe trains one ReLU+L1 SAE (seed 0, in this process, so the
@@ -11,11 +12,19 @@ target on a log scale and bisects until L0 is within ``--tolerance`` of k. Then 
 architectures are trained with every seed (``train.py -m``, one command for Top-K and BatchTopK,
 one for ReLU+L1 with the λ found) into the same sweep folder, and the command to analyse it is
 printed. Extra arguments are Hydra overrides applied to every run (model, hook, data, size, ...).
+
+``--control gaussian`` also trains every architecture, with the same λ and k, on Gaussian data
+with the activations' mean and covariance (``data.control=gaussian``): each architecture's own
+geometry control, which the analysis pairs with it. λ is always calibrated on the real data.
+The λ found is kept in ``<sweep>/calibration.json``; a later call with the same target,
+tolerance and overrides reuses it instead of searching again (so a resumed sweep does not
+re-train the probes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -27,6 +36,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from saeseeds.config import register_configs
+from saeseeds.io import atomic_write_json
 from saeseeds.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +96,20 @@ def calibrate(target: float, overrides: list[str], tolerance: float, max_probes:
         return best
 
 
+def recorded_coefficient(record: Path, wanted: dict) -> float | None:
+    """The λ of an earlier calibration into this sweep folder, if it was for the same target."""
+    if not record.is_file():
+        return None
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if {key: recorded.get(key) for key in wanted} != wanted:
+        return None
+    value = recorded.get("l1_coefficient")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=32, help="target L0 (Top-K's and BatchTopK's k)")
@@ -94,16 +118,33 @@ def main() -> None:
     parser.add_argument("--max-probes", type=int, default=8)
     parser.add_argument("--calibrate-only", action="store_true")
     parser.add_argument("--sweep-dir", help="default: outputs/multirun/architectures-<time>")
+    parser.add_argument(
+        "--control",
+        choices=("none", "gaussian"),
+        default="none",
+        help="also train each architecture on Gaussian data of the same mean and covariance",
+    )
     args, overrides = parser.parse_known_args()
 
     started = time.perf_counter()
-    print(f"Searching the ReLU+L1 coefficient for held-out L0 ≈ {args.k}:")
-    coefficient = calibrate(args.k, overrides, args.tolerance, args.max_probes)
+    sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
+    record = Path(sweep_dir) / "calibration.json"
+    wanted = {"k": args.k, "tolerance": args.tolerance, "overrides": overrides}
+    coefficient = recorded_coefficient(record, wanted)
+    if coefficient is None:
+        print(f"Searching the ReLU+L1 coefficient for held-out L0 ≈ {args.k}:")
+        coefficient = calibrate(args.k, overrides, args.tolerance, args.max_probes)
+        if not args.calibrate_only:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(record, {**wanted, "l1_coefficient": coefficient})
+    else:
+        print(f"Reusing the ReLU+L1 coefficient calibrated earlier ({record}).")
     print(f"λ = {coefficient:.6g}")
     if args.calibrate_only:
         return
-    sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
     common = [f"seed={args.seeds}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    if args.control != "none":
+        common.append(f"data.control=none,{args.control}")
     commands = [
         ["-m", "sae=topk,batchtopk", f"sae.k={args.k}", *common],
         ["-m", "sae=relu_l1", f"sae.l1_coefficient={coefficient:.6g}", *common],

@@ -237,13 +237,29 @@ def architecture_claims(groups: Groups) -> list[Claim]:
     claim = Claim(
         "architecture", "ReLU+L1 SAEs are more stable than Top-K at matched sparsity",
         PAULO_BELROSE, "shared", "ReLU+L1 − Top-K",
-        "Top-K at the same held-out L0 (the calibrated ReLU+L1 coefficient)", 1,
+        "Top-K at the same held-out L0 (the calibrated ReLU+L1 coefficient), and the two "
+        "architectures' own geometry controls", 1,
     )  # fmt: skip
-    relu, topk = (groups.find(sae__architecture=name) for name in ("relu_l1", "topk"))
+    relu, topk = (real(groups, sae__architecture=name) for name in ("relu_l1", "topk"))
+    control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (relu, topk)))
     for metric in ("shared", "decoder_median"):
-        found = finding(metric.replace("_", " "), relu, topk, metric, 1)
+        found = finding(metric.replace("_", " "), relu, topk, metric, 1, control)
         claim.findings += [found] if found else []
+    duplicates = [near_duplicate_share(group) for group in (relu, topk)]
+    if None not in duplicates and max(duplicates) >= 0.1:
+        claim.note = (
+            f"Near-duplicates: {duplicates[0]:.0%} of ReLU+L1's live features and "
+            f"{duplicates[1]:.0%} of Top-K's have another feature of their own dictionary at "
+            "decoder cosine ≥ 0.9. Copies of one direction match each other in every seed, so "
+            "the matched statistics of the more redundant dictionary overstate how many distinct "
+            "features reproduce."
+        )
     return [claim] if claim.findings else []
+
+
+def near_duplicate_share(group: dict | None) -> float | None:
+    """The analysis's near-duplicate share of a group (None without it)."""
+    return ((group or {}).get("redundancy") or {}).get("near_duplicate_share")
 
 
 # ---- Gerasimov et al.: masking and subspaces ----

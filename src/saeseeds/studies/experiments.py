@@ -85,8 +85,14 @@ EXPERIMENTS: dict[str, Experiment] = {
             name="architectures",
             title="Top-K vs ReLU+L1 vs BatchTopK at matched L0 (Paulo & Belrose 2025)",
             kind=CALIBRATED,
-            calibration={"--k": "32", "--seeds": "1,2,3"},
-            tiny_calibration={"--k": "8", "--seeds": "1,2,3", "--max-probes": "4"},
+            # Each architecture with its own geometry control (the same λ or k, Gaussian data).
+            calibration={"--k": "32", "--seeds": "1,2,3", "--control": "gaussian"},
+            tiny_calibration={
+                "--k": "8",
+                "--seeds": "1,2,3",
+                "--max-probes": "4",
+                "--control": "gaussian",
+            },
             tiny=("sae.n_features=64", "data.n_tokens=4096", *SMOKE_DATA),
         ),
     )

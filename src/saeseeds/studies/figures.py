@@ -110,11 +110,16 @@ def architectures_figure(groups: Groups, path: Path) -> Path | None:
     for axis, metric, title in ((axes[0], "shared", "shared fraction"),
                                 (axes[1], "decoder_median", "median matched cosine")):  # fmt: skip
         for x, name in enumerate(architectures):
-            _point(axis, x, groups.find(sae__architecture=name), metric, f"C{x}")
+            group = real(groups, sae__architecture=name)
+            for offset, kind in ((-0.1, "real"), (0.1, "gaussian")):
+                shown = group if kind == "real" else control_group(groups, group, kind)
+                label = NAMES[kind] if x == 0 and axis is axes[0] else None
+                _point(axis, x + offset, shown, metric, COLOURS[kind], label=label)
         axis.set_xticks(range(len(architectures)))
         axis.set_xticklabels(architectures)
         axis.set_title(title)
         axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     return _save(figure, path)
 
 

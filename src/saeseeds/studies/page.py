@@ -25,6 +25,7 @@ from saeseeds.studies.claims import (
     control_group,
     describe,
     masking_claim,
+    near_duplicate_share,
     real,
     seed_study_claims,
     size_and_tokens_claims,
@@ -282,13 +283,22 @@ def size_tokens_section(study: dict[str, Any], figure: Path | None, page: Path) 
 def architectures_section(study: dict[str, Any], figure: Path | None, page: Path) -> list[str]:
     groups: Groups = study["groups"]
     lines = ["## 3. Architectures at matched L0 (Paulo & Belrose 2025)", "",
-             "| architecture | held-out L0 | held-out FVU | shared | median matched cosine |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+             "Trained model [seed-bootstrap 95% CI], and in parentheses the same architecture "
+             "and settings trained on its geometry control (Gaussian data with the activations' "
+             "mean and covariance). Near-duplicates: share of live features with another feature "
+             "of their own dictionary at decoder cosine ≥ 0.9 (mean over seeds).", "",
+             "| architecture | held-out L0 | held-out FVU | shared | median matched cosine "
+             "| near-duplicates |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name in groups.values("sae.architecture"):
-        group = groups.find(sae__architecture=name)
+        group = real(groups, sae__architecture=name)
+        control = control_group(groups, group, "gaussian")
+        cells = [f"{fmt_stat(group, metric)} ({fmt(statistic(control, metric)['value'])})"
+                 for metric in ("shared", "decoder_median")]  # fmt: skip
+        duplicates = [pct(near_duplicate_share(g)) for g in (group, control)]
         lines.append(f"| {name} | {fmt(mean_run_metric(group, 'l0'), 1)} | "
-                     f"{fmt(mean_run_metric(group, 'fvu'))} | {fmt_stat(group, 'shared')} | "
-                     f"{fmt_stat(group, 'decoder_median')} |")  # fmt: skip
+                     f"{fmt(mean_run_metric(group, 'fvu'))} | {cells[0]} | {cells[1]} | "
+                     f"{duplicates[0]} ({duplicates[1]}) |")  # fmt: skip
     if figure is not None:
         lines += ["", f"![Stability by architecture]({_relative(figure, page)})"]
     return lines + _convergence(groups)

@@ -1,0 +1,75 @@
+"""scripts/sweep_architectures.py on synthetic activations: calibrate λ, train the three
+architectures with their geometry controls into one sweep folder, and on a second call reuse
+the recorded λ and the complete runs instead of training again; then the studies script analyses
+the sweep and writes the architectures section of the results page, each architecture beside its
+own control."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT
+
+TINY = [
+    "data=synthetic", "data.d_in=16", "data.n_true_features=16", "data.k_true=2",
+    "sae.n_features=16", "trainer.max_epochs=2", "logger=none",
+    "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def sweep_architectures(sweep: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "sweep_architectures.py"),
+               "--k", "2", "--seeds", "1,2", "--max-probes", "1", "--control", "gaussian",
+               "--sweep-dir", str(sweep), *TINY]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def test_each_architecture_gets_its_control_and_a_rerun_reuses_the_calibration(tmp_path):
+    out = tmp_path / "studies"
+    sweep = out / "architectures" / "sweep"  # where run_studies.py looks for it
+    first = sweep_architectures(sweep)
+    assert "Searching the ReLU+L1 coefficient" in first.stdout
+    complete = sorted(sweep.glob("*/COMPLETE"))
+    configs = [json.loads((path.parent / "cfg.json").read_text()) for path in complete]
+    assert len(complete) == 12, [path.parent.name for path in complete]
+    names = [path.parent.name for path in complete]
+    for architecture in ("topk", "batchtopk", "relu_l1"):
+        ours = [name for name in names if f"sae={architecture}," in name]
+        assert sorted("data.control=gaussian" in name for name in ours) == [0, 0, 1, 1], names
+    assert {config["architecture"] for config in configs} == {"topk", "batchtopk", "relu_l1"}
+    record = json.loads((sweep / "calibration.json").read_text())
+    assert record["k"] == 2 and record["overrides"] == TINY and record["l1_coefficient"] > 0
+    stamps = {path: path.stat().st_mtime_ns for path in complete}
+
+    second = sweep_architectures(sweep)
+    assert "Reusing the ReLU+L1 coefficient" in second.stdout
+    assert "Searching" not in second.stdout
+    assert {path: path.stat().st_mtime_ns for path in sorted(sweep.glob("*/COMPLETE"))} == stamps
+
+    page = out / "results.md"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "run_studies.py"), "--tiny",
+               "--only", "architectures", "--stages", "analyze,page", "--out", str(out),
+               "--page", str(page)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = json.loads((out / "architectures" / "analysis" / "summary.json").read_text())
+    assert len(summary["groups"]) == 6  # 3 architectures x (condition, geometry control)
+    conditions = [g for g in summary["groups"].values() if g.get("role") == "condition"]
+    assert len(conditions) == 3 and all("gaussian" in g["controls"] for g in conditions)
+    assert all("redundancy" in group for group in summary["groups"].values())
+    text = page.read_text()
+    section = text.split("## 3. Architectures")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "(" in line]
+    assert {row.split(" | ")[0][2:] for row in rows} >= {"topk", "batchtopk", "relu_l1"}
+    claim = text.split("**ReLU+L1 SAEs are more stable than Top-K")[-1].split("\n\n")[1]
+    assert claim.count("gaussian:") == 2, claim  # shared and median, each against the controls
