@@ -74,7 +74,9 @@ def calibrate(target: float, overrides: list[str], tolerance: float, max_probes:
 
         # L0 falls as λ rises: bracket the target with L0(low) >= target >= L0(high).
         low = high = 1.0
-        if probe(1.0) >= target:
+        if abs(probe(1.0) - target) <= tolerance * target:
+            return 1.0
+        if probes[1.0] >= target:
             while probes[high] > target and len(probes) < max_probes:
                 low, high = high, high * 4
                 probe(high)
@@ -129,7 +131,9 @@ def main() -> None:
     started = time.perf_counter()
     sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
     record = Path(sweep_dir) / "calibration.json"
-    wanted = {"k": args.k, "tolerance": args.tolerance, "overrides": overrides}
+    # Launcher and output settings do not change λ; everything else (data, model, size) may.
+    relevant = [item for item in overrides if not item.lstrip("+~").startswith("hydra")]
+    wanted = {"k": args.k, "tolerance": args.tolerance, "overrides": relevant}
     coefficient = recorded_coefficient(record, wanted)
     if coefficient is None:
         print(f"Searching the ReLU+L1 coefficient for held-out L0 ≈ {args.k}:")

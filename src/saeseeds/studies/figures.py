@@ -71,35 +71,45 @@ def seed_study_figure(groups: Groups, path: Path) -> Path | None:
 
 
 def size_tokens_figure(groups: Groups, path: Path) -> Path | None:
-    """Shared fraction against dictionary size, one line per token budget, real vs control."""
+    """Shared fraction and median matched cosine against dictionary size, one line per token
+    budget, real (solid) vs geometry control (dashed)."""
     sizes = [n for n in groups.values("sae.n_features") if isinstance(n, int)]
     if not sizes:
         return None
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for index, n_tokens in enumerate(groups.values("data.n_tokens")):
-        for kind, style in (("real", "-"), ("gaussian", "--")):
-            xs, ys, lows, highs = [], [], [], []
-            for n in sizes:
-                group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
-                group = group if kind == "real" else control_group(groups, group, kind)
-                entry = statistic(group, "shared")
-                if entry["value"] is None:
-                    continue
-                xs.append(n)
-                ys.append(entry["value"])
-                lows.append(entry["ci_low"] if entry["ci_low"] is not None else entry["value"])
-                highs.append(entry["ci_high"] if entry["ci_high"] is not None else entry["value"])
-            if xs:
-                colour = f"C{index}"
-                axis.plot(xs, ys, style, marker="o", color=colour,
-                          label=f"{n_tokens:,} tokens, {NAMES[kind]}")  # fmt: skip
-                axis.fill_between(xs, lows, highs, color=colour, alpha=0.15)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("dictionary size (features)")
-    axis.set_ylabel("shared fraction (decoder and encoder cosine > 0.7)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("shared", "shared fraction (decoder and encoder cosine > 0.7)"),
+              ("decoder_median", "median matched decoder cosine"))  # fmt: skip
+    for axis, (metric, ylabel) in zip(axes, panels, strict=True):
+        for index, n_tokens in enumerate(groups.values("data.n_tokens")):
+            for kind, style in (("real", "-"), ("gaussian", "--")):
+                _size_line(axis, groups, sizes, n_tokens, kind, metric, style, f"C{index}")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("dictionary size (features)")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
     return _save(figure, path)
+
+
+def _size_line(
+    axis: Any, groups: Groups, sizes: list[int], n_tokens: int, kind: str, metric: str,
+    style: str, colour: str,
+) -> None:  # fmt: skip
+    xs, ys, lows, highs = [], [], [], []
+    for n in sizes:
+        group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
+        group = group if kind == "real" else control_group(groups, group, kind)
+        entry = statistic(group, metric)
+        if entry["value"] is None:
+            continue
+        xs.append(n)
+        ys.append(entry["value"])
+        lows.append(entry["ci_low"] if entry["ci_low"] is not None else entry["value"])
+        highs.append(entry["ci_high"] if entry["ci_high"] is not None else entry["value"])
+    if xs:
+        axis.plot(xs, ys, style, marker="o", color=colour,
+                  label=f"{n_tokens:,} tokens, {NAMES[kind]}")  # fmt: skip
+        axis.fill_between(xs, lows, highs, color=colour, alpha=0.15)
 
 
 def architectures_figure(groups: Groups, path: Path) -> Path | None:

@@ -262,21 +262,24 @@ def size_tokens_section(study: dict[str, Any], figure: Path | None, page: Path) 
     groups: Groups = study["groups"]
     sizes = groups.values("sae.n_features")
     lines = ["## 2. Dictionary size and training tokens (Paulo & Belrose 2025)", "",
-             "Shared fraction [seed-bootstrap 95% CI] of the trained model, and of its geometry "
-             f"control in parentheses; {_seeds(groups)} seeds, Top-K with k = "
+             "Shared fraction, then median matched cosine, [seed-bootstrap 95% CI] of the "
+             "trained model, and of its geometry control in parentheses; "
+             f"{_seeds(groups)} seeds, Top-K with k = "
              f"{', '.join(str(k) for k in groups.values('sae.k'))}, layer "
              f"{', '.join(str(layer) for layer in groups.values('hook.layer'))}.", "",
              "| training tokens | " + " | ".join(f"{n} features" for n in sizes) + " |",
              "| --- |" + " --- |" * len(sizes)]  # fmt: skip
-    for n_tokens in groups.values("data.n_tokens"):
-        row = f"| {n_tokens:,} |"
-        for n in sizes:
-            group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
-            control = statistic(control_group(groups, group, "gaussian"), "shared")["value"]
-            row += f" {fmt_stat(group, 'shared')} ({fmt(control)}) |"
-        lines.append(row)
+    for metric, name in (("shared", "shared fraction"), ("decoder_median", "median cosine")):
+        for n_tokens in groups.values("data.n_tokens"):
+            row = f"| {n_tokens:,} ({name}) |"
+            for n in sizes:
+                group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
+                control = statistic(control_group(groups, group, "gaussian"), metric)["value"]
+                row += f" {fmt_stat(group, metric)} ({fmt(control)}) |"
+            lines.append(row)
     if figure is not None:
-        lines += ["", f"![Shared fraction against dictionary size]({_relative(figure, page)})"]
+        lines += ["", "![Shared fraction and median matched cosine against dictionary size]"
+                      f"({_relative(figure, page)})"]  # fmt: skip
     return lines + _convergence(groups)
 
 
