@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from saeseeds.analysis.app import run_analysis
+from saeseeds.analysis.group_stats import GroupPairs
+from saeseeds.analysis.pair_metrics import ComputeSettings, compare_pair
 from saeseeds.analysis.redundancy import nearest_neighbour_cosines, redundancy
 from tests.analysis.conftest import noisy_permuted_copy
 from tests.analysis.run_folders import random_directions, unit, write_sweep
@@ -28,14 +31,23 @@ def test_nearest_neighbour_is_the_best_other_row_across_blocks():
     assert nearest[2] == nearest[7] > 0.99
 
 
+def group_of(*runs) -> GroupPairs:
+    group = GroupPairs(runs=list(runs))
+    for run_a, run_b in combinations(runs, 2):
+        group.pairs[(run_a.seed, run_b.seed)] = compare_pair(run_a, run_b, ComputeSettings())
+    return group
+
+
 def test_share_counts_live_features_with_a_copy_and_ignores_dead_ones():
     base = random_directions(8, D_IN, seed=3)
     # Rows 0-2 are one direction (3 copies); row 7 copies row 6 but is dead.
     decoder = np.vstack([base[0], base[0], base[0], base[3:6], base[6], base[6]])
     fire = np.array([5, 5, 5, 5, 5, 5, 5, 0])
-    result = redundancy([run(1, decoder, fire=fire), run(2, base, fire=np.full(8, 5))], 0.9)
+    group = group_of(run(1, decoder, fire=fire), run(2, base, fire=np.full(8, 5)))
+    result = redundancy(group, 0.9, 0.7)
     assert result["per_seed"]["1"] == {
         "n_live": 7,
+        "n_distinct": 4,
         "near_duplicate_share": pytest.approx(3 / 7),
         "median_nearest_neighbour": pytest.approx(
             float(np.median(nearest_neighbour_cosines(decoder[:7])))
@@ -43,8 +55,22 @@ def test_share_counts_live_features_with_a_copy_and_ignores_dead_ones():
     }
     assert result["per_seed"]["2"]["near_duplicate_share"] == 0.0
     assert result["near_duplicate_share"] == pytest.approx(3 / 14)
-    one_live = redundancy([run(1, base[:2], fire=[5, 0])], 0.9)["per_seed"]["1"]
+    one_live = redundancy(group_of(run(1, base[:2], fire=[5, 0])), 0.9, 0.7)["per_seed"]["1"]
     assert one_live["near_duplicate_share"] is None
+
+
+def test_distinct_features_are_matched_without_their_copies():
+    # Seed 1: features 0-3 are one direction (which seed 2 has once), 4-7 seed 2's own features.
+    base = random_directions(8, D_IN, seed=5)
+    copies = np.vstack([base[0]] * 4 + [base[4:8]])
+    other = np.vstack([base[0], random_directions(3, D_IN, seed=6), base[4:8]])
+    group = group_of(run(1, copies), run(2, other))
+    distinct = redundancy(group, 0.9, 0.7)["distinct"]
+    # Distinct: features 4-7 of seed 1 (all matched exactly) and all 8 of seed 2, of which the
+    # 3 random ones match seed 1's spare copies at low cosine; seed 2's feature 0 matches a copy.
+    pooled = np.concatenate([np.ones(4), np.ones(5), np.zeros(3)])  # shared or not
+    assert distinct["shared"] == pytest.approx(pooled.mean())
+    assert distinct["decoder_median"] == pytest.approx(1.0, abs=1e-5)
 
 
 def collapsed(seed: int, n_features: int) -> np.ndarray:
@@ -68,6 +94,10 @@ def test_a_collapsed_group_is_flagged_in_summary_and_verdict(tmp_path: Path, ana
     flagged, clean = groups["sae.n_features=24"], groups["sae.n_features=40"]
     assert flagged["redundancy"]["near_duplicate_share"] >= 0.5
     assert clean["redundancy"]["near_duplicate_share"] < 0.1
+    # The copies matched each other; without them the collapsed group has little left.
+    distinct = flagged["redundancy"]["distinct"]
+    assert distinct["decoder_median"] < flagged["statistics"]["decoder_median"]["value"]
+    assert clean["redundancy"]["distinct"]["shared"] > 0.8
     report = (report_dir / "report.md").read_text()
     verdict = report.split("## Verdict")[1].split("\n## ")[0]
     lines = {line.split("**")[1]: line for line in verdict.splitlines() if line.startswith("- **")}

@@ -200,8 +200,8 @@ def analyse_group(
         )
     if metrics.redundancy:
         report.extras["redundancy"] = redundancy(
-            group.runs, cfg.duplicate_threshold, block_size=settings.block_size,
-            device=settings.device,
+            pairs, cfg.duplicate_threshold, cfg.shared_threshold,
+            block_size=settings.block_size, device=settings.device,
         )  # fmt: skip
     timings["group_statistics_s"] = time.perf_counter() - start
 

@@ -7,6 +7,10 @@ excluded on both sides), and the group reports the share of live features whose 
 is at or above a threshold (0.9 by default: the same direction up to noise), averaged over seeds,
 with the median nearest-neighbour cosine. Top-K SAEs trained to convergence have almost none; a
 high share says the matched cosines of that group partly count copies of the same few directions.
+
+With a one-to-one (Hungarian) matching, the group's median matched decoder cosine and shared
+fraction are also given over the **distinct** features only (live, no near-duplicate in their
+own dictionary), from the same matchings: what remains of the stability once copies are set aside.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from saeseeds.analysis.loading import RunFolder
+from saeseeds.analysis.group_stats import GroupPairs
+from saeseeds.analysis.pair_metrics import cosines_by_column, cosines_by_row, shared_masks
 from saeseeds.analysis.similarity import cosine_similarity
 
 
@@ -43,18 +48,29 @@ def nearest_neighbour_cosines(
 
 
 def redundancy(
-    runs: list[RunFolder], threshold: float, *, block_size: int = 2048, device: str = "cpu"
+    group: GroupPairs,
+    threshold: float,
+    shared_threshold: float,
+    *,
+    block_size: int = 2048,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Near-duplicate share and median nearest-neighbour cosine of the live decoder rows, per
-    seed and averaged over seeds."""
-    per_seed = {}
-    for run in runs:
-        live = run.decoder_directions[run.live_mask]  # [n_live, d_in]
-        nearest = nearest_neighbour_cosines(live, block_size=block_size, device=device)
+    seed and averaged over seeds; with an assignment, the stability of the distinct features."""
+    per_seed, distinct = {}, {}
+    for run in group.runs:
+        live = run.live_mask  # [n_features]
+        nearest = nearest_neighbour_cosines(
+            run.decoder_directions[live], block_size=block_size, device=device
+        )  # [n_live]
+        distinct[run.seed] = live.copy()
+        distinct[run.seed][live] = nearest < threshold
+        enough = int(live.sum()) > 1
         per_seed[str(run.seed)] = {
-            "n_live": int(live.shape[0]),
-            "near_duplicate_share": float(np.mean(nearest >= threshold)) if len(live) > 1 else None,
-            "median_nearest_neighbour": float(np.median(nearest)) if len(live) > 1 else None,
+            "n_live": int(live.sum()),
+            "n_distinct": int(distinct[run.seed].sum()),
+            "near_duplicate_share": float(np.mean(nearest >= threshold)) if enough else None,
+            "median_nearest_neighbour": float(np.median(nearest)) if enough else None,
         }
 
     def mean(key: str) -> float | None:
@@ -66,4 +82,34 @@ def redundancy(
         "near_duplicate_share": mean("near_duplicate_share"),
         "median_nearest_neighbour": mean("median_nearest_neighbour"),
         "per_seed": per_seed,
+        "distinct": distinct_stability(group, distinct, shared_threshold),
     }
+
+
+def distinct_stability(
+    group: GroupPairs, distinct: dict[int, np.ndarray], shared_threshold: float
+) -> dict[str, float | None] | None:
+    """Median matched decoder cosine and shared fraction over the distinct features of both
+    sides of each pair (full Hungarian matchings), averaged over pairs; None without an
+    assignment. ``shared`` is None without encoder matchings."""
+    medians, shares = [], []
+    for (seed_a, seed_b), pair in group.pairs.items():
+        if pair.decoder is None:
+            return None
+        mask_a, mask_b = distinct[seed_a], distinct[seed_b]
+        cosines = np.concatenate([
+            cosines_by_row(pair.decoder, pair.n_features_a)[mask_a],
+            cosines_by_column(pair.decoder, pair.n_features_b)[mask_b],
+        ])  # fmt: skip
+        cosines = cosines[~np.isnan(cosines)]
+        medians.append(float(np.median(cosines)) if len(cosines) else np.nan)
+        if pair.encoder is not None:
+            shared_a, shared_b = shared_masks(pair, shared_threshold)
+            both = np.concatenate([shared_a[mask_a], shared_b[mask_b]])
+            shares.append(float(both.mean()) if len(both) else np.nan)
+
+    def mean(values: list[float]) -> float | None:
+        kept = [value for value in values if not np.isnan(value)]
+        return float(np.mean(kept)) if kept else None
+
+    return {"decoder_median": mean(medians), "shared": mean(shares) if shares else None}

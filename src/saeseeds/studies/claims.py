@@ -268,6 +268,14 @@ def architecture_claims(groups: Groups) -> list[Claim]:
             "the matched statistics of the more redundant dictionary overstate how many distinct "
             "features reproduce."
         )
+        distinct = [((g or {}).get("redundancy") or {}).get("distinct") or {} for g in (relu, topk)]
+        if all(entry.get("shared") is not None for entry in distinct):
+            claim.note += (
+                " Over the distinct features only (live, no near-duplicate), shared is "
+                f"{distinct[0]['shared']:.3f} for ReLU+L1 and {distinct[1]['shared']:.3f} for "
+                f"Top-K; median matched cosine {distinct[0]['decoder_median']:.3f} and "
+                f"{distinct[1]['decoder_median']:.3f}."
+            )
     return [claim] if claim.findings else []
 
 

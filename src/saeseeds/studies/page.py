@@ -289,10 +289,12 @@ def architectures_section(study: dict[str, Any], figure: Path | None, page: Path
              "Trained model [seed-bootstrap 95% CI], and in parentheses the same architecture "
              "and settings trained on its geometry control (Gaussian data with the activations' "
              "mean and covariance). Near-duplicates: share of live features with another feature "
-             "of their own dictionary at decoder cosine ≥ 0.9 (mean over seeds).", "",
+             "of their own dictionary at decoder cosine ≥ 0.9 (mean over seeds); the last column "
+             "gives shared and median matched cosine over the other, distinct, features only.",
+             "",
              "| architecture | held-out L0 | held-out FVU | shared | median matched cosine "
-             "| near-duplicates |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| near-duplicates | distinct features: shared, median |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name in groups.values("sae.architecture"):
         group = real(groups, sae__architecture=name)
         control = control_group(groups, group, "gaussian")
@@ -301,10 +303,17 @@ def architectures_section(study: dict[str, Any], figure: Path | None, page: Path
         duplicates = [pct(near_duplicate_share(g)) for g in (group, control)]
         lines.append(f"| {name} | {fmt(mean_run_metric(group, 'l0'), 1)} | "
                      f"{fmt(mean_run_metric(group, 'fvu'))} | {cells[0]} | {cells[1]} | "
-                     f"{duplicates[0]} ({duplicates[1]}) |")  # fmt: skip
+                     f"{duplicates[0]} ({duplicates[1]}) | {distinct_cell(group)} "
+                     f"({distinct_cell(control)}) |")  # fmt: skip
     if figure is not None:
         lines += ["", f"![Stability by architecture]({_relative(figure, page)})"]
     return lines + _convergence(groups)
+
+
+def distinct_cell(group: dict | None) -> str:
+    """Shared and median matched cosine over a group's distinct features."""
+    distinct = ((group or {}).get("redundancy") or {}).get("distinct") or {}
+    return f"{fmt(distinct.get('shared'))}, {fmt(distinct.get('decoder_median'))}"
 
 
 def masking_section(study: dict[str, Any], figure: Path | None, page: Path) -> list[str]:

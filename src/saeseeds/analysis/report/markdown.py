@@ -223,8 +223,19 @@ def _findings(report: GroupReport) -> list[str]:
             f"live features have another feature of their own dictionary at decoder cosine ≥ "
             f"{redundancy['threshold']:g} (median nearest-neighbour cosine "
             f"{redundancy['median_nearest_neighbour']:.3f}; mean over seeds)"
+            + _distinct_clause(redundancy.get("distinct"))
         )
     return lines
+
+
+def _distinct_clause(distinct: dict[str, Any] | None) -> str:
+    if not distinct or distinct.get("decoder_median") is None:
+        return ""
+    clause = "; over the distinct features only: median matched cosine "
+    clause += f"{distinct['decoder_median']:.3f}"
+    if distinct.get("shared") is not None:
+        clause += f", shared {distinct['shared']:.3f}"
+    return clause
 
 
 def _context(example: dict[str, Any]) -> str:
