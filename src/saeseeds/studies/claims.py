@@ -268,7 +268,7 @@ def architecture_claims(groups: Groups) -> list[Claim]:
             "the matched statistics of the more redundant dictionary overstate how many distinct "
             "features reproduce."
         )
-        distinct = [((g or {}).get("redundancy") or {}).get("distinct") or {} for g in (relu, topk)]
+        distinct = [redundancy_of(group).get("distinct") or {} for group in (relu, topk)]
         if all(entry.get("shared") is not None for entry in distinct):
             claim.note += (
                 " Over the distinct features only (live, no near-duplicate), shared is "
@@ -279,9 +279,14 @@ def architecture_claims(groups: Groups) -> list[Claim]:
     return [claim] if claim.findings else []
 
 
+def redundancy_of(group: dict | None) -> dict[str, Any]:
+    """A group's ``redundancy`` entry of summary.json ({} without it)."""
+    return (group or {}).get("redundancy") or {}
+
+
 def near_duplicate_share(group: dict | None) -> float | None:
     """The analysis's near-duplicate share of a group (None without it)."""
-    return ((group or {}).get("redundancy") or {}).get("near_duplicate_share")
+    return redundancy_of(group).get("near_duplicate_share")
 
 
 # ---- Gerasimov et al.: masking and subspaces ----

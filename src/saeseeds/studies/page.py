@@ -27,6 +27,7 @@ from saeseeds.studies.claims import (
     masking_claim,
     near_duplicate_share,
     real,
+    redundancy_of,
     seed_study_claims,
     size_and_tokens_claims,
     subspace_claim,
@@ -312,7 +313,7 @@ def architectures_section(study: dict[str, Any], figure: Path | None, page: Path
 
 def distinct_cell(group: dict | None) -> str:
     """Shared and median matched cosine over a group's distinct features."""
-    distinct = ((group or {}).get("redundancy") or {}).get("distinct") or {}
+    distinct = redundancy_of(group).get("distinct") or {}
     return f"{fmt(distinct.get('shared'))}, {fmt(distinct.get('decoder_median'))}"
 
 
