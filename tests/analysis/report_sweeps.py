@@ -13,11 +13,13 @@ SCRIPT_CONTEXT = '<script>window.pwned = 1</script> and <img src=x onerror="wind
 
 
 def contexts_of(seed: int, feature: int, per_feature: int, marker: tuple[str, str]) -> list[dict]:
-    """Distinct, searchable contexts; seed 1's feature 3 fires on markup."""
+    """Distinct, searchable contexts as long as the trainer's (12 tokens before the firing one, 4
+    after); seed 1's feature 3 fires on markup."""
     contexts = []
     for rank in range(per_feature):
         token = f"ing{feature}"
-        before = SCRIPT_CONTEXT if (seed, feature, rank) == (1, 3, 0) else f"seed{seed} the "
+        before = f"seed{seed} the quick brown fox jumps over a lazy dog and then "
+        before = SCRIPT_CONTEXT if (seed, feature, rank) == (1, 3, 0) else before
         text = f"{before}{marker[0]}{token}{marker[1]} word{rank} | *x* `y`"
         contexts.append({"activation": round(4.0 - rank * 0.5, 3), "text": text, "token": token})
     return contexts

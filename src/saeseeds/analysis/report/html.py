@@ -103,7 +103,7 @@ def group_data(table: FeatureTable, per_feature: int, full_rows: int) -> dict[st
         "description": f"n_features={run.n_features}, d_in={run.d_in}, k={run.cfg.get('k')}, "
         f"hook {run.hook_name}, model {run.cfg.get('model_name')}",
         "latents": table.versions.latents.tolist(),
-        "cosines": np.round(table.versions.cosines[:, upper[0], upper[1]], 3).ravel().tolist(),
+        "cosines": _rounded(table.versions.cosines[:, upper[0], upper[1]].ravel()),
         "frequency": [_significant(r.firing_frequency) for r in table.runs],
         "best": _rounded(table.best_match),
         "reappearance": _rounded(table.reappearance),
