@@ -30,7 +30,8 @@ CONDITION = "data.control=none"
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> Path:
-    """The report folder of a real analysis of a condition and its geometry control."""
+    """The report folder of a real analysis of a condition and its geometry control, with its
+    offline W&B run."""
     from omegaconf import OmegaConf
 
     from saeseeds.analysis.config import AnalyzeConfig
@@ -38,10 +39,15 @@ def analysed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("page")
     sweep = write_page_sweep(root / "sweep", N_FEATURES, 16)
     cfg = OmegaConf.structured(AnalyzeConfig)
-    cfg.sweep_dir, cfg.logger.enabled, cfg.progress = str(sweep), False, False
+    cfg.sweep_dir, cfg.progress, cfg.logger.mode = str(sweep), False, "offline"
     cfg.bootstrap.n_samples, cfg.baseline.n_samples = 200, 9
     cfg.report.examples_per_feature = 3
-    run_analysis(cfg, root / "report")
+    with pytest.MonkeyPatch.context() as environment:  # as the autouse offline_wandb fixture
+        environment.setenv("WANDB_SILENT", "true")
+        environment.setenv("WANDB_CONFIG_DIR", str(root / "wandb_config"))
+        environment.delenv("WANDB_API_KEY", raising=False)
+        outcome = run_analysis(cfg, root / "report")
+    assert outcome.summary["wandb"]["mode"] == "offline"
     return root / "report"
 
 
@@ -174,13 +180,8 @@ def test_page_in_headless_chromium(analysed, tmp_path):
         assert page.console_errors() == []
 
 
-def test_analysis_run_logs_the_feature_table_with_contexts(tmp_path, analysis_config):
-    sweep = write_page_sweep(tmp_path / "sweep", 12, 8)
-    report_dir = tmp_path / "report"
-    cfg = analysis_config(str(sweep), **{"logger.enabled": True, "report.figures": False})
-    outcome = run_analysis(cfg, report_dir)
-    assert outcome.summary["wandb"]["mode"] == "offline"
-    (run_folder,) = (report_dir / "wandb").glob("offline-run-*")
+def test_analysis_run_logs_the_feature_table_with_contexts(analysed):
+    (run_folder,) = (analysed / "wandb").glob("offline-run-*")
     assert f"features/{CONDITION}/_type" in offline_wandb_run(run_folder)["history_keys"]
     (table_file,) = (run_folder / "files" / "media" / "table" / "features").glob(
         "data.control=none*.table.json"
@@ -192,8 +193,8 @@ def test_analysis_run_logs_the_feature_table_with_contexts(tmp_path, analysis_co
                            "near_duplicate"]  # fmt: skip
     assert {"seed2_feature", "seed3_cosine", "seed1_contexts", "seed3_contexts"} <= set(columns)
     rows = [dict(zip(columns, row, strict=True)) for row in table["data"]]
-    assert [row["feature"] for row in rows] == list(range(12))
-    features = {int(row["feature"]): row for row in seed1_features(report_dir)}
+    assert [row["feature"] for row in rows] == list(range(N_FEATURES))
+    features = {int(row["feature"]): row for row in seed1_features(analysed)}
     for row in rows:
         expected = features[row["feature"]]
         assert row["beyond_geometry"] == (expected["beyond_geometry"] == "1")
