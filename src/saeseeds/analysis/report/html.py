@@ -69,11 +69,11 @@ def _contexts(table: FeatureTable, per_feature: int, full_rows: int) -> tuple[li
     full = np.zeros(table.n_features, dtype=np.int64)
     full[ranking[:full_rows]] = 1
     by_seed: list[dict[str, list]] = [{} for _ in table.seeds]
-    if not table.has_contexts:
+    if not table.has_contexts or per_feature < 1:
         return by_seed, full.tolist()
     latents = table.versions.latents  # [S, n_features]
     for feature in range(table.n_features):
-        limit = per_feature if full[feature] else min(per_feature, 1)
+        limit = per_feature if full[feature] else 1
         for index, seed in enumerate(table.seeds):
             latent = int(latents[index, feature])
             if len(by_seed[index].get(str(latent), [])) >= limit:
@@ -120,7 +120,8 @@ def group_data(table: FeatureTable, per_feature: int, full_rows: int) -> dict[st
             {"latents": partner.tolist(), "cosines": _rounded(cosine)}
             for partner, cosine in one_to_one  # type: ignore[misc]
         ],
-        "has_contexts": table.has_contexts,
+        "has_text": table.has_contexts,
+        "has_contexts": table.has_contexts and per_feature > 0,
         "per_feature": per_feature,
         "full": full,
         "n_full": int(sum(full)),

@@ -82,6 +82,11 @@
     return line;
   }
 
+  function noContexts(group) {
+    if (group.has_contexts) return "no held-out context: it never fired on held-out text";
+    return group.has_text ? "contexts left out (report.examples_per_feature=0)" : "no text data";
+  }
+
   function columnsOf(group) {
     const columns = [
       { key: "feature", title: "feature", width: "78px", value: (i) => i, text: (i) => "#" + i,
@@ -277,7 +282,8 @@
         "to " + group.per_feature + " contexts per seed in their card, the others their strongest" +
         " one; the search looks through the contexts on this page. Every context is in each " +
         "run's top_examples.json."
-      : "No contexts: these runs' data had no text (no top_examples.json).";
+      : group.has_text ? "No contexts on this page: report.examples_per_feature=0."
+        : "No contexts: these runs' data had no text (no top_examples.json).";
     for (const block of document.querySelectorAll(".figures[data-group]")) {
       block.hidden = block.dataset.group !== String(index);
     }
@@ -345,8 +351,7 @@
     column.append(node("p", "facts", facts.join(" \u00b7 ")));
     const contexts = contextsOf(group, position, latent);
     if (!contexts.length) {
-      column.append(node("p", "muted", group.has_contexts
-        ? "no held-out context: it never fired on held-out text" : "no text data"));
+      column.append(node("p", "muted", noContexts(group)));
       return column;
     }
     const list = node("ol", "contexts");
