@@ -277,11 +277,13 @@
     $("filter-stability").disabled = !group.stability;
     $("filter-duplicates").disabled = !group.duplicate;
     $("search").disabled = !group.has_contexts;
+    const which = group.n_full >= group.n ? "Every feature's card shows"
+      : "The " + group.n_full + " features with the highest best-match cosine show";
+    const rest = group.n_full >= group.n ? "" : " in their card, the others their strongest one";
     $("table-note").textContent = group.has_contexts
-      ? "Contexts: the " + group.n_full + " features with the highest best-match cosine show up " +
-        "to " + group.per_feature + " contexts per seed in their card, the others their strongest" +
-        " one; the search looks through the contexts on this page. Every context is in each " +
-        "run's top_examples.json."
+      ? "Contexts: " + which + " up to " + group.per_feature + " contexts per seed" + rest +
+        "; the search looks through the contexts on this page. Every context is in each run's " +
+        "top_examples.json."
       : group.has_text ? "No contexts on this page: report.examples_per_feature=0."
         : "No contexts: these runs' data had no text (no top_examples.json).";
     for (const block of document.querySelectorAll(".figures[data-group]")) {
