@@ -41,6 +41,10 @@ THRESHOLD_TENSOR = "threshold"
 # Per-feature held-out statistics; n_tokens is in the file's metadata.
 FEATURE_STATS_TENSORS = ("fire_count", "activation_sum")
 TOP_EXAMPLES_FORMAT = "saeseeds.top_examples/1"
+# The firing token of a top-examples context is wrapped in these. They are not markup in HTML or
+# Markdown, so a rendered report keeps the token visible; folders written before used the second.
+TOP_EXAMPLES_MARKER = ("⟦", "⟧")  # U+27E6, U+27E7
+EARLIER_TOP_EXAMPLES_MARKERS = (("<<", ">>"),)
 
 # cfg.json fields written for every architecture; an architecture adds its own (k, ...).
 CFG_FIELDS = (

@@ -38,12 +38,14 @@ from saeseeds.analysis.pair_metrics import (
     pair_statistics,
 )
 from saeseeds.analysis.reappearance import (
+    FeatureVersions,
     best_match_by_seed,
+    feature_versions,
     overlap_vs_seeds,
     reappearance_by_seed,
     reappearance_summary,
 )
-from saeseeds.analysis.redundancy import redundancy
+from saeseeds.analysis.redundancy import nearest_by_seed, redundancy
 from saeseeds.analysis.similarity import available_memory_bytes, matrix_bytes
 from saeseeds.analysis.subspaces import unstable_bases, unstable_subspace_overlap
 
@@ -73,6 +75,11 @@ class GroupReport:
     """``hungarian`` or ``argmax`` (:func:`config.resolve_matching`)."""
     subspace_bases: dict[int, np.ndarray] = field(default_factory=dict)
     """{seed: principal directions of its unstable features [d_in, ≤ d_in]}."""
+    versions: FeatureVersions | None = None
+    """The first seed's features, their best matches in every seed and the cosines between them."""
+    nearest_neighbour: dict[int, np.ndarray] = field(default_factory=dict)
+    """{seed: [n_features]}: nearest other live feature's decoder cosine in the same dictionary
+    (NaN for dead features); computed with metrics.redundancy."""
 
     @property
     def label(self) -> str:
@@ -179,6 +186,7 @@ def analyse_group(
         "not_computed": not_computed(matching, cfg),
     }
     report.best_match = best_match_by_seed(pairs)
+    report.versions = feature_versions(pairs)
     report.extras["convergence"] = convergence(group.runs)
     metrics = cfg.metrics
     assigned = matching == HUNGARIAN
@@ -199,10 +207,12 @@ def analyse_group(
             pairs, unstable, cfg.subspace.max_rank, report.subspace_bases
         )
     if metrics.redundancy:
+        report.nearest_neighbour = nearest_by_seed(
+            pairs, block_size=settings.block_size, device=settings.device
+        )
         report.extras["redundancy"] = redundancy(
-            pairs, cfg.duplicate_threshold, cfg.shared_threshold,
-            block_size=settings.block_size, device=settings.device,
-        )  # fmt: skip
+            pairs, cfg.duplicate_threshold, cfg.shared_threshold, nearest=report.nearest_neighbour
+        )
     timings["group_statistics_s"] = time.perf_counter() - start
 
     if metrics.baseline:
