@@ -24,6 +24,14 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 COMPLETE_MARKER = "COMPLETE"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
+# Folded weights at fixed fractions of training (snapshots/fraction=0.25.safetensors, ...) and
+# their index; the final weights are WEIGHTS_FILE. Optional: older folders have none.
+SNAPSHOTS_DIR = "snapshots"
+SNAPSHOT_INDEX = "index.json"
+SNAPSHOTS_FORMAT = "saeseeds.snapshots/1"
+# The SAE's latents on the first held-out rows, sparse (CSR); optional like the snapshots.
+HELDOUT_CODES_FILE = "heldout_codes.safetensors"
+HELDOUT_CODES_TENSORS = ("indptr", "indices", "values")
 # Hydra's record of the job's composed config. The trainer writes it itself once it has accepted
 # a job (Hydra's own writing is off), so a refused command never rewrites a finished folder's.
 HYDRA_DIR = ".hydra"
@@ -71,6 +79,10 @@ OPERATIONAL_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.checkpoint_every_n_steps",
     "trainer.log_every_n_steps",
+    # What is saved besides the weights (snapshots, held-out codes); the weights do not change.
+    "trainer.snapshots",
+    "trainer.snapshot_fractions",
+    "trainer.heldout_codes",
     # Copies of paths.* inside the data group, and knobs that change speed, not results.
     "data.cache_dir",
     "data.model_cache_dir",
@@ -87,6 +99,11 @@ NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
 # Keys whose null value is the behaviour from before they existed. They are left out of run
 # configs when null, so folders written before them still match (resume, skip, grouping).
 NULL_MEANS_ABSENT_KEYS = ("order_seed",)
+
+
+def snapshot_file(fraction: float) -> str:
+    """``fraction=0.25.safetensors``: a snapshot's file name inside SNAPSHOTS_DIR."""
+    return f"fraction={fraction:g}.safetensors"
 
 
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

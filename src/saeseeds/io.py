@@ -145,7 +145,29 @@ def atomic_save_safetensors(
             if code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from error
+        if metadata and len(metadata) > 1:
+            _sort_safetensors_metadata(tmp)
     return Path(path)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted. safetensors writes metadata
+    from a hash map, so with several keys the order (and the file's bytes) would differ from one
+    process to the next; sorted, equal contents give byte-identical files."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        text = handle.read(size).decode("utf-8")
+        header = json.loads(text)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        # Same keys and values: the same length, padded with spaces as safetensors pads.
+        sorted_text = ordered.encode("utf-8").ljust(size, b" ")
+        if len(sorted_text) != size or json.loads(sorted_text) != json.loads(text):
+            return  # a header this code cannot reproduce exactly: keep safetensors' own
+        handle.seek(8)
+        handle.write(sorted_text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ their features, beside its geometry control, with top-activating contexts that h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,31 @@ SCRIPT_CONTEXT = '<script>window.pwned = 1</script> and <img src=x onerror="wind
 
 def contexts_of(seed: int, feature: int, per_feature: int, marker: tuple[str, str]) -> list[dict]:
     """Distinct, searchable contexts as long as the trainer's (12 tokens before the firing one, 4
-    after); seed 1's feature 3 fires on markup."""
+    after); seed 1's feature 3 fires on markup. Contexts written with the current marker also
+    record the feature's activation at every token (it fires on the two tokens before the
+    firing one too)."""
     contexts = []
     for rank in range(per_feature):
         token = f"ing{feature}"
         before = f"seed{seed} the quick brown fox jumps over a lazy dog and then "
         before = SCRIPT_CONTEXT if (seed, feature, rank) == (1, 3, 0) else before
-        text = f"{before}{marker[0]}{token}{marker[1]} word{rank} | *x* `y`"
-        contexts.append({"activation": round(4.0 - rank * 0.5, 3), "text": text, "token": token})
+        after = f" word{rank} | *x* `y`"
+        text = f"{before}{marker[0]}{token}{marker[1]}{after}"
+        activation = round(4.0 - rank * 0.5, 3)
+        context = {"activation": activation, "text": text, "token": token}
+        if marker == ("⟦", "⟧"):
+            pieces_before, pieces_after = (
+                re.findall(r"\S+\s*", before),
+                re.findall(r"\s*\S+", after),
+            )
+            activations = [0.0] * len(pieces_before) + [activation] + [0.0] * len(pieces_after)
+            activations[len(pieces_before) - 2 : len(pieces_before)] = [0.5, 1.5]
+            context.update(
+                tokens=[*pieces_before, token, *pieces_after],
+                token_activations=activations,
+                token_index=len(pieces_before),
+            )
+        contexts.append(context)
     return contexts
 
 

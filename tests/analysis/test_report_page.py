@@ -162,6 +162,16 @@ def test_page_in_headless_chromium(analysed, tmp_path):
         )
         assert first_context.startswith(SCRIPT_CONTEXT + "ing3 word0")
         assert page.evaluate("document.querySelector('#card mark').textContent") == "ing3"
+        # Seed 2 recorded its activation at every token: more than the firing one is shaded; seed
+        # 1's contexts (written before) show the marked token alone.
+        shaded = "document.querySelectorAll('#card [data-seed=\"%s\"] li:first-child .shaded')"
+        assert page.evaluate(f"{shaded % 2}.length") == 3
+        assert page.evaluate(f"[...{shaded % 2}].map(e => e.title)") == [
+            "activation 0.5",
+            "activation 1.5",
+            "activation 4",
+        ]
+        assert page.evaluate(f"{shaded % 1}.length") == 0
         assert page.evaluate("document.querySelectorAll('#card script, #card img').length") == 0
         assert page.evaluate("window.pwned === undefined")
         shot = page.screenshot(tmp_path / "report_card.png")

@@ -49,6 +49,22 @@ def test_top_examples_are_marked_contexts_from_the_corpus(make_source):
             plain = example["text"].replace(marked, example["token"], 1)
             for piece in plain.split(EOS):  # contexts may cross a document boundary
                 assert piece in corpus
+            # Every token of the context, with the feature's activation at it.
+            tokens, activations = example["tokens"], example["token_activations"]
+            assert "".join(tokens) == plain and len(activations) == len(tokens)
+            assert tokens[example["token_index"]] == example["token"]
+            assert activations[example["token_index"]] == pytest.approx(example["activation"])
+            # ... and the other tokens' activations are the feature's on held-out rows.
+            column = heldout_latents[:, int(feature)]
+            for value in activations:
+                assert value is not None
+                assert float((column - value).abs().min()) <= 1e-4 * max(1.0, abs(value))
+    shaded = [
+        sum(value > 0 for value in example["token_activations"])
+        for examples in top["features"].values()
+        for example in examples
+    ]
+    assert max(shaded) > 1  # dense random features fire on more than the strongest token
     never_fires = lm_eval.top_examples(
         source.text_context(), lambda x: torch.zeros(len(x), 8), n_examples=3
     )

@@ -27,9 +27,12 @@ IDENTICAL_FILES = (
     "feature_stats.safetensors",
     "cfg.json",
     "ground_truth.safetensors",
+    "heldout_codes.safetensors",
 )
-# Fields that record when or how a run was made, not what it computed.
-TIMING_METRICS = ("wall_time_s", "fit_time_s")
+SNAPSHOT_FILES = tuple(f"snapshots/fraction={f}.safetensors" for f in ("0.25", "0.5", "0.75"))
+# Fields that record when or how a run was made, not what it computed (the cost of snapshots
+# and codes holds the time spent writing them).
+TIMING_METRICS = ("wall_time_s", "fit_time_s", "snapshots", "heldout_codes")
 HOW_IT_RAN = ("seeds_trained_together", "command", "wandb")
 # Many features for little data and a short dead-latent window, so that latents die and the
 # AuxK loss is active: the trackers and AuxK must match too.
@@ -46,15 +49,15 @@ class DeadLatentProbe(Callback):
         self.saw_dead |= bool((module.tokens_since_fired >= module.dead_tokens_threshold).any())
 
 
-def assert_same_run(single: Path, multi: Path) -> None:
-    for name in IDENTICAL_FILES:
+def assert_same_run(single: Path, multi: Path, with_snapshots: bool = True) -> None:
+    for name in IDENTICAL_FILES + (SNAPSHOT_FILES if with_snapshots else ()):
         assert (single / name).read_bytes() == (multi / name).read_bytes(), name
     assert (multi / contract.COMPLETE_MARKER).is_file()
     metrics = [json.loads((d / contract.METRICS_FILE).read_text()) for d in (single, multi)]
     for record in metrics:
         assert record["fit_time_s"] > 0
         for name in TIMING_METRICS:
-            record.pop(name)
+            record.pop(name, None)
     assert metrics[0] == metrics[1]
     environments = [
         json.loads((d / contract.ENVIRONMENT_FILE).read_text()) for d in (single, multi)
@@ -94,12 +97,13 @@ def test_seeds_in_one_job_write_the_folders_of_their_own_jobs(tmp_path):
         assert torch.equal(tracker, own["state_dict"]["tokens_since_fired"])
 
     # A complete folder is skipped; a deleted one is trained again, to the same bytes, from the
-    # job's final checkpoint.
+    # job's final checkpoint (without its snapshots: the weights they held are gone).
     weights = (job_dir / "seed=1" / contract.WEIGHTS_FILE).read_bytes()
     shutil.rmtree(job_dir / "seed=2")
     run_job(compose_train([*common, "seeds=[2,1]", "resume=true"], job_dir))
     assert (job_dir / "seed=1" / contract.WEIGHTS_FILE).read_bytes() == weights
-    assert_same_run(tmp_path / "seed2", job_dir / "seed=2")
+    assert_same_run(tmp_path / "seed2", job_dir / "seed=2", with_snapshots=False)
+    assert not (job_dir / "seed=2" / contract.SNAPSHOTS_DIR).exists()
 
 
 def test_order_seed_null_is_the_old_behaviour(tmp_path):

@@ -3,7 +3,8 @@ pair, each with both features' top-activating contexts where the runs have ``top
 
 This is the "feature 47 ↔ feature 82 both fire on Paris" view: a reader checks by eye that a
 high cosine means the same concept. Also here: reading one context apart into the text before the
-firing token, the token and the text after, whichever marker the trainer wrote it with.
+firing token, the token and the text after, whichever marker the trainer wrote it with, and the
+feature's activation at every token of the context where the trainer recorded it.
 """
 
 from __future__ import annotations
@@ -93,3 +94,28 @@ def marked_text(context: dict[str, Any]) -> str:
     if (before, token, after) == (context["text"], "", ""):  # no marked token: leave it as is
         return before
     return before + TOP_EXAMPLES_MARKER[0] + token + TOP_EXAMPLES_MARKER[1] + after
+
+
+def token_shading(context: dict[str, Any]) -> tuple[list[str], list[float | None], int] | None:
+    """(tokens, the feature's activation at each, index of the firing token) of a context whose
+    ``top_examples.json`` entry records them (``tokens``, ``token_activations``, ``token_index``);
+    None for contexts written before they were recorded, or recorded inconsistently."""
+    tokens, activations = context.get("tokens"), context.get("token_activations")
+    index = context.get("token_index")
+    if not isinstance(tokens, list) or not isinstance(activations, list):
+        return None
+    if not isinstance(index, int) or isinstance(index, bool) or len(tokens) != len(activations):
+        return None
+    if not 0 <= index < len(tokens) or not all(isinstance(token, str) for token in tokens):
+        return None
+    if tokens[index] != context["token"]:
+        return None
+    values: list[float | None] = []
+    for value in activations:
+        if value is None:
+            values.append(None)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            values.append(float(value))
+        else:
+            return None
+    return tokens, values, index

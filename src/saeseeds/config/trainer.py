@@ -1,8 +1,8 @@
 """Schemas of the ``trainer`` and ``paths`` groups: how Lightning runs a job, and where outputs go.
 
-Every field of :class:`TrainerConfig` except the app's own (``checkpoint_every_n_steps``) is
-passed to ``lightning.Trainer`` as it is, and ``trainer.kwargs`` takes any other Trainer
-argument, so a new Lightning option needs no code.
+Every field of :class:`TrainerConfig` except the app's own (:data:`APP_FIELDS`: checkpoints,
+snapshots, held-out codes) is passed to ``lightning.Trainer`` as it is, and ``trainer.kwargs``
+takes any other Trainer argument, so a new Lightning option needs no code.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from saeseeds.errors import ConfigError
 
 
 @dataclass
@@ -35,9 +37,44 @@ class TrainerConfig:
     """Any other ``lightning.Trainer`` argument: ``+trainer.kwargs.accumulate_grad_batches=2``."""
     checkpoint_every_n_steps: int = 200
     """Save ``checkpoints/last.ckpt`` this often (for resuming); the app's, not Lightning's."""
+    snapshots: bool = True
+    """Save the folded weights at ``snapshot_fractions`` of training into ``snapshots/``, for the
+    analysis's stability trajectory. They change nothing in training (the weights are identical
+    with or without them)."""
+    snapshot_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    """Fractions of the training steps, each in (0, 1), at which snapshots are saved; the final
+    weights (fraction 1) are ``sae_weights.safetensors``."""
+    heldout_codes: int = 4096
+    """Save the SAE's latents on the first this many held-out tokens (the same tokens for every
+    seed of a condition) to ``heldout_codes.safetensors``, for the analysis's functional
+    agreement of matched features; 0 saves none."""
 
 
-APP_FIELDS = ("checkpoint_every_n_steps", "kwargs")
+APP_FIELDS = (
+    "checkpoint_every_n_steps",
+    "kwargs",
+    "snapshots",
+    "snapshot_fractions",
+    "heldout_codes",
+)
+
+
+def check_saved_extras(trainer: Any) -> None:
+    """Refuse snapshot fractions outside (0, 1) or repeated, and a negative held-out code count."""
+    fractions = [float(fraction) for fraction in trainer.snapshot_fractions]
+    for fraction in fractions:
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(
+                f"trainer.snapshot_fractions: {fraction:g} is not in (0, 1); give fractions of "
+                "training such as [0.25,0.5,0.75] (the final weights are saved anyway), or "
+                "trainer.snapshots=false."
+            )
+    if len({f"{fraction:g}" for fraction in fractions}) != len(fractions):
+        raise ConfigError(f"trainer.snapshot_fractions={fractions} repeats a fraction.")
+    if int(trainer.heldout_codes) < 0:
+        raise ConfigError(
+            f"trainer.heldout_codes={trainer.heldout_codes} must be >= 0 (0 saves no codes)."
+        )
 
 
 @dataclass

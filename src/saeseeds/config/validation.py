@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from saeseeds.config.trainer import check_saved_extras
 from saeseeds.errors import ConfigError
 from saeseeds.tracking import VALID_MODES
 
@@ -60,6 +61,7 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
     if cfg.resume and cfg.ckpt_path:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
     check_trainer(cfg.trainer)
+    check_saved_extras(cfg.trainer)
     return sae_config_of(cfg.sae)  # imports torch
 
 

@@ -120,7 +120,8 @@ def _ce(context: TextContext, tokens: Tensor, log_probs: list[Tensor]) -> float:
 def top_examples(
     context: TextContext, encode: Callable[[Tensor], Tensor], n_examples: int
 ) -> dict[str, Any]:
-    """For each feature that fires on held-out text, its ``n_examples`` strongest contexts."""
+    """For each feature that fires on held-out text, its ``n_examples`` strongest contexts, with
+    the feature's activation at every token of each context."""
     heldout = context.heldout_activations  # [n_heldout, d]
     best_values = best_rows = None  # [n_examples, n_features]
     for start in range(0, len(heldout), TOP_EXAMPLES_BATCH):
@@ -134,32 +135,99 @@ def top_examples(
         best_rows = rows.gather(0, order)
     features: dict[str, list[dict[str, Any]]] = {}
     if best_values is not None:
+        decoder = PieceDecoder(context.model.tokenizer)
         for feature in torch.nonzero(best_values[0] > 0).flatten().tolist():
             features[str(feature)] = [
-                _context(context, int(row), float(value))
+                _context(context, decoder, int(row), float(value))
                 for value, row in zip(best_values[:, feature], best_rows[:, feature], strict=True)
                 if value > 0
             ]
+        add_token_activations(context, encode, features)
     return {"format": TOP_EXAMPLES_FORMAT, "marker": list(MARKER), "features": features}
 
 
-def _context(context: TextContext, row: int, activation: float) -> dict[str, Any]:
+class PieceDecoder:
+    """Decodes token ids to text, and a run of ids to per-token pieces whose concatenation is
+    exactly the decoded run (a token that decodes to part of a character gets "" and the token
+    that completes it the whole character; leading spaces stay with their token)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        if not ids:
+            return []
+        prefixes = self.tokenizer.batch_decode(
+            [ids[: end + 1] for end in range(len(ids))], clean_up_tokenization_spaces=False
+        )
+        whole, bounds = prefixes[-1], [0]
+        for prefix in prefixes:
+            common = 0
+            for mine, theirs in zip(prefix, whole, strict=False):
+                if mine != theirs:
+                    break
+                common += 1
+            bounds.append(max(bounds[-1], common))
+        bounds[-1] = len(whole)
+        return [whole[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _context(
+    context: TextContext, decoder: PieceDecoder, row: int, activation: float
+) -> dict[str, Any]:
     sequence, offset = divmod(row, context.kept_per_sequence)
     position = offset + context.first_position
     ids = context.heldout_tokens[sequence].tolist()
     text_start = 1 if context.prepend_bos else 0  # BOS is not text
     start = max(text_start, position - context.context_before)
     end = min(len(ids), position + 1 + context.context_after)
+    before, after = decoder.pieces(ids[start:position]), decoder.pieces(ids[position + 1 : end])
+    token = decoder.text(ids[position : position + 1])
+    text = "".join(before) + MARKER[0] + token + MARKER[1] + "".join(after)
+    return {
+        "activation": float(f"{activation:.6g}"),
+        "text": text,
+        "token": token,
+        "tokens": [*before, token, *after],
+        "token_index": len(before),
+        # Held-out rows of the context's tokens (-1 where none was kept), until
+        # add_token_activations puts the feature's activations there instead.
+        "_rows": [
+            sequence * context.kept_per_sequence + p - context.first_position
+            if p >= context.first_position
+            else -1
+            for p in range(start, end)
+        ],
+    }
 
-    def decode(piece: list[int]) -> str:
-        return context.model.tokenizer.decode(piece, clean_up_tokenization_spaces=False)
 
-    token = decode(ids[position : position + 1])
-    text = (
-        decode(ids[start:position])
-        + MARKER[0]
-        + token
-        + MARKER[1]
-        + decode(ids[position + 1 : end])
-    )
-    return {"activation": float(f"{activation:.6g}"), "text": text, "token": token}
+def add_token_activations(
+    context: TextContext, encode: Callable[[Tensor], Tensor], features: dict[str, list[dict]]
+) -> None:
+    """Give each context ``token_activations``: the feature's activation at each of its tokens
+    (6 significant digits; None where the position kept no activation), from the held-out rows
+    ``_context`` noted; each needed row is encoded once."""
+    wanted = []
+    for feature, contexts in features.items():
+        for item in contexts:
+            rows = item.pop("_rows")
+            item["token_activations"] = [None] * len(rows)
+            wanted += [(row, int(feature), item, slot) for slot, row in enumerate(rows) if row >= 0]
+    if not wanted:
+        return
+    rows = torch.tensor([entry[0] for entry in wanted])
+    latents_of = torch.tensor([entry[1] for entry in wanted])
+    unique_rows, position = torch.unique(rows, return_inverse=True)
+    values = torch.empty(len(wanted))
+    order = torch.argsort(position)
+    bounds = torch.searchsorted(position[order], torch.arange(0, len(unique_rows) + 1))
+    for first in range(0, len(unique_rows), TOP_EXAMPLES_BATCH):
+        last = min(first + TOP_EXAMPLES_BATCH, len(unique_rows))
+        latents = encode(context.heldout_activations[unique_rows[first:last]].float()).cpu()
+        chosen = order[bounds[first] : bounds[last]]  # the requests for these rows
+        values[chosen] = latents[position[chosen] - first, latents_of[chosen]].float()
+    for (_, _, item, slot), value in zip(wanted, values.tolist(), strict=True):
+        item["token_activations"][slot] = float(f"{value:.6g}")

@@ -172,7 +172,10 @@ def _train_seeds(
     ]
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     record = SeedsRecord(plan.job_config, seeds)
-    callbacks = training_callbacks(cfg, plan.job_dir, splits, source.batch_size, signals, record)
+    snapshot_dirs = [to_write[seed].run_dir if seed in to_write else None for seed in seeds]
+    callbacks = training_callbacks(
+        cfg, plan.job_dir, splits, source.batch_size, signals, record, snapshot_dirs
+    )
     trainer = build_trainer(
         cfg,
         sae_config,

@@ -41,11 +41,13 @@ from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve
 from saeseeds.training.checkpoint_io import check_shapes
 from saeseeds.training.datamodule import ActivationDataModule, order_seed
+from saeseeds.training.heldout_codes import write_heldout_codes
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.metrics import evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
 from saeseeds.training.preemption import CheckpointOnSignal, StopSignals
 from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
+from saeseeds.training.snapshots import snapshot_cost, snapshot_writer
 
 log = logging.getLogger(__name__)
 TOP_EXAMPLES_PER_FEATURE = 5
@@ -183,9 +185,11 @@ def training_callbacks(
     batch_size: int,
     signals: StopSignals,
     record: RunRecord,
+    snapshot_dirs: list[Path | None] | None = None,
 ) -> list[Callback]:
     """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record in
-    every checkpoint, and the checkpoint on SIGTERM/SIGINT."""
+    every checkpoint, the snapshots (into ``snapshot_dirs``, one folder per SAE; ``run_dir``
+    for one SAE) and the checkpoint on SIGTERM/SIGINT."""
     checkpoint_dir = run_dir / contract.CHECKPOINT_DIR
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -201,7 +205,8 @@ def training_callbacks(
         checkpoint_dir / contract.LAST_CHECKPOINT,
         "Re-run the same command with resume=true (a multirun resumes by itself) to continue.",
     )
-    return [checkpoints, HeldoutCurve(splits.heldout, batch_size), record, on_signal]
+    snapshots = snapshot_writer(cfg.trainer, snapshot_dirs or [run_dir], batch_size)
+    return [checkpoints, HeldoutCurve(splits.heldout, batch_size), record, snapshots, on_signal]
 
 
 def build_trainer(
@@ -374,6 +379,9 @@ def finish_run(
         fit_time_s=fit.fit_time_s,
         wall_time_s=round(time.time() - fit.started, 3),
     )
+    metrics.update(snapshot_cost(run_dir))
+    codes = cfg.trainer.heldout_codes
+    metrics.update(write_heldout_codes(run_dir, raw_sae, splits.heldout, source.batch_size, codes))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_folder.write_weights(run_dir, folded)

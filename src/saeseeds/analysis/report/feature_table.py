@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from saeseeds.analysis.examples import marked_text, split_context
+from saeseeds.analysis.examples import marked_text, split_context, token_shading
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.loading import RunFolder
 from saeseeds.analysis.pair_metrics import HUNGARIAN
@@ -136,9 +136,16 @@ def feature_tables(reports: list[GroupReport]) -> list[FeatureTable]:
 
 
 def context_parts(context: dict[str, Any]) -> list[Any]:
-    """[text before, firing token, text after, activation]: the page's form of one context."""
+    """[text before, firing token, text after, activation]: the page's form of one context; then
+    [tokens, activation at each token, firing token's index] where the run recorded them."""
     before, token, after = split_context(context)
-    return [before, token, after, round(float(context["activation"]), 4)]
+    parts = [before, token, after, round(float(context["activation"]), 4)]
+    shading = token_shading(context)
+    if shading is not None:
+        tokens, activations, index = shading
+        rounded = [None if value is None else float(f"{value:.3g}") for value in activations]
+        parts += [tokens, rounded, index]
+    return parts
 
 
 def context_lines(contexts: list[dict[str, Any]]) -> str:

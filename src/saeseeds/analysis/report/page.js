@@ -67,18 +67,41 @@
     return group.contexts[seedPosition][String(latent)] || [];
   }
 
+  function shade(strength) {
+    return "rgba(255, 128, 0, " + (0.12 + 0.78 * strength).toFixed(3) + ")";
+  }
+
   function contextNode(context, strongest, className, clipBefore) {
-    const [before, token, after, activation] = context;
+    const [before, token, after, activation, tokens] = context;
+    if (tokens && !clipBefore) return shadedContextNode(context, strongest, className);
     const line = node("span", className);
     let prefix = shown(before);
     if (clipBefore && prefix.length > ROW_CONTEXT_CHARS) {
       prefix = "\u2026" + prefix.slice(prefix.length - ROW_CONTEXT_CHARS);
     }
     const mark = node("mark", null, shown(token));
-    const strength = strongest > 0 ? Math.max(0, activation) / strongest : 1;
-    mark.style.backgroundColor = "rgba(255, 128, 0, " + (0.12 + 0.78 * strength).toFixed(3) + ")";
+    mark.style.backgroundColor = shade(strongest > 0 ? Math.max(0, activation) / strongest : 1);
     mark.title = "activation " + activation;
     line.append(node("span", "before", prefix), mark, node("span", "after", shown(after)));
+    return line;
+  }
+
+  // Every token of the context shaded by the feature's activation there (the firing token is the
+  // mark), for runs whose top_examples.json records it; other runs show the mark alone.
+  function shadedContextNode(context, strongest, className) {
+    const [, , , , tokens, activations, tokenIndex] = context;
+    const line = node("span", className);
+    tokens.forEach((piece, index) => {
+      const value = activations[index];
+      const firing = index === tokenIndex;
+      const element = node(firing ? "mark" : "span", "token", shown(piece));
+      const strength = value === null || !(strongest > 0) ? 0 : Math.max(0, value) / strongest;
+      if (value !== null && value > 0) element.classList.add("shaded");
+      if (firing || strength > 0) element.style.backgroundColor = shade(Math.min(1, strength));
+      element.title = value === null ? "no activation kept at this position"
+        : "activation " + value;
+      line.append(element);
+    });
     return line;
   }
 
