@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from math import comb
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,13 @@ from saeseeds.analysis.config import validate_config
 from saeseeds.analysis.controls import attach_controls
 from saeseeds.analysis.discovery import Discovery, discover
 from saeseeds.analysis.errors import AnalysisError
-from saeseeds.analysis.group_analysis import GroupReport, analyse_group, check_hungarian_fits
+from saeseeds.analysis.group_analysis import (
+    GroupReport,
+    analyse_group,
+    check_hungarian_fits,
+    compare_across_groups,
+    pairs_to_match,
+)
 from saeseeds.analysis.grouping import Group, group_runs
 from saeseeds.analysis.pair_metrics import ComputeSettings
 from saeseeds.analysis.report.data import (
@@ -147,13 +152,14 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
 
     check_hungarian_fits(analysable, cfg)
     settings = compute_settings(cfg)
-    n_pairs = sum(comb(len(group.runs), 2) for group in analysable)
+    n_pairs = sum(pairs_to_match(group, cfg) for group in analysable)
     start = time.perf_counter()
     with tqdm(total=n_pairs, desc="seed pairs", unit="pair", disable=not cfg.progress) as bar:
         reports = [
             analyse_group(group, cfg, settings, lambda: bar.update(1)) for group in analysable
         ]
     attach_controls(reports, cfg.bootstrap.confidence, cfg.subspace.max_rank)
+    compare_across_groups(reports, cfg.bootstrap.confidence)
     timings["analysis_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -64,6 +64,12 @@ class MetricsSwitches:
     redundancy: bool = True
     """Near-duplicate features inside each dictionary (:mod:`redundancy`); costs one n × n
     similarity per run, in blocks."""
+    trajectory: bool = True
+    """The group statistics at each training snapshot (runs' ``snapshots/``): one more matching
+    per seed pair and snapshot."""
+    functional: bool = True
+    """Activation correlation of matched features on held-out tokens (runs'
+    ``heldout_codes.safetensors``)."""
 
 
 @dataclass

@@ -250,8 +250,14 @@ def verdict(report: Any) -> str:
     subspaces = subspace_sentence(report)
     if subspaces:
         sentence += " " + subspaces
-    if report.extras.get("convergence", {}).get("still_improving"):
+    lead = report.extras.get("trajectory", {}).get("lead_change")
+    if lead:
+        sentence += " " + lead["sentence"]
+    convergence = report.extras.get("convergence", {})
+    if convergence.get("fvu_still_improving"):
         sentence += " Its SAEs were still improving when training stopped (see Convergence)."
+    if convergence.get("stability", {}).get("still_rising"):
+        sentence += " Its stability was still rising over the last quarter (see Convergence)."
     return sentence + redundancy_warning(report)
 
 

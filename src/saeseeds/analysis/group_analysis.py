@@ -13,18 +13,24 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import numpy as np
 
 from saeseeds.analysis.baselines import Baseline, random_baseline
 from saeseeds.analysis.config import resolve_matching
-from saeseeds.analysis.convergence import convergence
+from saeseeds.analysis.convergence import convergence, stability_rise
 from saeseeds.analysis.errors import AnalysisConfigError
 from saeseeds.analysis.examples import example_pairs
+from saeseeds.analysis.functional import (
+    PairAgreement,
+    compare_with_control,
+    functional_summary,
+    measure_group,
+)
 from saeseeds.analysis.group_stats import (
     GroupPairs,
+    compute_pairs,
     frequency_points,
     group_statistics,
     spearman,
@@ -34,8 +40,6 @@ from saeseeds.analysis.pair_metrics import (
     ARGMAX,
     HUNGARIAN,
     ComputeSettings,
-    compare_pair,
-    pair_statistics,
 )
 from saeseeds.analysis.reappearance import (
     FeatureVersions,
@@ -48,6 +52,14 @@ from saeseeds.analysis.reappearance import (
 from saeseeds.analysis.redundancy import nearest_by_seed, redundancy
 from saeseeds.analysis.similarity import available_memory_bytes, matrix_bytes
 from saeseeds.analysis.subspaces import unstable_bases, unstable_subspace_overlap
+from saeseeds.analysis.trajectory import (
+    TrajectoryPoint,
+    attach_lead,
+    common_fractions,
+    final_point,
+    snapshot_points,
+    trajectory_summary,
+)
 
 HEADLINE = {HUNGARIAN: "decoder_median", ARGMAX: "mmcs"}
 """The group statistic a condition is judged on, per matching mode."""
@@ -80,6 +92,11 @@ class GroupReport:
     nearest_neighbour: dict[int, np.ndarray] = field(default_factory=dict)
     """{seed: [n_features]}: nearest other live feature's decoder cosine in the same dictionary
     (NaN for dead features); computed with metrics.redundancy."""
+    trajectory: list[TrajectoryPoint] = field(default_factory=list)
+    """The group at each training snapshot and, last, at the end (fraction 1); with
+    metrics.trajectory."""
+    agreements: dict[tuple[int, int], PairAgreement] = field(default_factory=dict)
+    """Per seed pair with held-out codes: its matched pairs' activation correlations."""
 
     @property
     def label(self) -> str:
@@ -93,22 +110,6 @@ class GroupReport:
     @property
     def headline(self) -> float:
         return self.statistics[self.headline_statistic]["value"]
-
-
-def compute_pairs(
-    group: Group, cfg: Any, settings: ComputeSettings, advance: Callable[[], None]
-) -> GroupPairs:
-    """Match every seed pair of the group; ``advance`` is called after each pair."""
-    group_pairs = GroupPairs(runs=group.runs)
-    for run_a, run_b in combinations(group.runs, 2):
-        pair = compare_pair(run_a, run_b, settings)
-        key = (run_a.seed, run_b.seed)
-        group_pairs.pairs[key] = pair
-        group_pairs.statistics[key] = pair_statistics(
-            pair, list(cfg.thresholds), cfg.shared_threshold
-        )
-        advance()
-    return group_pairs
 
 
 def not_computed(matching: str, cfg: Any) -> dict[str, list[str]]:
@@ -125,7 +126,7 @@ def not_computed(matching: str, cfg: Any) -> dict[str, list[str]]:
         for prefix in prefixes
         for name in ["median", "mean"] + [f"stability@{tau:g}" for tau in cfg.thresholds]
     ]
-    names += ["n_matched"] + (["n_live_a", "n_live_b", "live_n_matched"] if live else [])
+    names += ["pwmcc", "n_matched"] + (["n_live_a", "n_live_b", "live_n_matched"] if live else [])
     if encoder:
         names += ["shared", "agreement"] + (["live_shared", "live_agreement"] if live else [])
     switches = {
@@ -167,13 +168,16 @@ def analyse_group(
     settings = dataclasses.replace(settings, matching=matching)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    pairs = compute_pairs(group, cfg, settings, advance)
+    pairs = compute_pairs(group.runs, cfg, settings, advance)
     timings["pairs_s"] = time.perf_counter() - start
     for pair in pairs.pairs.values():
         for key, value in pair.timings.items():
             timings[key] = timings.get(key, 0.0) + value
 
+    metrics = cfg.metrics
+    assigned = matching == HUNGARIAN
     start = time.perf_counter()
+    measured = measure_group(pairs) if metrics.functional and assigned else None
     statistics = group_statistics(
         pairs, cfg.bootstrap.n_samples, cfg.bootstrap.confidence, cfg.bootstrap.seed
     )
@@ -187,9 +191,6 @@ def analyse_group(
     }
     report.best_match = best_match_by_seed(pairs)
     report.versions = feature_versions(pairs)
-    report.extras["convergence"] = convergence(group.runs)
-    metrics = cfg.metrics
-    assigned = matching == HUNGARIAN
     if metrics.reappearance:
         report.reappearance = reappearance_by_seed(pairs, cfg.reappearance.threshold)
         report.extras["reappearance"] = reappearance_summary(
@@ -213,7 +214,21 @@ def analyse_group(
         report.extras["redundancy"] = redundancy(
             pairs, cfg.duplicate_threshold, cfg.shared_threshold, nearest=report.nearest_neighbour
         )
+    if metrics.functional:
+        report.agreements, report.extras["functional"] = functional_summary(
+            report, measured, cfg.reappearance.epsilon
+        )
     timings["group_statistics_s"] = time.perf_counter() - start
+
+    if metrics.trajectory:
+        start = time.perf_counter()
+        points, notes = snapshot_points(group, cfg, settings, advance)
+        report.trajectory = [*points, final_point(report)]
+        report.extras["trajectory"] = {"notes": notes}
+        report.extras["trajectory"] = trajectory_summary(report)
+        timings["trajectory_s"] = time.perf_counter() - start
+    rise = stability_rise(report.trajectory, report.headline_statistic, cfg.bootstrap.confidence)
+    report.extras["convergence"] = convergence(group.runs, stability=rise)
 
     if metrics.baseline:
         start = time.perf_counter()
@@ -239,3 +254,26 @@ def analyse_group(
     if assigned:
         report.examples = example_pairs(pairs, report.headline, cfg.report.examples_per_feature)
     return report
+
+
+def compare_across_groups(reports: list[GroupReport], confidence: float) -> None:
+    """What needs a condition's geometry control (found by :func:`controls.attach_controls`):
+    the trajectory's beyond-geometry share and lead at each fraction, and the control's
+    functional agreement as the baseline."""
+    by_label = {report.label: report for report in reports}
+    for report in reports:
+        entry = report.extras.get("controls", {}).get("gaussian")
+        if entry is None:
+            continue
+        control = by_label[entry["label"]]
+        if report.trajectory and control.trajectory:
+            attach_lead(report, control, confidence)
+        compare_with_control(report, control, confidence)
+
+
+def pairs_to_match(group: Group, cfg: Any) -> int:
+    """The seed pairs :func:`analyse_group` matches: once for the final weights, and once per
+    snapshot every seed recorded (with metrics.trajectory)."""
+    pairs = len(group.runs) * (len(group.runs) - 1) // 2
+    snapshots = len(common_fractions(group.runs)[0]) if cfg.metrics.trajectory else 0
+    return pairs * (1 + snapshots)

@@ -1,19 +1,25 @@
 """Statistics over the seed pairs of one group, with seed-bootstrap 95% intervals.
 
+The pairs themselves are matched here (:func:`compute_pairs`, for the final weights and for each
+training snapshot alike).
+
 Group value of a pair metric: the median over pairs for ``*median`` metrics (the "median
 best-match cosine" of the multi-seed study is the median of pair medians), the mean over pairs
 for everything else (mean cosine, stability fractions, shared, agreement, MMCS). The interval
 resamples seeds with replacement and recomputes the value on the pairs of distinct resampled
 seeds. For a difference between two groups (a condition and its control) the delete-one-seed
 jackknife standard error and Student's t interval live here too, for any [S, S] matrix of pair
-values. Also here: the oriented views of a pair (seed a's features against seed b) that the
-per-feature analyses use, and matched similarity vs firing frequency.
+values, and the change of a group value between two points of training (a paired jackknife,
+:func:`change_of_groups`). Also here: the oriented views of a pair (seed a's features against
+seed b) that the per-feature analyses use, and matched similarity vs firing frequency.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -21,9 +27,12 @@ from scipy.stats import spearmanr
 
 from saeseeds.analysis.loading import RunFolder
 from saeseeds.analysis.pair_metrics import (
+    ComputeSettings,
     PairResult,
+    compare_pair,
     cosines_by_column,
     cosines_by_row,
+    pair_statistics,
     shared_masks,
 )
 
@@ -84,6 +93,23 @@ class GroupPairs:
         return shared_a if forward else shared_b
 
 
+def compute_pairs(
+    runs: list[RunFolder], cfg: Any, settings: ComputeSettings, advance: Callable[[], None]
+) -> GroupPairs:
+    """Match every seed pair of a group's runs (sorted by seed) and compute each pair's
+    statistics; ``advance`` is called after each pair."""
+    group_pairs = GroupPairs(runs=runs)
+    for run_a, run_b in combinations(runs, 2):
+        pair = compare_pair(run_a, run_b, settings)
+        key = (run_a.seed, run_b.seed)
+        group_pairs.pairs[key] = pair
+        group_pairs.statistics[key] = pair_statistics(
+            pair, list(cfg.thresholds), cfg.shared_threshold
+        )
+        advance()
+    return group_pairs
+
+
 def aggregate(values: np.ndarray, metric: str) -> float:
     """Group value of one pair metric: median of pair medians, mean otherwise."""
     values = values[~np.isnan(values)]
@@ -101,19 +127,62 @@ def pair_matrix(group: GroupPairs, metric: str) -> np.ndarray:  # [S, S], NaN on
     return matrix
 
 
-def jackknife_se(matrix: np.ndarray, metric: str) -> float:
-    """Delete-one-seed jackknife standard error of a group value, from its [S, S] pair matrix:
-    SE² = (S−1)/S · Σ_i (θ_(−i) − θ̄)². NaN below 3 seeds."""
+def leave_one_out(matrix: np.ndarray, metric: str) -> np.ndarray:  # [S]
+    """The group value of ``metric`` with each seed left out in turn."""
     n_seeds = matrix.shape[0]
-    if n_seeds < 3:
-        return float("nan")
-    leave_one_out = []
+    values = []
     for left_out in range(n_seeds):
         kept = [seed for seed in range(n_seeds) if seed != left_out]
         pairs = np.array([matrix[a, b] for a, b in combinations(kept, 2)])
-        leave_one_out.append(aggregate(pairs, metric))
-    values = np.array(leave_one_out)
+        values.append(aggregate(pairs, metric))
+    return np.array(values)
+
+
+def _jackknife_spread(values: np.ndarray) -> float:
+    """SE² = (S−1)/S · Σ_i (θ_(−i) − θ̄)² from the S leave-one-out values; NaN below 3 seeds."""
+    n_seeds = len(values)
+    if n_seeds < 3:
+        return float("nan")
     return float(np.sqrt((n_seeds - 1) / n_seeds * np.sum((values - values.mean()) ** 2)))
+
+
+def jackknife_se(matrix: np.ndarray, metric: str) -> float:
+    """Delete-one-seed jackknife standard error of a group value, from its [S, S] pair matrix:
+    SE² = (S−1)/S · Σ_i (θ_(−i) − θ̄)². NaN below 3 seeds."""
+    return _jackknife_spread(leave_one_out(matrix, metric))
+
+
+def change_of_groups(
+    late: list[np.ndarray],
+    early: list[np.ndarray],
+    signs: list[int],
+    metric: str,
+    confidence: float,
+) -> dict[str, float | list[float]]:
+    """Σ sign·(value at ``late`` − value at ``early``) over groups, each given by two [S, S] pair
+    matrices of the same seeds (e.g. the final weights and a snapshot). Each group's standard
+    error is the jackknife of its paired change (a seed left out of both at once, so what the
+    two share cancels); the groups' add in quadrature; t interval on min(S) − 1 degrees."""
+    changes, variances = [], []
+    for late_matrix, early_matrix in zip(late, early, strict=True):
+        upper = np.triu_indices(late_matrix.shape[0], k=1)
+        changes.append(
+            aggregate(late_matrix[upper], metric) - aggregate(early_matrix[upper], metric)
+        )
+        paired = leave_one_out(late_matrix, metric) - leave_one_out(early_matrix, metric)
+        variances.append(_jackknife_spread(paired) ** 2)
+    value = float(sum(sign * change for sign, change in zip(signs, changes, strict=True)))
+    standard_error = float(np.sqrt(sum(variances)))
+    dof = min(matrix.shape[0] for matrix in late) - 1
+    interval, p_value = t_interval(value, standard_error, dof, confidence)
+    return {
+        "changes": changes,
+        "difference": value,
+        "difference_ci": interval,
+        "p_value": p_value,
+        "standard_error": standard_error,
+        "dof": dof,
+    }
 
 
 def t_interval(

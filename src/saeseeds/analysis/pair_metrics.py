@@ -3,10 +3,10 @@
 For seeds (a, b): C_dec and C_enc (cosines of unit decoder rows / encoder columns), Hungarian
 matchings π_dec and π_enc, the live-only rectangular matchings, and from them median / mean
 matched cosine, stability fractions (c >= τ), shared (c_dec > 0.7 and c_enc > 0.7), agreement
-(π_dec(i) = π_enc(i)) and MMCS (mean of row maxima of C_dec, no assignment). At most two n²
-matrices are alive at a time. With argmax matching there is no assignment and no stored matrix:
-only the best partner of each feature (MMCS, reappearance), built block by block. Statistics over
-several pairs live in :mod:`group_stats`.
+(π_dec(i) = π_enc(i)), PW-MCC (mean |matched cosine|) and MMCS (mean of row maxima of C_dec, no
+assignment). At most two n² matrices are alive at a time. With argmax matching there is no
+assignment and no stored matrix: only the best partner of each feature (MMCS, reappearance),
+built block by block. Statistics over several pairs live in :mod:`group_stats`.
 """
 
 from __future__ import annotations
@@ -278,6 +278,13 @@ def _matching_stats(prefix: str, matching: Matching, thresholds: list[float]) ->
     return stats
 
 
+def pwmcc(decoder: Matching) -> float:
+    """PW-MCC (Song et al. 2025): the mean |cosine| of the Hungarian-matched decoder directions."""
+    if len(decoder.cosines) == 0:
+        return float("nan")
+    return float(np.mean(np.abs(decoder.cosines.astype(np.float64))))
+
+
 def pair_statistics(
     pair: PairResult, thresholds: list[float], shared_threshold: float
 ) -> dict[str, float]:
@@ -287,6 +294,7 @@ def pair_statistics(
         return {"mmcs": pair.mmcs}
     stats = {"mmcs": pair.mmcs, "n_matched": float(len(pair.decoder.rows))}
     stats.update(_matching_stats("decoder_", pair.decoder, thresholds))
+    stats["pwmcc"] = pwmcc(pair.decoder)
     variants = [("", pair.decoder, pair.encoder, pair.n_features_a)]
     if pair.decoder_live is not None:
         stats.update(_matching_stats("live_decoder_", pair.decoder_live, thresholds))

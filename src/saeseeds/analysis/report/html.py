@@ -6,9 +6,11 @@ element, and the page's own script and style (``page.js``, ``page.css`` beside t
 inlined. A Content-Security-Policy allows that one script (by its hash), inline styles and data:
 images, and nothing else: no request leaves the page.
 
-It opens with the verdict, in the same sentences as report.md (:func:`controls.verdict`), then a
-feature table per group (:mod:`.feature_table`) that the script sorts, filters and renders a
-screenful of rows at a time, and a card per feature with its versions in every seed side by side.
+It opens with the verdict, in the same sentences as report.md (:func:`controls.verdict`), and the
+table of stability over training where the runs have snapshots, then a feature table per group
+(:mod:`.feature_table`) that the script sorts, filters and renders a screenful of rows at a time,
+and a card per feature with its versions in every seed side by side, each context's tokens
+shaded by the feature's activation where the run recorded it.
 
 Size: at 5 seeds × 4096 features the contexts are most of the page. Every version of every
 feature carries its strongest context; the ``full_context_rows`` features with the highest
@@ -37,6 +39,7 @@ from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.report.data import json_safe
 from saeseeds.analysis.report.feature_table import FeatureTable, context_parts, feature_tables
 from saeseeds.analysis.report.markdown import FIGURE_TITLES, matching_line
+from saeseeds.analysis.report.markdown_sections import OVERVIEW_NOTE, overview_table
 
 PAGE_FORMAT = "saeseeds.report_page/1"
 FULL_CONTEXT_ROWS = 1000
@@ -174,6 +177,24 @@ def _figures(tables: list[FeatureTable], figures: dict[str, dict[str, Path]]) ->
     return "".join(blocks)
 
 
+def over_training_section(reports: list[GroupReport]) -> str:
+    """The stability-over-training table of report.md, as HTML; empty without a row."""
+    header, rows, sentences = overview_table(reports)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    items = "".join(f"<li>{inline_markdown(sentence)}</li>" for sentence in sentences)
+    return (
+        f'<section id="over-training"><h2>Stability over training</h2>'
+        f'<p class="note">{html.escape(OVERVIEW_NOTE)} Each group\'s figure is under '
+        f'"Figures of this group".</p><table class="over-training"><tr>{head}</tr>{body}'
+        f"</table><ul>{items}</ul></section>"
+    )
+
+
 def _asset(name: str) -> str:
     return resources.files("saeseeds.analysis.report").joinpath(name).read_text(encoding="utf-8")
 
@@ -214,6 +235,7 @@ def render_page(
 config and seeds on Gaussian data with the activations' mean and covariance, then on a randomly
 initialised model, and only last against random unit-norm dictionaries. The numbers, tables and
 figures are in report.md, summary.json and features.csv beside this page.</p></section>
+{over_training_section(reports)}
 <section id="features"><h2>Features across seeds</h2>
 <div class="bar"><label>Group <select id="group"></select></label>
 <span id="group-description"></span></div>

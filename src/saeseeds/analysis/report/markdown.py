@@ -4,7 +4,8 @@ It opens with one plain sentence per condition saying which controls it beats an
 then each condition beside its controls (difference with a 95% seed-bootstrap interval and a
 p-value), the published-style table (one row per group: median matched cosine, full and
 live-only, stability at each τ, shared, isotropic chance level), then per group the detailed
-statistics with intervals, convergence, the figures, and example matched pairs with both
+statistics with intervals, the functional agreement of matched features, convergence, stability
+over training (:mod:`.markdown_sections`), the figures, and example matched pairs with both
 features' top-activating contexts side by side (escaped: corpus text never becomes markup, and the
 firing token keeps its visible ⟦ ⟧ marker). Skipped runs and groups that could not be
 analysed are listed with their reasons. It reads results only; it computes nothing.
@@ -21,6 +22,14 @@ from saeseeds.analysis.examples import marked_text
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
+from saeseeds.analysis.report.markdown_sections import (
+    convergence_lines,
+    functional_lines,
+    overview,
+    trajectory_lines,
+)
+from saeseeds.analysis.report.markdown_sections import number as _number
+from saeseeds.analysis.report.markdown_sections import table as _table
 
 FIGURE_TITLES = {
     "median_heatmap": "Median matched cosine, seed × seed",
@@ -31,6 +40,8 @@ FIGURE_TITLES = {
     "matched_cosine_vs_frequency": "Matched cosine vs firing frequency",
     "overlap_vs_seeds": "Overlap vs number of seeds",
     "beyond_geometry": "Best-match cosine per feature vs the geometry control",
+    "trajectory": "Stability over training, beside the geometry control",
+    "functional_agreement": "Activation correlation vs decoder cosine of matched features",
 }
 SIDE_BY_SIDE = (
     ("decoder_median", "median"),
@@ -46,12 +57,6 @@ NOT_COMPUTED = "n/a"
 STATISTIC_NAMES = {"decoder_median": "median", "mmcs": "MMCS"}
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
 def _not_computed(report: GroupReport) -> set[str]:
     return set(report.extras.get("matching", {}).get("not_computed", {}).get("statistics", []))
 
@@ -64,11 +69,6 @@ def _stat(report: GroupReport, metric: str, interval: bool = False) -> str:
     if interval and not math.isnan(entry["ci_low"]):
         text += f" [{_number(entry['ci_low'])}, {_number(entry['ci_high'])}]"
     return text
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def published_table(reports: list[GroupReport], thresholds: list[float]) -> list[str]:
@@ -126,24 +126,6 @@ def controls_table(reports: list[GroupReport]) -> list[str]:
     return _table(header, rows)
 
 
-def _convergence(report: GroupReport) -> list[str]:
-    entry = report.extras.get("convergence")
-    if not entry:
-        return ["- Convergence: no held-out FVU curve in these runs' metrics.json."]
-    drops = ", ".join(
-        f"seed {seed}: {drop:.1%}" for seed, drop in entry["last_quarter_relative_fvu_drop"].items()
-    )
-    state = (
-        "**still improving** — train longer before trusting these numbers"
-        if entry["still_improving"]
-        else "converged by this criterion"
-    )
-    return [
-        f"- Convergence: held-out FVU fell by {drops} over the last quarter of training; "
-        f"{state} (threshold {entry['threshold']:.0%})."
-    ]
-
-
 def _details(report: GroupReport, thresholds: list[float]) -> list[str]:
     names = ["decoder_median", "decoder_mean", "live_decoder_median", "live_decoder_mean"]
     names += [
@@ -151,7 +133,8 @@ def _details(report: GroupReport, thresholds: list[float]) -> list[str]:
         for prefix in ("decoder_", "live_decoder_")
         for tau in thresholds
     ]
-    names += ["encoder_median", "encoder_mean", "shared", "live_shared", "agreement", "mmcs"]
+    names += ["encoder_median", "encoder_mean", "shared", "live_shared", "agreement", "pwmcc"]
+    names += ["mmcs", "activation_correlation_median"]
     chance = report.extras.get("baseline", {}).get("chance", {})
     rows = [
         [name, _stat(report, name, interval=True), _number(chance.get(name.removeprefix("live_")))]
@@ -333,6 +316,7 @@ def render_report(
     lines += controls_table(reports) + [""]
     lines += ["## All groups", ""]
     lines += published_table(reports, thresholds) + [""]
+    lines += overview(reports)
     if any(report.matching == "argmax" for report in reports):
         lines += [
             f"`{NOT_COMPUTED}`: not computed; the group was analysed with argmax matching (no "
@@ -362,8 +346,8 @@ def render_report(
             "",
         ]
         lines += _details(report, thresholds) + [""] + _matching(report) + _findings(report)
-        lines += _convergence(report)
-        lines += [""]
+        lines += functional_lines(report) + convergence_lines(report.extras.get("convergence"))
+        lines += [""] + trajectory_lines(report)
         for name, path in figures.get(report.label, {}).items():
             lines += [f"![{FIGURE_TITLES.get(name, name)}]({path.relative_to(report_dir)})", ""]
         if report.examples:

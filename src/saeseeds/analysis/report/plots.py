@@ -2,8 +2,10 @@
 
 Per group: seed × seed heatmaps of median matched cosine (of MMCS with argmax matching) and of the
 shared fraction; histograms of matched cosines (all and live-only) with the random baseline
-overlaid; reappearance and matched cosine vs firing frequency. Across groups: overlap vs number
-of seeds. Each function writes one file and returns its path; none computes a metric.
+overlaid; reappearance and matched cosine vs firing frequency; the statistics over training
+beside the geometry control's; activation correlation vs decoder cosine of matched features.
+Across groups: overlap vs number of seeds. Each function writes one file and returns its path;
+none computes a metric.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from saeseeds.analysis.functional import scatter_points  # noqa: E402
 from saeseeds.analysis.group_analysis import GroupReport  # noqa: E402
 from saeseeds.analysis.group_stats import frequency_points, seed_matrix  # noqa: E402
+
+STATISTIC_TITLES = {"decoder_median": "median matched cosine", "mmcs": "MMCS"}
 
 
 def slug(label: str) -> str:
@@ -138,6 +143,82 @@ def beyond_geometry(report: GroupReport, control: GroupReport, path: Path) -> Pa
     return _save(figure, path)
 
 
+def _interval_line(axes, fractions, entries, label: str, style: dict) -> None:
+    """One statistic over training with its interval as a band."""
+    values = [entry["value"] if entry else np.nan for entry in entries]
+    low = [entry["ci_low"] if entry else np.nan for entry in entries]
+    high = [entry["ci_high"] if entry else np.nan for entry in entries]
+    (line,) = axes.plot(fractions, values, label=label, **style)
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    axes.fill_between(fractions, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+
+
+def trajectory(report: GroupReport, control: GroupReport | None, path: Path) -> Path:
+    """The headline statistic, stability@0.9 with the shared fraction, and the beyond-geometry
+    share at each snapshot and at the end, beside the geometry control's (95% intervals)."""
+    entry = report.extras["trajectory"]
+    statistic, stability = entry["statistic"], entry["stability_statistic"]
+    groups = [(report.label, entry["rows"], {})]
+    if control is not None:
+        style = {"color": "black", "linestyle": "--"}
+        groups.append(
+            (f"geometry control: {control.label}", control.extras["trajectory"]["rows"], style)
+        )
+    panels = [
+        (STATISTIC_TITLES.get(statistic, statistic), [statistic]),
+        (f"{stability.removeprefix('decoder_')} and shared", [stability, "shared"]),
+    ]
+    beyond = any("beyond_geometry_fraction" in row for row in entry["rows"])
+    figure, axes_list = plt.subplots(
+        1, len(panels) + beyond, figsize=(4.2 * (len(panels) + beyond), 3.4)
+    )
+    for axes, (title, names) in zip(axes_list, panels, strict=False):
+        for label, rows, style in groups:
+            fractions = [row["fraction"] for row in rows]
+            for name, marker in zip(names, ("o", "s"), strict=False):
+                suffix = f" ({name.removeprefix('decoder_')})" if len(names) > 1 else ""
+                _interval_line(axes, fractions, [row.get(name) for row in rows], label + suffix,
+                               {**style, "marker": marker})  # fmt: skip
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel("fraction of training")
+        axes.set_xlim(0, 1.05)
+        axes.legend(fontsize=6)
+    if beyond:
+        axes = axes_list[-1]
+        rows = [row for row in entry["rows"] if "beyond_geometry_fraction" in row]
+        axes.plot([row["fraction"] for row in rows],
+                  [row["beyond_geometry_fraction"] for row in rows], marker="o")  # fmt: skip
+        axes.set_title("share of features beyond geometry", fontsize=9)
+        axes.set_xlabel("fraction of training")
+        axes.set_xlim(0, 1.05)
+        axes.set_ylim(bottom=0)
+    figure.suptitle(f"Stability over training — {report.label}", fontsize=10)
+    return _save(figure, path)
+
+
+def functional_agreement(report: GroupReport, control: GroupReport | None, path: Path) -> Path:
+    """Activation correlation on held-out tokens against decoder cosine, per matched pair, for
+    the group and its geometry control."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for label, source, style in (
+        (report.label, report, {"s": 5, "alpha": 0.35}),
+        (f"geometry control: {control.label}" if control else "", control,
+         {"s": 5, "alpha": 0.35, "color": "black", "marker": "x"}),
+    ):  # fmt: skip
+        if source is None or not source.agreements:
+            continue
+        cosines, correlations = scatter_points(source.agreements)
+        axes.scatter(cosines, correlations, label=label, **style)
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.set_xlabel("matched decoder cosine")
+    axes.set_ylabel("activation correlation on held-out tokens")
+    median = report.extras["functional"]["median"]["value"]
+    axes.set_title(f"Matched features: median correlation {median:.2f} — {report.label}",
+                   fontsize=9)  # fmt: skip
+    axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
 def overlap_vs_seeds(reports: list[GroupReport], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5.5, 3.6))
     for report in reports:
@@ -151,6 +232,23 @@ def overlap_vs_seeds(reports: list[GroupReport], path: Path) -> Path:
     axes.set_title("Overlap vs number of seeds", fontsize=9)
     axes.legend(fontsize=7)
     return _save(figure, path)
+
+
+def _over_training(
+    report: GroupReport, control: GroupReport | None, figures_dir: Path, name: str
+) -> dict[str, Path]:
+    """The trajectory (not for a control: its condition's figure shows it) and the functional
+    agreement, where the group has them."""
+    paths = {}
+    has_trajectory = len(report.trajectory) > 1 and report.extras.get("role") != "control"
+    if has_trajectory:
+        beside = control if control is not None and len(control.trajectory) > 1 else None
+        paths["trajectory"] = trajectory(report, beside, figures_dir / f"{name}_trajectory.png")
+    if report.agreements:
+        paths["functional_agreement"] = functional_agreement(
+            report, control, figures_dir / f"{name}_functional.png"
+        )
+    return paths
 
 
 def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, dict[str, Path]]:
@@ -193,11 +291,12 @@ def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, di
                 report, frequencies, cosines, figures_dir / f"{name}_frequency.png"
             )
         gaussian = report.extras.get("controls", {}).get("gaussian")
-        if gaussian is not None and report.beyond_geometry:
-            control = next(r for r in reports if r.label == gaussian["label"])
+        control = next(r for r in reports if r.label == gaussian["label"]) if gaussian else None
+        if control is not None and report.beyond_geometry:
             paths["beyond_geometry"] = beyond_geometry(
                 report, control, figures_dir / f"{name}_beyond_geometry.png"
             )
+        paths.update(_over_training(report, control, figures_dir, name))
         figures[report.label] = paths
     if any("overlap_vs_seeds" in report.extras for report in reports):
         figures["all"] = {

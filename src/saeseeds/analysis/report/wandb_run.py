@@ -1,8 +1,10 @@
 """Logging an analysis as a W&B run: job_type="analysis", in the sweep's group.
 
-Summary scalars (group statistics with intervals, chance level, p-values, reappearance shares),
-tables (pair metrics, the published-style group table, and per group the feature table of
-report.html with every version's contexts, as ``features/<group>``) and the report's figures.
+Summary scalars (group statistics with intervals, chance level, p-values, reappearance shares,
+the lead's change over training, the functional agreement), tables (pair metrics, the
+published-style group table, the statistics over training as ``trajectory``, and per group the
+feature table of report.html with every version's contexts, as ``features/<group>``) and the
+report's figures.
 The mode comes from :func:`saeseeds.wandb_utils.resolve_wandb_mode` (offline without an API
 key). A W&B failure is reported and never loses the report folder, which is written before and
 independently.
@@ -65,7 +67,48 @@ def summary_scalars(reports: list[GroupReport]) -> dict[str, float]:
         redundancy = report.extras.get("redundancy")
         if redundancy and redundancy["near_duplicate_share"] is not None:
             scalars[f"{prefix}/near_duplicate_share"] = redundancy["near_duplicate_share"]
+        scalars.update(over_training_scalars(report))
     return scalars
+
+
+def over_training_scalars(report: GroupReport) -> dict[str, float]:
+    """The lead's change over the last half of training, the stability rise, and the functional
+    agreement with its control's."""
+    prefix, scalars = report.label, {}
+    change = (report.extras.get("trajectory") or {}).get("lead_change")
+    if change:
+        scalars[f"{prefix}/trajectory/lead_change"] = change["change"]
+        scalars[f"{prefix}/trajectory/lead_change_p_value"] = change["p_value"]
+    rise = (report.extras.get("convergence") or {}).get("stability")
+    if rise:
+        scalars[f"{prefix}/convergence/stability_rise"] = rise["rise"]
+    functional = report.extras.get("functional") or {}
+    if "median" in functional:
+        scalars[f"{prefix}/functional/random_partner_median"] = functional["random_partner_median"]
+        control = functional.get("control") or {}
+        if "difference" in control:
+            scalars[f"{prefix}/functional/control_median"] = control["median"]
+            scalars[f"{prefix}/functional/control_difference"] = control["difference"]
+    return scalars
+
+
+def trajectory_rows(reports: list[GroupReport]) -> list[list[Any]]:
+    """[group, fraction, step, statistic, value, ci_low, ci_high]: each group's statistics at
+    each snapshot and at the end; the lead over the geometry control as ``lead``."""
+    rows = []
+    for report in reports:
+        for row in (report.extras.get("trajectory") or {}).get("rows", []):
+            head = [report.label, row["fraction"], row.get("step")]
+            for name, entry in row.items():
+                if isinstance(entry, dict) and "value" in entry:
+                    rows.append([*head, name, entry["value"], entry["ci_low"], entry["ci_high"]])
+            if "lead" in row:
+                low, high = row["lead"]["difference_ci"]
+                rows.append([*head, "lead", row["lead"]["difference"], low, high])
+            if "beyond_geometry_fraction" in row:
+                rows.append([*head, "beyond_geometry_fraction",
+                             row["beyond_geometry_fraction"], None, None])  # fmt: skip
+    return rows
 
 
 def _examples_per_feature(config: dict[str, Any]) -> int:
@@ -143,6 +186,8 @@ def log_to_wandb(
             ],
         )
         payload.update(feature_payload(wandb, reports, _examples_per_feature(config)))
+        columns = ["group", "fraction", "step", "statistic", "value", "ci_low", "ci_high"]
+        payload["trajectory"] = wandb.Table(columns=columns, data=trajectory_rows(reports))
         run.log(payload)
     finally:
         run.finish()
