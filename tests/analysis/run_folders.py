@@ -134,3 +134,49 @@ def write_sweep(
             **kwargs,
         )
     return sweep
+
+
+def write_snapshots(folder: Path, decoders: dict[float, np.ndarray], steps: int = 100) -> None:
+    """snapshots/ as the trainer writes it: {fraction: decoder [n_features, d_in]} (encoder =
+    decoderᵀ), with an index; the step of fraction f is round(f · steps)."""
+    snapshots = folder / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for fraction, decoder in sorted(decoders.items()):
+        name = f"fraction={fraction:g}.safetensors"
+        n_features, d_in = decoder.shape
+        save_file(
+            {
+                "W_enc": np.ascontiguousarray(decoder.T, dtype=np.float32),
+                "b_enc": np.zeros(n_features, dtype=np.float32),
+                "W_dec": np.ascontiguousarray(decoder, dtype=np.float32),
+                "b_dec": np.zeros(d_in, dtype=np.float32),
+            },
+            str(snapshots / name),
+        )
+        step = round(fraction * steps)
+        entries.append({"fraction": fraction, "step": step, "tokens_seen": step * 256,
+                        "file": name, "heldout_fvu": 0.5 - 0.2 * fraction})  # fmt: skip
+    index = {"format": "saeseeds.snapshots/1", "snapshots": entries, "missed": [],
+             "bytes": 0, "seconds": 0.0}  # fmt: skip
+    (snapshots / "index.json").write_text(json.dumps(index))
+
+
+def write_heldout_codes(folder: Path, codes: np.ndarray, identity: str = "tokens-1") -> None:
+    """heldout_codes.safetensors (CSR) of dense latents [n_tokens, n_features]."""
+    rows, columns = np.nonzero(codes > 0)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(codes)))])
+    save_file(
+        {
+            "indptr": indptr.astype(np.int64),
+            "indices": columns.astype(np.int32),
+            "values": codes[rows, columns].astype(np.float32),
+        },
+        str(folder / "heldout_codes.safetensors"),
+        metadata={
+            "n_tokens": str(len(codes)),
+            "n_features": str(codes.shape[1]),
+            "heldout_identity": identity,
+            "saeseeds_contract_version": "1",
+        },
+    )

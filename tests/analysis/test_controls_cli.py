@@ -1,7 +1,8 @@
 """A condition judged against its geometry control, through the real command line.
 
 Data with no sparse structure must come out indistinguishable from its control; sparse true
-features in an anisotropic space must beat it by a wide margin.
+features in an anisotropic space must beat it by a wide margin, over training too, and their
+matched features must fire together on held-out tokens.
 """
 
 from __future__ import annotations
@@ -85,3 +86,13 @@ def test_sparse_features_in_an_anisotropic_space_beat_their_control(tmp_path):
     flags = [row.split(",")[column] for row in features[1:] if row.startswith(condition["label"])]
     assert np.mean([flag == "1" for flag in flags]) == condition["beyond_geometry_fraction"]
     assert (result["report_dir"] / condition["figures"]["beyond_geometry"]).is_file()
+    # Over training (the runs' snapshots): a row per fraction, each with its lead over the control.
+    rows = condition["trajectory"]["rows"]
+    assert [row["fraction"] for row in rows] == [0.25, 0.5, 0.75, 1.0]
+    assert all(row["lead"]["difference"] > 0 for row in rows[1:])
+    assert condition["trajectory"]["lead_change"]["trend"] in ("growing", "flat", "shrinking")
+    assert (result["report_dir"] / condition["figures"]["trajectory"]).is_file()
+    # Matched features fire together on the held-out tokens, far more than the control's do.
+    functional = condition["functional"]
+    assert functional["median"]["value"] > 0.8 > functional["control"]["median"] + 0.2
+    assert abs(functional["random_partner_median"]) < 0.2

@@ -266,7 +266,7 @@ def compare_across_groups(reports: list[GroupReport], confidence: float) -> None
         if entry is None:
             continue
         control = by_label[entry["label"]]
-        if report.trajectory and control.trajectory:
+        if len(report.trajectory) > 1 and len(control.trajectory) > 1:  # snapshots in both
             attach_lead(report, control, confidence)
         compare_with_control(report, control, confidence)
 
