@@ -92,6 +92,8 @@ def test_sparse_features_in_an_anisotropic_space_beat_their_control(tmp_path):
     assert all(row["lead"]["difference"] > 0 for row in rows[1:])
     assert condition["trajectory"]["lead_change"]["trend"] in ("growing", "flat", "shrinking")
     assert (result["report_dir"] / condition["figures"]["trajectory"]).is_file()
+    assert condition["trajectory"]["cost"]["count"] == 3
+    assert "Snapshots cost each run" in result["report"]
     # Matched features fire together on the held-out tokens, far more than the control's do.
     functional = condition["functional"]
     assert functional["median"]["value"] > 0.8 > functional["control"]["median"] + 0.2

@@ -85,6 +85,7 @@ def test_argmax_reports_what_needs_no_assignment_and_marks_the_rest(
         assert absent["results"] == [
             "overlap_vs_seeds",
             "matched_cosine_vs_firing_frequency",
+            "functional_agreement",
             "examples",
         ]
         assert "overlap_vs_seeds" not in group and group["examples"] == []

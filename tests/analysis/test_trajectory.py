@@ -106,6 +106,9 @@ def test_the_lead_over_the_geometry_control_follows_the_construction(
     assert rising["from_fraction"] == 0.75 and rising["still_rising"] == (trend == "growing")
     assert ("Its stability was still rising" in verdict) == (trend == "growing")
     assert (tmp_path / "report" / condition["figures"]["trajectory"]).is_file()
+    page = (tmp_path / "report" / "report.html").read_text()
+    section = page.split('<section id="over-training">')[1].split("</section>")[0]
+    assert section.count("<tr>") == 1 + 4 and sentence in section  # header, 4 points
 
 
 def test_a_lead_that_does_not_move_is_flat(tmp_path, analysis_config):
@@ -131,6 +134,7 @@ def test_without_snapshots_the_report_says_so(tmp_path, analysis_config):
         assert "stability" not in group["convergence"]
     assert "- Stability over training: not available; these runs have no snapshots" in report
     assert "## Stability over training" not in report
+    assert 'id="over-training"' not in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_paired_change_cancels_what_the_two_points_share():

@@ -1,10 +1,12 @@
 """All analyses of one analysable group, in the order they depend on each other.
 
-Pairs first (the only expensive step; a progress bar advances per pair), then group statistics
-with bootstrap intervals, reappearance, overlap vs seeds, firing-frequency correlations,
-subspaces, the random baseline and the example pairs. With argmax matching (no assignment) the
-analyses that need one are not run, and are listed as such. Writing the results is
-:mod:`report`'s job.
+Pairs first (the only expensive step; a progress bar advances per pair), then the functional
+agreement of matched pairs, group statistics with bootstrap intervals, reappearance, overlap vs
+seeds, firing-frequency correlations, subspaces, the trajectory over the training snapshots,
+convergence, the random baseline and the example pairs. What needs a condition's geometry
+control is added once every group is analysed (:func:`compare_across_groups`). With argmax
+matching (no assignment) the analyses that need one are not run, and are listed as such. Writing
+the results is :mod:`report`'s job.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def not_computed(matching: str, cfg: Any) -> dict[str, list[str]]:
     switches = {
         "overlap_vs_seeds": cfg.metrics.overlap,
         "matched_cosine_vs_firing_frequency": cfg.metrics.frequency,
+        "functional_agreement": cfg.metrics.functional,
         "examples": True,
     }
     return {

@@ -139,6 +139,7 @@ def snapshot_points(
                 advance()
             continue
         pairs = compute_pairs(runs, cfg, settings, advance)
+        pairs.runs = list(group.runs)  # the same seeds: the snapshot's directions are let go
         bootstrap = cfg.bootstrap
         points.append(
             TrajectoryPoint(
@@ -299,6 +300,7 @@ def trajectory_summary(report: Any) -> dict[str, Any]:
         "stability_statistic": stability,
         "rows": rows,
         "notes": previous.get("notes", []),
+        "cost": snapshot_cost(report.group.runs),
     }
     if len(report.trajectory) < 2:
         summary["unavailable"] = previous.get("unavailable") or (
@@ -306,6 +308,23 @@ def trajectory_summary(report: Any) -> dict[str, Any]:
             "snapshots existed, imports, or trainer.snapshots=false"
         )
     return summary
+
+
+def snapshot_cost(runs: list[RunFolder]) -> dict[str, float] | None:
+    """What the snapshots cost training, per run (mean over the seeds that recorded it, from
+    metrics.json): bytes, seconds, and those seconds as a share of the fit's."""
+    costs = [run.metrics.get("snapshots") for run in runs]
+    costs = [cost for cost in costs if isinstance(cost, dict) and cost.get("count")]
+    if not costs:
+        return None
+    fit_times = [float(run.metrics.get("fit_time_s") or 0.0) for run in runs]
+    return {
+        "count": float(np.mean([cost["count"] for cost in costs])),
+        "bytes": float(np.mean([cost["bytes"] for cost in costs])),
+        "seconds": float(np.mean([cost["seconds"] for cost in costs])),
+        "share_of_fit": float(np.mean([cost["seconds"] for cost in costs]))
+        / max(float(np.mean(fit_times)), 1e-9),
+    }
 
 
 def stability_name(report: Any) -> str:

@@ -357,8 +357,9 @@ def _convergence(groups: Groups) -> list[str]:
                  if (group.get("convergence") or {}).get("still_improving")]  # fmt: skip
     if not improving:
         return []
-    return ["", "Still improving when training stopped (held-out FVU fell > 2% over the last "
-            "quarter): " + "; ".join(improving) + "."]  # fmt: skip
+    return ["", "Still improving when training stopped (held-out FVU fell > 2%, or stability still "
+            "rose beyond its noise margin, over the last quarter): " + "; ".join(improving)
+            + "."]  # fmt: skip
 
 
 def _kind(condition: dict[str, Any]) -> str:

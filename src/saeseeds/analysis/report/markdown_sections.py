@@ -125,6 +125,14 @@ def trajectory_lines(report: Any) -> list[str]:
     lines = ["### Stability over training", "", *table(header, rows), ""]
     if trajectory.get("lead_change"):
         lines += [trajectory["lead_change"]["sentence"], ""]
+    cost = trajectory.get("cost")
+    if cost:
+        lines += [
+            f"Snapshots cost each run {cost['bytes'] / 1e6:.2f} MB on disk ({cost['count']:g} "
+            f"files) and {cost['seconds']:.2f} s to write ({cost['share_of_fit']:.1%} of its "
+            "fit time).",
+            "",
+        ]
     lines += [f"> {note}" for note in trajectory.get("notes", [])]
     return lines + ([""] if trajectory.get("notes") else [])
 
