@@ -19,6 +19,7 @@ from tests.analysis.run_folders import (
     write_run_folder,
     write_snapshots,
 )
+from tests.helpers import offline_wandb_run
 
 N_FEATURES, D_IN, SEEDS = 24, 16, (1, 2, 3, 4)
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -61,10 +62,10 @@ def write_condition(sweep: Path, shares: dict[float, float] | None, snapshots: b
     return sweep
 
 
-def analyse(sweep: Path, tmp_path: Path, analysis_config) -> tuple[dict, str]:
+def analyse(sweep: Path, tmp_path: Path, analysis_config, **changes) -> tuple[dict, str]:
     cfg = analysis_config(
         str(sweep), **{"metrics.baseline": False, "metrics.subspaces": False,
-                       "metrics.redundancy": False},
+                       "metrics.redundancy": False, **changes},
     )  # fmt: skip
     outcome = run_analysis(cfg, tmp_path / "report")
     groups = outcome.summary["groups"]
@@ -118,11 +119,17 @@ def test_a_lead_that_does_not_move_is_flat(tmp_path, analysis_config):
         final = (folder / "sae_weights.safetensors").read_bytes()
         for fraction in FRACTIONS:
             (folder / "snapshots" / f"fraction={fraction:g}.safetensors").write_bytes(final)
-    groups, _ = analyse(sweep, tmp_path, analysis_config)
+    # With the offline W&B analysis run: the trajectory is logged as a table and the change.
+    offline = {"logger.enabled": True, "logger.mode": "offline"}
+    groups, _ = analyse(sweep, tmp_path, analysis_config, **offline)
     change = groups["data.control=none"]["trajectory"]["lead_change"]
     assert change["change"] == pytest.approx(0.0, abs=1e-12) and change["trend"] == "flat"
     assert "is flat" in change["sentence"]
     assert not groups["data.control=none"]["convergence"]["stability"]["still_rising"]
+    (run_folder,) = (tmp_path / "report" / "wandb").glob("offline-run-*")
+    logged = offline_wandb_run(run_folder)
+    assert "trajectory/_type" in logged["history_keys"]
+    assert logged["summary"]["data.control=none/trajectory/lead_change"] == pytest.approx(0.0)
 
 
 def test_without_snapshots_the_report_says_so(tmp_path, analysis_config):
