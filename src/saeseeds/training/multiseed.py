@@ -26,7 +26,12 @@ from saeseeds.config.validation import validate_train_config
 from saeseeds.sae import SAEConfig
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training.checkpoint_io import RECORD_KEY, check_shapes
-from saeseeds.training.datamodule import ActivationDataModule, order_seed
+from saeseeds.training.datamodule import (
+    ActivationDataModule,
+    order_seed,
+    training_rows,
+    window_shards,
+)
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.module import MultiSeedModule, seed_prefix
 from saeseeds.training.preemption import StopSignals
@@ -150,11 +155,10 @@ def _train_seeds(
     seeds = plan.train_seeds
     L.seed_everything(seeds[0], workers=True)  # nothing in training draws from it (see above)
     source, splits, input_scale = load_activations(cfg, sae_config)
-    saes = [initialised_sae(sae_config, splits, input_scale, seed) for seed in seeds]
+    rows = training_rows(splits.train, source.batch_size, window_shards(cfg), order_seed(cfg))
+    saes = [initialised_sae(sae_config, rows, input_scale, seed) for seed in seeds]
     module = MultiSeedModule(saes, seeds, **module_arguments(sae_config, saes[0], input_scale))
-    datamodule = ActivationDataModule(
-        splits.train, splits.heldout, source.batch_size, order_seed(cfg)
-    )
+    datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     if plan.checkpoint is not None and plan.ckpt_path is not None:

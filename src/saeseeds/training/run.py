@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from saeseeds import contract
 from saeseeds.activations.base import ActivationSource, ActivationSplits
 from saeseeds.activations.controls import with_control
+from saeseeds.activations.shards import TrainingRows
 from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
@@ -40,7 +41,14 @@ from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve
 from saeseeds.training.checkpoint_io import check_shapes
-from saeseeds.training.datamodule import ActivationDataModule, order_seed
+from saeseeds.training.datamodule import (
+    ActivationDataModule,
+    WindowedRows,
+    init_sample,
+    order_seed,
+    training_rows,
+    window_shards,
+)
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.metrics import evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
@@ -85,11 +93,10 @@ def _train(
 ) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     source, splits, input_scale = load_activations(cfg, sae_config)
-    sae = initialised_sae(sae_config, splits, input_scale, cfg.seed)
+    rows = training_rows(splits.train, source.batch_size, window_shards(cfg), order_seed(cfg))
+    sae = initialised_sae(sae_config, rows, input_scale, cfg.seed)
     module = SAETrainingModule(sae, **module_arguments(sae_config, sae, input_scale))
-    datamodule = ActivationDataModule(
-        splits.train, splits.heldout, source.batch_size, order_seed(cfg)
-    )
+    datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
@@ -164,6 +171,10 @@ def load_activations(
     source = build_source(cfg)
     splits = source.load()
     return source, splits, normalisation_scale(splits.train, sae_config.normalize)
+
+
+# Fields of the data group that say how training reads the rows, not what the source gives.
+READER_FIELDS = ("control", "control_seed", "window_shards")
 
 
 def module_arguments(sae_config: SAEConfig, sae: SAE, input_scale: float) -> dict[str, Any]:
@@ -286,7 +297,9 @@ def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
 def build_source(cfg: DictConfig) -> ActivationSource:
     """The ``data`` option's source, wrapped in its control when ``data.control`` is set."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    control, control_seed = data.pop("control", "none"), data.pop("control_seed", 0)
+    control, control_seed = data.get("control", "none"), data.get("control_seed", 0)
+    for name in READER_FIELDS:
+        data.pop(name, None)
     try:
         return with_control(instantiate(data, _convert_="all"), control, control_seed)
     except InstantiationException as error:
@@ -304,24 +317,25 @@ def cluster_plugins() -> list[Any]:
     return []
 
 
-def normalisation_scale(train: torch.Tensor, method: str) -> float:
-    """s with E‖s·x‖² = d_in over the whole training set (seed-independent), or 1."""
+def normalisation_scale(train: TrainingRows, method: str) -> float:
+    """s with E‖s·x‖² = d_in over the whole training prefix (exact, from its per-shard
+    statistics; seed-independent), or 1."""
     if method == "none":
         return 1.0
-    mean_squared_norm = float(train.double().pow(2).sum(1).mean())
+    mean_squared_norm = train.mean_squared_norm()
     if not math.isfinite(mean_squared_norm) or mean_squared_norm <= 0:
         raise DataError("The activations are all zero or not finite; cannot normalise them.")
-    return math.sqrt(train.shape[1] / mean_squared_norm)
+    return math.sqrt(train.d_in / mean_squared_norm)
 
 
 def initialised_sae(
-    sae_config: SAEConfig, splits: ActivationSplits, input_scale: float, seed: int
+    sae_config: SAEConfig, rows: WindowedRows, input_scale: float, seed: int
 ) -> SAE:
+    """The SAE of ``seed``, initialised from a sample of the rows training reads first."""
     generator = torch.Generator().manual_seed(seed)
-    sample_rows = torch.randperm(len(splits.train), generator=generator)
-    sample_rows = sample_rows[: sae_config.init_sample_size]
-    sae = build_sae(splits.d_in, sae_config)
-    sae.initialize(splits.train[sample_rows] * input_scale, generator)
+    sample = init_sample(rows, sae_config.init_sample_size, generator)
+    sae = build_sae(rows.train.d_in, sae_config)
+    sae.initialize(sample * input_scale, generator)
     return sae
 
 

@@ -113,7 +113,7 @@ def environment(
         "installed_packages_sha256": installed_packages_hash(),
         "seed": seed,
         "model_weight_hash": provenance.get("model_weight_hash"),
-        "activation_cache_key": provenance.get("activation_cache_key"),
+        "activation_store_key": provenance.get("activation_store_key"),
         "data_provenance": provenance,
         "config_sha256": contract.config_sha256(run_config),
         "condition_sha256": contract.config_sha256(contract.condition_config(resolved_config)),
