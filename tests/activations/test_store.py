@@ -4,6 +4,7 @@ safely by racing processes; inspected and verified from the command line."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -26,7 +27,8 @@ from saeseeds.activations.store import (
     stats_path,
     store_key,
 )
-from saeseeds.errors import DataError
+from saeseeds.activations.store_build import ensure_store
+from saeseeds.errors import DataError, OutputError
 from tests.helpers import REPO_ROOT, store_folders
 
 
@@ -97,6 +99,42 @@ def test_budgets_share_one_store_a_smaller_reads_a_prefix_a_larger_extends_it(
     assert 2 * 17 <= sum(forwards) <= 2 * 18
     after = store_files(folder)
     assert {name: after[name] for name in before} == before  # nothing rewritten
+
+
+def test_shards_built_in_any_order_or_process_are_the_bytes_of_a_serial_build(
+    make_source, tmp_path
+):
+    """Shard i depends only on (key, i): ranges built separately, in reverse, match one pass."""
+    make_source(cache_dir=str(tmp_path / "serial")).load()
+    (serial,) = store_folders(tmp_path / "serial")
+    for part in (range(2, 4), range(0, 2)):  # as two parts of a parallel build would
+        source = make_source(cache_dir=str(tmp_path / "parts"))
+        ensure_store(source.cache_dir, source.builder(), source.n_tokens, part)
+    (parts,) = store_folders(tmp_path / "parts")
+    assert store_files(parts) == store_files(serial) and len(store_files(serial)) == 9
+
+
+def test_a_full_disk_names_the_store_and_leaves_no_lock_and_no_partial_shard(
+    make_source, tmp_path, monkeypatch
+):
+    from saeseeds import io
+
+    real_replace = os.replace
+
+    def disk_full_for_shards(source, target):
+        if "shard-000001" in str(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(source))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(io.os, "replace", disk_full_for_shards)
+    with pytest.raises(OutputError, match=r"activation store .*: cannot write .*shard-000001"):
+        make_source().load()
+    monkeypatch.undo()
+    (folder,) = store_folders(tmp_path / "cache")
+    left = sorted(p.name for p in folder.parent.rglob("*"))
+    assert not [name for name in left if name.endswith((".lock", ".tmp"))], left
+    assert ActivationStore(folder).n_shards == 1 and not shard_path(folder, 1).exists()
+    assert len(training_rows(make_source().load())) == 2048  # the next job completes it
 
 
 def test_everything_that_changes_activations_changes_the_key(make_source):

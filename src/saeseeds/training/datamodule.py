@@ -146,6 +146,18 @@ class ResumableLoader(DataLoader):
         check_same_order(state, self.state_dict())
 
 
+def process_share(batch_size: int, rank: int, world_size: int) -> slice:
+    """The rows of every global batch that process ``rank`` of ``world_size`` trains on (DDP)."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} must be a multiple of the {world_size} training "
+            "processes (trainer.devices x trainer.num_nodes): each takes an equal share of "
+            "every batch."
+        )
+    share = batch_size // world_size
+    return slice(rank * share, (rank + 1) * share)
+
+
 class ActivationDataModule(L.LightningDataModule):
     def __init__(self, rows: WindowedRows, heldout: Tensor, batch_size: int):
         super().__init__()
@@ -169,14 +181,7 @@ class ActivationDataModule(L.LightningDataModule):
         rank, world_size = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} must be a multiple of the {world_size} "
-                "training processes (trainer.devices x trainer.num_nodes): each takes an equal "
-                "share of every batch."
-            )
-        share = self.batch_size // world_size
-        self.rows.part = slice(rank * share, (rank + 1) * share)
+        self.rows.part = process_share(self.batch_size, rank, world_size)
         sampler = SeededBatchSampler(self.rows.order, self._global_step)
         return ResumableLoader(self.rows, sampler=sampler, batch_size=None)
 
