@@ -36,7 +36,12 @@ def train_config(tmp_path) -> Callable[..., DictConfig]:
 
 # Small enough that a store builds in about a second on the tiny model; shards of 512 tokens.
 TINY_DATA = dict(
-    seq_len=32, n_tokens=2048, batch_size=256, heldout_tokens=200, eval_sequences=4, shard_tokens=512
+    seq_len=32,
+    n_tokens=2048,
+    batch_size=256,
+    heldout_tokens=200,
+    eval_sequences=4,
+    shard_tokens=512,
 )
 
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from saeseeds import contract
+from saeseeds.activations.shards import GeneratedShards, TrainingRows
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
-from saeseeds.activations.shards import GeneratedShards, TrainingRows
 from saeseeds.training.datamodule import process_share, training_rows
 from saeseeds.training.run import train
 from tests.helpers import TINY_SAE, TINY_SYNTHETIC, compose_train, run_app
