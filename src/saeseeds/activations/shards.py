@@ -22,7 +22,7 @@ from torch import Tensor
 from saeseeds.errors import DataError
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_STATS_CHUNK = 8192  # rows converted to float64 at a time
+_STATS_BLOCK = 64  # rows reduced at a time (see RowStats.of)
 
 
 def derive_seed(*parts: Any) -> int:
@@ -59,22 +59,24 @@ class RowStats:
 
     @classmethod
     def of(cls, rows: Tensor, scatter: bool = False) -> RowStats:
-        """Statistics of ``rows`` [n, d_in], converted to float64 a chunk at a time."""
+        """Statistics of ``rows`` [n, d_in] in float64, the same bits whatever the number of CPU
+        threads: blocks of :data:`_STATS_BLOCK` rows are reduced in a fixed order, each by
+        operations too small for torch or BLAS to split across threads."""
         n_rows, d_in = rows.shape
         total = torch.zeros(d_in, dtype=torch.float64)
-        squared_norms = 0.0
-        for start in range(0, n_rows, _STATS_CHUNK):
-            chunk = rows[start : start + _STATS_CHUNK].double()
-            total += chunk.sum(0)
-            squared_norms += float(chunk.pow(2).sum())
+        squared_norms = torch.zeros((), dtype=torch.float64)
+        for start in range(0, n_rows, _STATS_BLOCK):
+            block = rows[start : start + _STATS_BLOCK].double()
+            total += block.sum(0)
+            squared_norms += block.pow(2).sum(1).sum()
         centered_scatter = None
         if scatter:
             mean = total / max(n_rows, 1)
             centered_scatter = torch.zeros(d_in, d_in, dtype=torch.float64)
-            for start in range(0, n_rows, _STATS_CHUNK):
-                centered = rows[start : start + _STATS_CHUNK].double() - mean
+            for start in range(0, n_rows, _STATS_BLOCK):
+                centered = rows[start : start + _STATS_BLOCK].double() - mean
                 centered_scatter += centered.T @ centered
-        return cls(n_rows, total, squared_norms, centered_scatter)
+        return cls(n_rows, total, float(squared_norms), centered_scatter)
 
     @property
     def mean(self) -> Tensor:  # [d_in] float64

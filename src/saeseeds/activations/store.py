@@ -8,8 +8,10 @@ Layout (``docs/store.md`` is the user's description)::
                                          build provenance; rewritten atomically as shards land
         heldout.safetensors              held-out activations (+ their token ids for text)
         shard-000000.safetensors         ``activations`` [rows, d_in] in the store's dtype
-        shard-000000.stats.safetensors   that shard's count, Σx, scatter and Σ‖x‖² (float64),
-                                         and its rows, bytes and sha256 in the metadata
+        shard-000000.stats.safetensors   that shard's Σx and Σ‖x‖² (float64), and its rows,
+                                         bytes and sha256 in the metadata
+        shard-000000.scatter.safetensors its scatter Σ(x − x̄)(x − x̄)ᵀ (float64), written the
+                                         first time a job needs a covariance (the Gaussian control)
         corrupt/                         shards found damaged, moved aside (safe to delete)
 
 Integrity, and when it is checked: when a job opens a store, the manifest and, for every shard it
@@ -40,12 +42,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from saeseeds.activations.matrix_file import read_into
 from saeseeds.activations.shards import RowStats, ShardSequence, dtype_name, storage_dtype
 from saeseeds.errors import DataError
-from saeseeds.io import atomic_write_json, build_lock
+from saeseeds.io import atomic_write_bytes, atomic_write_json, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,10 @@ def shard_path(folder: Path, index: int) -> Path:
 
 def stats_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:06d}.stats.safetensors"
+
+
+def scatter_path(folder: Path, index: int) -> Path:
+    return folder / f"shard-{index:06d}.scatter.safetensors"
 
 
 def is_store(folder: Path) -> bool:
@@ -218,7 +225,12 @@ class ActivationStore(ShardSequence):
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         (self.folder / CORRUPT_DIR).mkdir(exist_ok=True)
-        for path in (stats_path(self.folder, index), shard_path(self.folder, index)):
+        paths = (
+            stats_path(self.folder, index),
+            scatter_path(self.folder, index),
+            shard_path(self.folder, index),
+        )
+        for path in paths:
             if path.exists():
                 path.replace(self.folder / CORRUPT_DIR / f"{path.name}.{stamp}")
         update_manifest(self.folder, drop=(index,))
@@ -251,12 +263,33 @@ class ActivationStore(ShardSequence):
         record = self.record(index)
         if record is None or rows != record["rows"]:
             return RowStats.of(self.read(index)[:rows], scatter)  # a partial last shard
-        names = ["total", "squared_norms", *(["scatter"] if scatter else [])]
         with safe_open(str(stats_path(self.folder, index)), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in names}
-        return RowStats(
-            rows, tensors["total"], float(tensors["squared_norms"]), tensors.get("scatter")
-        )
+            stats = RowStats(
+                rows, handle.get_tensor("total"), float(handle.get_tensor("squared_norms"))
+            )
+        if scatter:
+            stats.scatter = self.shard_scatter(index, record)
+        return stats
+
+    def shard_scatter(self, index: int, record: dict[str, Any]) -> Tensor:
+        """The shard's scatter matrix, computed from the shard (sha256 checked) the first time
+        and then kept beside it; d_in² flops a row, so builds leave it to the jobs that use it."""
+        path = scatter_path(self.folder, index)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if (handle.metadata() or {}).get("shard_sha256") == record["sha256"]:
+                    return handle.get_tensor("scatter")
+        except Exception:  # noqa: BLE001 - missing or damaged: computed again below
+            pass
+        scatter = RowStats.of(self.read(index), scatter=True).scatter
+        assert scatter is not None
+        try:
+            atomic_write_bytes(
+                path, save({"scatter": scatter}, metadata={"shard_sha256": record["sha256"]})
+            )
+        except OSError as error:  # a read-only store: computed again next time, nothing more
+            log.info("Could not keep the scatter of shard %d in %s: %s", index, self.folder, error)
+        return scatter
 
     def heldout(self) -> dict[str, Tensor]:
         """The held-out tensors (activations, and token ids for text), sha256 checked."""

@@ -244,10 +244,9 @@ def write_shard(store: ActivationStore, index: int, rows: Tensor, seconds: float
     record["sha256"] = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(shard_path(store.folder, index), data)
     del data
-    stats = RowStats.of(rows, scatter=True)
+    stats = RowStats.of(rows)  # the scatter is left to the first job that needs it
     tensors = {
         "total": stats.total,
-        "scatter": stats.scatter,
         "squared_norms": torch.tensor(stats.squared_norms, dtype=torch.float64),
     }
     # One metadata key: safetensors writes several in hash-map order, which varies between runs.
