@@ -72,6 +72,8 @@ OPERATIONAL_KEYS = (
     "data.model_cache_dir",
     "data.model.device",
     "data.model.forward_batch_size",
+    # Streaming the activations instead of storing them: the same batches, the same SAEs.
+    "data.store",
     "model.device",
     "model.forward_batch_size",
     "threads",

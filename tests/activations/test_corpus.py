@@ -80,9 +80,11 @@ def test_unreadable_file_is_reported(tmp_path):
         TextFilesCorpus([str(path)]).check()
 
 
-def stream(tokenizer, corpus=None, seq_len=16, n_heldout=8, split_seed=0) -> SequenceStream:
+def stream(
+    tokenizer, corpus=None, seq_len=16, n_heldout=8, split_seed=0, cache_dir=None
+) -> SequenceStream:
     return SequenceStream(
-        corpus or PythonDocsCorpus(), tokenizer, seq_len, True, split_seed, n_heldout
+        corpus or PythonDocsCorpus(), tokenizer, seq_len, True, split_seed, n_heldout, "", cache_dir
     )
 
 
@@ -107,23 +109,61 @@ def test_sequences_start_with_bos_and_split_disjointly(tokenizer):
     assert len(first & train_rows) < 20
 
 
-def test_blocks_are_shuffled_one_at_a_time_in_bounded_memory(tokenizer, monkeypatch):
-    """With blocks of ~2000 tokens, the sequences of block k all come before those of block
-    k + 1, and the held-out sequences come from block 0 only."""
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 128 chunks of 15 tokens, so that the docs corpus spans many of them."""
     monkeypatch.setattr(sequence_module, "BLOCK_TOKENS", 15 * 128)
-    sequence_module._FIRST_BLOCK.clear()
+    sequence_module._RECENT.clear()
+    yield
+    sequence_module._RECENT.clear()
+
+
+def test_blocks_are_shuffled_one_at_a_time(tokenizer, small_blocks, monkeypatch):
+    """The sequences of block k all come before those of block k + 1, and the held-out sequences
+    come from block 0 only."""
     sequences = stream(tokenizer)
     assert sequences.block_chunks == 128
     heldout, train = sequences.heldout(), train_sequences(sequences, 0, 400)
-    plain = stream(tokenizer)  # the same stream cut into chunks, unshuffled, to locate them
-    monkeypatch.setattr(sequence_module, "seeded_generator", lambda *a: None)
+    # The same stream cut into chunks, unshuffled, to locate them.
     monkeypatch.setattr(torch, "randperm", lambda n, generator: torch.arange(n))
-    sequence_module._FIRST_BLOCK.clear()
+    plain = stream(tokenizer, split_seed=99)
     position = {tuple(r): i for i, r in enumerate(train_sequences(plain, -8, 512).tolist())}
     assert all(position[tuple(row)] < 128 for row in heldout.tolist())
     blocks = [position[tuple(row)] // 128 for row in train.tolist()]
     assert blocks == sorted(blocks) and blocks[-1] == 3
-    assert sequence_module._FIRST_BLOCK[plain.memo_key].shape == (128, 15)
+
+
+def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
+    tokenizer, small_blocks, tmp_path
+):
+    expected = train_sequences(stream(tokenizer), 900, 100)  # in block 7; kept nowhere
+    kept = stream(tokenizer, cache_dir=tmp_path)
+    assert torch.equal(train_sequences(kept, 900, 100), expected)
+    files = sorted((tmp_path / "token_blocks").rglob("block-*.safetensors"))
+    assert [f.name for f in files] == [f"block-{i:06d}.safetensors" for i in range(8)]
+
+    tokenised: list[int] = []
+    real_pieces = SequenceStream._pieces
+
+    def counting(self, document, skip):
+        for index, piece in real_pieces(self, document, skip):
+            tokenised.append(index)
+            yield index, piece
+
+    SequenceStream._pieces = counting
+    try:
+        sequence_module._RECENT.clear()
+        again = stream(tokenizer, cache_dir=tmp_path)
+        assert torch.equal(train_sequences(again, 900, 100), expected)
+        assert tokenised == []  # read from the kept blocks
+        for file in files[5:]:
+            file.unlink()  # as if a build was killed after block 4
+        sequence_module._RECENT.clear()
+        resumed = stream(tokenizer, cache_dir=tmp_path)
+        assert torch.equal(train_sequences(resumed, 900, 100), expected)
+        assert tokenised and min(tokenised) > 0  # from block 5's first document, not the start
+    finally:
+        SequenceStream._pieces = real_pieces
 
 
 def test_too_small_corpus_says_how_many_tokens_it_has(tmp_path, tokenizer):

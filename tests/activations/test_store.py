@@ -206,14 +206,8 @@ def test_prefix_statistics_are_exact(make_source):
 def test_inspect_and_verify_from_the_command_line(make_source, tmp_path, capsys):
     make_source().load()
     (folder,) = store_folders(tmp_path / "cache")
-    inspected = subprocess.run(
-        [sys.executable, "-m", "saeseeds.activations.store", "inspect", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert inspected.returncode == 0, inspected.stderr
-    summary = json.loads(inspected.stdout)
+    assert main(["inspect", str(folder)]) == 0  # python -m saeseeds.activations.store inspect
+    summary = json.loads(capsys.readouterr().out)
     assert (summary["train_tokens"], summary["shards"], summary["dtype"]) == (2048, 4, "float16")
     assert summary["bytes_on_disk"] > 4 * 512 * 64 * 2 and summary["provenance"]["model_name"]
 

@@ -1,7 +1,7 @@
-"""Training on a language model's activations through the store, as train.py runs a job: streaming
-(``data.store=false``), a store folder given as ``data.path`` and ``seeds=[...]`` train the very
-SAE of the store job; the geometry control is generated shard by shard from the store's
-statistics; every run records the identity of its data."""
+"""Training on a language model's activations through the store, as train.py runs a job: seeds
+streamed in one job (``'seeds=[...]' data.store=false``) and a store folder given as
+``data.path`` train the very SAEs of the store jobs; the geometry control is generated shard by
+shard from the store's statistics; every run records the identity of its data."""
 
 from __future__ import annotations
 
@@ -54,27 +54,22 @@ def provenance(run_dir: Path) -> dict:
     return json.loads((run_dir / contract.ENVIRONMENT_FILE).read_text())["data_provenance"]
 
 
-def test_streaming_trains_the_sae_of_the_store_and_writes_nothing(tiny_llama, tmp_path):
-    streamed = tmp_path / "streamed"
-    train(text_config(tiny_llama, tmp_path, "seed=1", "data.store=false", output_dir=streamed))
-    assert not (tmp_path / "cache").exists()  # no store was written
-    assert provenance(streamed)["streamed"] is True
-    stored = tmp_path / "stored"
-    train(text_config(tiny_llama, tmp_path, "seed=1", output_dir=stored))
-    assert len(store_folders(tmp_path / "cache")) == 1
-    assert weights(streamed) == weights(stored)
-    assert provenance(streamed)["data_identity"] == provenance(stored)["data_identity"]
-    metrics = [json.loads((d / contract.METRICS_FILE).read_text()) for d in (streamed, stored)]
-    assert metrics[0]["ce_loss_score"] == metrics[1]["ce_loss_score"]
-
-
-def test_seeds_in_one_streamed_job_match_their_own_store_jobs(tiny_llama, tmp_path):
-    for seed in (1, 2):
-        train(text_config(tiny_llama, tmp_path, f"seed={seed}", output_dir=tmp_path / str(seed)))
+def test_seeds_streamed_in_one_job_are_the_saes_of_their_own_store_jobs(tiny_llama, tmp_path):
+    """``'seeds=[2,1]' data.store=false``: one streamed pass of forward passes per epoch, shared
+    by both seeds, and the folders of ``seed=S`` jobs that read the store."""
     job = tmp_path / "job"
     run_job(text_config(tiny_llama, tmp_path, "seeds=[2,1]", "data.store=false", output_dir=job))
+    assert not (tmp_path / "cache" / "stores").exists()  # streaming writes no store
     for seed in (1, 2):
-        assert weights(job / f"seed={seed}") == weights(tmp_path / str(seed))
+        own = tmp_path / str(seed)
+        train(text_config(tiny_llama, tmp_path, f"seed={seed}", output_dir=own))
+        streamed = job / f"seed={seed}"
+        assert weights(streamed) == weights(own)
+        assert provenance(streamed)["streamed"] and not provenance(own)["streamed"]
+        assert provenance(streamed)["data_identity"] == provenance(own)["data_identity"]
+        metrics = [json.loads((d / contract.METRICS_FILE).read_text()) for d in (streamed, own)]
+        assert metrics[0]["ce_loss_score"] == metrics[1]["ce_loss_score"]
+    assert len(store_folders(tmp_path / "cache")) == 1
 
 
 def test_a_store_folder_as_data_path_trains_the_sae_of_its_text_job(tiny_llama, tmp_path):

@@ -350,7 +350,7 @@ def summary(folder: Path) -> dict[str, Any]:
         "train_tokens": sum(record["rows"] for record in shards if record),
         "heldout_tokens": store.manifest["heldout"]["rows"],
         "bytes_on_disk": size,
-        "all_the_data_holds": store.manifest.get("train_rows"),
+        "corpus_train_tokens": store.manifest.get("train_rows"),  # known once a build ran out
         "corrupt_files_set_aside": sorted(p.name for p in (folder / CORRUPT_DIR).glob("*"))
         if (folder / CORRUPT_DIR).is_dir()
         else [],

@@ -228,6 +228,7 @@ class TextShardBuilder:
             source.split_seed,
             source.n_heldout_sequences,
             model.tokenizer_hash,
+            source.cache_dir,
         )
         self._cursor: Any = None  # (next sequence index, iterator) of the training sequences
         self._previous: tuple[int, Tensor] | None = None  # the last sequence handed out

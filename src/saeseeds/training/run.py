@@ -298,6 +298,9 @@ def build_source(cfg: DictConfig) -> ActivationSource:
     """The ``data`` option's source, wrapped in its control when ``data.control`` is set."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     control, control_seed = data.get("control", "none"), data.get("control_seed", 0)
+    window = data.get("window_shards", 1)
+    if not isinstance(window, int) or window < 1:
+        raise ConfigError(f"data.window_shards={window!r} must be a positive integer.")
     for name in READER_FIELDS:
         data.pop(name, None)
     try:
