@@ -60,7 +60,7 @@ def directions(sae: torch.nn.Module) -> np.ndarray:
 
 
 def median_matched_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.median(match((a @ b.T).astype(np.float32)).values))
+    return float(np.median(match((a @ b.T).astype(np.float32)).cosines))
 
 
 def main() -> None:

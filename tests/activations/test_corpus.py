@@ -111,7 +111,7 @@ def test_sequences_start_with_bos_and_split_disjointly(tokenizer):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 128 chunks of 15 tokens, so that the docs corpus spans many of them."""
+    """Blocks of 128 chunks of 15 tokens, so that the pydoc topics span many of them."""
     monkeypatch.setattr(sequence_module, "BLOCK_TOKENS", 15 * 128)
     sequence_module._RECENT.clear()
     yield
@@ -121,12 +121,13 @@ def small_blocks(monkeypatch):
 def test_blocks_are_shuffled_one_at_a_time(tokenizer, small_blocks, monkeypatch):
     """The sequences of block k all come before those of block k + 1, and the held-out sequences
     come from block 0 only."""
-    sequences = stream(tokenizer)
+    topics = PythonDocsCorpus(docstrings=False)
+    sequences = stream(tokenizer, topics)
     assert sequences.block_chunks == 128
     heldout, train = sequences.heldout(), train_sequences(sequences, 0, 400)
     # The same stream cut into chunks, unshuffled, to locate them.
     monkeypatch.setattr(torch, "randperm", lambda n, generator: torch.arange(n))
-    plain = stream(tokenizer, split_seed=99)
+    plain = stream(tokenizer, topics, split_seed=99)
     position = {tuple(r): i for i, r in enumerate(train_sequences(plain, -8, 512).tolist())}
     assert all(position[tuple(row)] < 128 for row in heldout.tolist())
     blocks = [position[tuple(row)] // 128 for row in train.tolist()]
@@ -136,8 +137,9 @@ def test_blocks_are_shuffled_one_at_a_time(tokenizer, small_blocks, monkeypatch)
 def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
     tokenizer, small_blocks, tmp_path
 ):
-    expected = train_sequences(stream(tokenizer), 900, 100)  # in block 7; kept nowhere
-    kept = stream(tokenizer, cache_dir=tmp_path)
+    topics = PythonDocsCorpus(docstrings=False)
+    expected = train_sequences(stream(tokenizer, topics), 900, 100)  # in block 7; kept nowhere
+    kept = stream(tokenizer, topics, cache_dir=tmp_path)
     assert torch.equal(train_sequences(kept, 900, 100), expected)
     files = sorted((tmp_path / "token_blocks").rglob("block-*.safetensors"))
     assert [f.name for f in files] == [f"block-{i:06d}.safetensors" for i in range(8)]
@@ -153,13 +155,13 @@ def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
     SequenceStream._pieces = counting
     try:
         sequence_module._RECENT.clear()
-        again = stream(tokenizer, cache_dir=tmp_path)
+        again = stream(tokenizer, topics, cache_dir=tmp_path)
         assert torch.equal(train_sequences(again, 900, 100), expected)
         assert tokenised == []  # read from the kept blocks
         for file in files[5:]:
             file.unlink()  # as if a build was killed after block 4
         sequence_module._RECENT.clear()
-        resumed = stream(tokenizer, cache_dir=tmp_path)
+        resumed = stream(tokenizer, topics, cache_dir=tmp_path)
         assert torch.equal(train_sequences(resumed, 900, 100), expected)
         assert tokenised and min(tokenised) > 0  # from block 5's first document, not the start
     finally:

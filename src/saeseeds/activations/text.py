@@ -145,7 +145,7 @@ class TextActivationSource(ActivationSource):
         self.heldout_rows = heldout["activations"].float()  # [n_heldout, d]
         train = TrainingRows(shards, self.n_tokens)
         return ActivationSplits(
-            train=train, heldout=self.heldout_rows, provenance=self._provenance()
+            train=train, heldout=self.heldout_rows, provenance=self._provenance(builder)
         )
 
     def _check_against_architecture(self) -> None:
@@ -164,11 +164,10 @@ class TextActivationSource(ActivationSource):
                 f"{models.display_name(self.model_config)} ({n_ctx} tokens); use at most {n_ctx}."
             )
 
-    def _provenance(self) -> dict[str, Any]:
+    def _provenance(self, builder: TextShardBuilder) -> dict[str, Any]:
         assert self.model is not None and self.heldout_rows is not None
         corpus = self.corpus.identity()
-        key_fields = TextShardBuilder(self, self.model).key_fields
-        identity = store_identity(self.store_key or "", key_fields, self.n_tokens)
+        identity = store_identity(self.store_key or "", builder.key_fields, self.n_tokens)
         return {
             "source": f"text:{corpus['kind']}",
             **self.model.provenance(),
