@@ -59,7 +59,8 @@ def redundancy(
     seed and averaged over seeds; with an assignment, the stability of the distinct features."""
     per_seed, distinct = {}, {}
     for run in group.runs:
-        live = run.live_mask  # [n_features]
+        # [n_features]; every feature for an imported run without held-out statistics
+        live = run.live_mask if run.fire_counts is not None else np.ones(run.n_features, bool)
         nearest = nearest_neighbour_cosines(
             run.decoder_directions[live], block_size=block_size, device=device
         )  # [n_live]
