@@ -1,6 +1,7 @@
 """``python -m saeseeds.imports saelens|sparsify SRC [SRC ...] DEST``: import SAEs as run folders.
 
-Every SAE found under the SRC folders becomes the run folder ``DEST/<hook>/seed=<seed>``;
+Every SAE found under the SRC folders becomes the run folder
+``DEST/<hook>/<architecture>-<n_features>/seed=<seed>``;
 ``python analyze.py sweep_dir=DEST`` then analyses them like trained runs. All sources are read
 and checked before anything is written; each run folder appears complete or not at all. A user's
 error is one line on stderr and exit status 2.
@@ -117,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         help="an SAE folder, or a folder holding several (a sparsify run)",
     )
     parser.add_argument(
-        "dest", type=Path, metavar="DEST", help="where the run folders go: DEST/<hook>/seed=<seed>"
+        "dest",
+        type=Path,
+        metavar="DEST",
+        help="the run folders go to DEST/<hook>/<architecture>-<n_features>/seed=<seed>",
     )
     parser.add_argument(
         "--seed",

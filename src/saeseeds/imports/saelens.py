@@ -56,7 +56,6 @@ PER_RUN_METADATA_KEYS = (
 # runner_cfg.json values that do not change what is trained, or differ between seeds.
 PER_RUN_RUNNER_KEYS = (
     "seed",
-    "sae",  # the SAE's config again: cfg.json holds it
     "logger",
     "output_path",
     "checkpoint_path",
@@ -79,6 +78,8 @@ PER_RUN_RUNNER_KEYS = (
     "sae_lens_version",
     "sae_lens_training_version",
 )
+# Recorded in the run config itself (model.name, hook.name).
+IN_RUN_CONFIG_KEYS = ("model_name", "hook_name")
 # Facts about the training data, from cfg.json's metadata (or runner_cfg.json where it lacks them).
 DATA_IDENTITY_KEYS = (
     "model_name",
@@ -256,16 +257,15 @@ def read_saelens(folder: Path, seed: int | None = None) -> ImportedSAE:
     model_name = str(metadata.get("model_name") or (runner or {}).get("model_name") or "unknown")
     hook_name = str(metadata.get("hook_name") or (runner or {}).get("hook_name") or "unknown")
     condition: dict[str, Any] = {
-        "imported_from": "saelens",
-        "model": {"name": model_name},
-        "hook": {"name": hook_name},
         "sae": {
             **without(cfg, PER_RUN_CFG_KEYS + ("metadata",)),
-            "metadata": without(metadata, PER_RUN_METADATA_KEYS),
+            "metadata": without(metadata, PER_RUN_METADATA_KEYS + IN_RUN_CONFIG_KEYS),
         },
     }
     if runner is not None:
-        condition["training"] = without(runner, PER_RUN_RUNNER_KEYS)
+        condition["training"] = without(runner, PER_RUN_RUNNER_KEYS + IN_RUN_CONFIG_KEYS)
+        if isinstance(runner.get("sae"), dict):  # the training form: what it was trained with
+            condition["training"]["sae"] = without(runner["sae"], ("device", "metadata"))
     return ImportedSAE(
         library="saelens",
         library_version=str(version),
@@ -281,7 +281,7 @@ def read_saelens(folder: Path, seed: int | None = None) -> ImportedSAE:
         hook_name=hook_name,
         activation_dtype=str((runner or {}).get("dtype") or cfg.get("dtype") or "float32"),
         input_scale=_input_scale(folder, cfg),
-        condition=condition,
+        source_condition=condition,
         data_identity=_data_identity(metadata, runner),
         source_cfg=cfg,
         source_training_cfg=runner,

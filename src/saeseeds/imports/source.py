@@ -61,9 +61,10 @@ class ImportedSAE:
     activation_dtype: str
     input_scale: float
     """The input scaling folded in at import (1.0 when none, or when the library folded it)."""
-    condition: dict[str, Any]
-    """The source's own configuration without per-run and operational values: equal for every
-    seed of one source run. Becomes the run config (with ``seed``)."""
+    source_condition: dict[str, Any]
+    """The source's own configuration (``sae``, ``training``) without per-run and operational
+    values, and without the model and hook names (the run config has them): equal for every seed
+    of one source run. The run config holds its digest (:func:`.writer.run_config`)."""
     data_identity: dict[str, Any]
     """What the source records about the training data (model, hook, dataset, context, ...)."""
     source_cfg: dict[str, Any]
@@ -82,8 +83,10 @@ class ImportedSAE:
 
     @property
     def run_name(self) -> str:
-        """The run folder's path inside the destination: ``<hook>/seed=<seed>``."""
-        return f"{safe_name(self.hook_name)}/seed={self.seed}"
+        """The run folder's path inside the destination:
+        ``<hook>/<source architecture>-<n_features>/seed=<seed>``."""
+        kind = f"{self.source_architecture}-{self.n_features}"
+        return f"{safe_name(self.hook_name)}/{safe_name(kind)}/seed={self.seed}"
 
 
 def safe_name(text: str) -> str:
@@ -162,21 +165,25 @@ def fold_into_contract(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Weights that give the library's latents and reconstruction under the contract's rule.
 
-    The library computed, on raw x: h = (s·x − a·b_dec)·W_enc + b_enc (a = ``b_dec_subtracted``),
-    times ‖W_dec_i‖ per latent when ``rescale_by_decoder_norm``; it decoded x̂ = (z/‖W_dec_i‖)·W_dec
-    + b_dec in scaled units, i.e. raw x̂ times s. Then with
-    W_enc' = s·‖W_dec_i‖·W_enc, b_enc' = ‖W_dec_i‖·(b_enc + (1 − a)·b_dec·W_enc),
-    W_dec' = W_dec / (s·‖W_dec_i‖) and b_dec' = b_dec / s the contract's pre equals h and its
-    x̂ is in raw units. A gated SAE's magnitude bias b_mag takes the same shift, times exp(r_mag).
-    Thresholds apply to h and stay. With nothing to fold the tensors are returned unchanged.
+    The library computed, on raw x, with s = ``input_scale`` and a = ``b_dec_subtracted``:
+    h = (s·x − a·b_dec)·W_enc + b_enc, times ‖W_dec_i‖ per latent when
+    ``rescale_by_decoder_norm``; it decoded x̂ = (z/‖W_dec_i‖)·W_dec + b_dec in units of s·x.
+    The rewrite is the one SAE Lens applies when it saves an SAE at the end of training: first
+    the shift b_enc ← b_enc + (1 − a)·b_dec·W_enc (for a gated SAE also
+    b_mag ← b_mag + (1 − a)·b_dec·W_enc·exp(r_mag)); then the input scale, W_enc ← s·W_enc,
+    W_dec ← W_dec/s, b_dec ← b_dec/s;
+    then the norms m_i of the scaled decoder rows, W_enc ← m_i·W_enc, b_enc ← m_i·b_enc,
+    W_dec ← W_dec/m_i, with thresholds divided by s. The contract's latents are then h, or h/s
+    where latents were rescaled (as in SAE Lens's saved SAE), and x̂ is in raw units. With
+    nothing to fold the tensors are returned unchanged.
     """
     steps = []
     if not b_dec_subtracted:
         steps.append("b_dec was not subtracted before encoding: b_dec·W_enc added to b_enc")
-    if rescale_by_decoder_norm:
-        steps.append("latents were scaled by decoder-row norms: the norms folded into the weights")
     if input_scale != 1.0:
         steps.append(f"input scaling s={input_scale:.6g} folded in (W_enc·s, W_dec/s, b_dec/s)")
+    if rescale_by_decoder_norm:
+        steps.append("latents were scaled by decoder-row norms: the norms folded into the weights")
     if not steps:
         return dict(tensors), []
     w = {name: tensor.double() for name, tensor in tensors.items()}
@@ -185,12 +192,14 @@ def fold_into_contract(
         w["b_enc"] = w["b_enc"] + shift
         if "b_mag" in w:
             w["b_mag"] = w["b_mag"] + shift * w["r_mag"].exp()
-    if rescale_by_decoder_norm:
-        norms = w["W_dec"].norm(dim=1).clamp_min(1e-8)  # [n]
-        w["W_enc"] = w["W_enc"] * norms
-        w["b_enc"] = w["b_enc"] * norms
-        w["W_dec"] = w["W_dec"] / norms[:, None]
     w["W_enc"] = w["W_enc"] * input_scale
     w["W_dec"] = w["W_dec"] / input_scale
     w["b_dec"] = w["b_dec"] / input_scale
+    if rescale_by_decoder_norm:
+        norms = w["W_dec"].norm(dim=1).clamp_min(1e-8)  # [n], of the scaled decoder
+        w["W_enc"] = w["W_enc"] * norms
+        w["b_enc"] = w["b_enc"] * norms
+        w["W_dec"] = w["W_dec"] / norms[:, None]
+        if "threshold" in w:
+            w["threshold"] = w["threshold"] / input_scale
     return {name: tensor.float().contiguous() for name, tensor in w.items()}, steps

@@ -176,15 +176,10 @@ def read_sparsify(folder: Path, seed: int | None = None) -> ImportedSAE:
     config = read_json_object(config_path, "the training config") if config_path.is_file() else None
     seed_value, seed_origin = _seed(folder, named_seed, config, seed)
     model_name = str((config or {}).get("model") or "unknown")
-    condition: dict[str, Any] = {
-        "imported_from": "sparsify",
-        "model": {"name": model_name},
-        "hook": {"name": hookpoint},
-        "sae": cfg,
-    }
+    condition: dict[str, Any] = {"sae": cfg}
     identity: dict[str, Any] = {"library": "sparsify", "hookpoint": hookpoint}
-    if config is not None:
-        condition["training"] = without(config, PER_RUN_CONFIG_KEYS)
+    if config is not None:  # its model is the run config's model.name
+        condition["training"] = without(config, PER_RUN_CONFIG_KEYS + ("model",))
         identity.update({key: config[key] for key in DATA_IDENTITY_KEYS if key in config})
     seeds = (config or {}).get("init_seeds")
     return ImportedSAE(
@@ -195,14 +190,14 @@ def read_sparsify(folder: Path, seed: int | None = None) -> ImportedSAE:
         seed=seed_value,
         seed_origin=seed_origin,
         architecture=cfg.get("activation", "topk"),
-        source_architecture=f"sparsify {cfg.get('activation', 'topk')}",
+        source_architecture=cfg.get("activation", "topk"),
         tensors=tensors,
         k=k,
         model_name=model_name,
         hook_name=hookpoint,
         activation_dtype="unknown",
         input_scale=1.0,
-        condition=condition,
+        source_condition=condition,
         data_identity=identity,
         source_cfg=cfg,
         source_training_cfg=config,

@@ -25,6 +25,8 @@ from saeseeds.io import atomic_directory, file_sha256
 from saeseeds.training import run_folder
 
 IMPORT_VERSIONS = ("saeseeds", "torch", "numpy", "safetensors")
+# Hex digits of the source-config digest in the run config: 64 bits, short in group labels.
+DIGEST_LENGTH = 16
 # Contract rules whose cfg.json carries k.
 USES_K = ("topk", "groupmax")
 
@@ -49,10 +51,27 @@ def cfg_json(sae: ImportedSAE) -> dict[str, Any]:
     }
 
 
+def run_config(sae: ImportedSAE) -> dict[str, Any]:
+    """What the analysis groups by: library, model, hook, the contract rule and size, the seed,
+    and a digest of the source's cleaned configuration (in full in the provenance): a digest
+    keeps group labels short when the configs of two libraries are analysed side by side."""
+    return {
+        "imported_from": sae.library,
+        "model": {"name": sae.model_name},
+        "hook": {"name": sae.hook_name},
+        "sae": {
+            "architecture": sae.architecture,
+            "n_features": sae.n_features,
+            **({"k": sae.k} if sae.architecture in USES_K else {}),
+        },
+        "source_config_digest": contract.config_sha256(sae.source_condition)[:DIGEST_LENGTH],
+        "seed": sae.seed,
+    }
+
+
 def environment(sae: ImportedSAE, heldout: dict[str, Any] | None) -> dict[str, Any]:
     """environment.json: the run config, and the SAE's provenance (see docs/contract.md)."""
-    config = {**sae.condition, "seed": sae.seed}
-    run_config = contract.run_config(config)
+    config = run_config(sae)
     return {
         "python": sys.version.split()[0],
         "versions": {name: run_folder._version(name) for name in IMPORT_VERSIONS},
@@ -76,15 +95,16 @@ def environment(sae: ImportedSAE, heldout: dict[str, Any] | None) -> dict[str, A
                 "source_architecture": sae.source_architecture,
                 "seed_origin": sae.seed_origin,
                 "conversions": sae.conversions,
+                "source_condition": sae.source_condition,
                 "source_cfg": sae.source_cfg,
                 "source_training_cfg": sae.source_training_cfg,
                 "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
             "heldout": heldout,
         },
-        "config_sha256": contract.config_sha256(run_config),
+        "config_sha256": contract.config_sha256(config),
         "condition_sha256": contract.config_sha256(contract.condition_config(config)),
-        "config": run_config,
+        "config": config,
         "command": sys.argv,
         "seeds_trained_together": sae.seeds_trained_together,
         "wandb": None,
