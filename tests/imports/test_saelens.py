@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from saeseeds.errors import DataError
-from saeseeds.imports.saelens import read_saelens
+from saeseeds.export import export_saelens
+from saeseeds.imports.saelens import find_folders, read_saelens
 from saeseeds.imports.writer import write_run
 from tests.imports.foreign_folders import (
     D_IN,
@@ -19,6 +20,7 @@ from tests.imports.foreign_folders import (
     saelens_outputs,
     write_saelens_folder,
 )
+from tests.test_export import make_run
 
 # (architecture, folder options, the contract rule it becomes)
 CASES = [
@@ -152,3 +154,16 @@ def test_unimportable_folders_are_refused_with_the_reason(tmp_path, case, change
     source = change(write_saelens_folder(tmp_path / "source", "standard", seed=1, version=version))
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_saelens(source)
+
+
+def test_a_saeseeds_export_imports_back_to_the_same_run(tmp_path):
+    run = make_run(tmp_path / "runs/trained", "batchtopk", seed=5)
+    export_saelens(run, tmp_path / "runs/exported")
+    assert find_folders(tmp_path / "runs") == [tmp_path / "runs/exported"]  # not the run folder
+    with pytest.raises(DataError, match="is a saeseeds run folder"):
+        find_folders(run)
+    sae = read_saelens(tmp_path / "runs/exported")
+    assert (sae.seed, sae.architecture) == (5, "jumprelu")
+    assert "saeseeds export" in sae.seed_origin
+    original = load_file(run / "sae_weights.safetensors")
+    assert all(torch.equal(sae.tensors[name], original[name]) for name in original)

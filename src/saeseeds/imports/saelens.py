@@ -12,6 +12,7 @@ each architecture is from SAE Lens 6.54's ``saes/*.py`` (see ``docs/contract.md`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,25 @@ DATA_IDENTITY_KEYS = (
 
 
 def is_saelens_folder(folder: Path) -> bool:
-    return (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    """A folder with SAE Lens's two files that is not a saeseeds run folder (same file names)."""
+    return (
+        (folder / CFG_FILE).is_file()
+        and (folder / WEIGHTS_FILE).is_file()
+        and not _is_run_folder(folder)
+    )
+
+
+def _is_run_folder(folder: Path) -> bool:
+    try:
+        return "contract_version" in json.loads((folder / CFG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
 
 
 def find_folders(source: Path) -> list[Path]:
     """``source`` if it is an SAE Lens folder, else the SAE Lens folders below it (sorted)."""
+    if _is_run_folder(source):
+        raise DataError(f"{source} is a saeseeds run folder, not an SAE Lens folder")
     if is_saelens_folder(source):
         return [source]
     found = sorted(
@@ -207,6 +222,8 @@ def _seed(
     for value, origin in (
         (cfg.get("seed"), f"{CFG_FILE} seed"),
         ((cfg.get("metadata") or {}).get("seed"), f"{CFG_FILE} metadata.seed"),
+        (((cfg.get("metadata") or {}).get("saeseeds_cfg") or {}).get("seed"),
+         f"{CFG_FILE} metadata.saeseeds_cfg.seed (a saeseeds export)"),
         ((runner or {}).get("seed"), f"{RUNNER_CFG_FILE} seed (SAE Lens does not seed the SAE's "
                                      "initialisation with it)"),
     ):  # fmt: skip
