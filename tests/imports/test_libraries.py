@@ -52,7 +52,7 @@ def imported_runs(imports: Path) -> dict[Path, Path]:
     runs = {}
     for marker in imports.rglob("COMPLETE"):
         environment = json.loads((marker.parent / "environment.json").read_text())
-        runs[Path(environment["provenance"]["import"]["source_dir"])] = marker.parent
+        runs[Path(environment["import"]["source_dir"])] = marker.parent
     return runs
 
 

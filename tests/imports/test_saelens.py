@@ -81,8 +81,8 @@ def test_seeds_of_one_recipe_share_their_config_and_data_identity(tmp_path):
     assert {**env[0]["config"], "seed": 0} == {**env[1]["config"], "seed": 0}
     assert env[0]["condition_sha256"] == env[1]["condition_sha256"]
     assert {**cfgs[0], "seed": 0} == {**cfgs[1], "seed": 0}
-    identity = env[0]["provenance"]["data_identity"]
-    assert identity == env[1]["provenance"]["data_identity"]
+    identity = env[0]["data_provenance"]["data_identity"]
+    assert identity == env[1]["data_provenance"]["data_identity"]
     assert (
         identity["model_name"] == "tiny-model" and identity["dataset_path"] == "local/tiny-corpus"
     )
@@ -91,7 +91,7 @@ def test_seeds_of_one_recipe_share_their_config_and_data_identity(tmp_path):
     assert env[0]["config"]["sae"] == {"architecture": "topk", "n_features": 24, "k": 3}
     # The digested source config leaves out per-run values: statistics, devices, output paths,
     # W&B names; a training detail such as the learning rate stays.
-    provenance = env[0]["provenance"]["import"]
+    provenance = env[0]["import"]
     condition_text = json.dumps(provenance["source_condition"])
     for per_run in ('"l0"', "num_dead_features", "output_path", "run_name", '"device"', '"seed"'):
         assert per_run not in condition_text
@@ -106,10 +106,11 @@ def test_seeds_of_one_recipe_share_their_config_and_data_identity(tmp_path):
     assert provenance["library"] == "saelens" and provenance["library_version"] == "6.54.12"
     assert provenance["source_dir"] == str((tmp_path / "source1").resolve())
     assert provenance["source_cfg"]["metadata"]["l0"] == 4.0
-    assert provenance["weights_sha256"] != env[1]["provenance"]["import"]["weights_sha256"]
+    assert provenance["weights_sha256"] != env[1]["import"]["weights_sha256"]
     assert "runner_cfg.json seed" in provenance["seed_origin"]
     for reserved in ("file_sha256", "activation_cache_key", "activation_store_key"):
-        assert reserved not in json.dumps(env[0]["provenance"])
+        assert reserved not in json.dumps(env[0]["data_provenance"])
+    assert env[0]["data_provenance"] == env[1]["data_provenance"]  # nothing per-run in it
 
 
 def test_a_seed_given_on_the_command_line_overrides_the_recorded_one(tmp_path):

@@ -104,5 +104,5 @@ def test_activations_give_the_contract_rules_statistics(tmp_path, library, archi
     assert metrics["fvu"] == pytest.approx(float(residual / total), rel=1e-4)
     assert metrics["l0"] == pytest.approx(float((z > 0).sum(1).float().mean()), rel=1e-6)
     assert metrics["heldout_tokens"] == 300
-    heldout = json.loads((imported / "environment.json").read_text())["provenance"]["heldout"]
+    heldout = json.loads((imported / "environment.json").read_text())["import"]["heldout"]
     assert heldout["n_rows"] == 300 and len(heldout["sha256"]) == 64

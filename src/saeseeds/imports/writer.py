@@ -1,7 +1,7 @@
 """Writing an :class:`ImportedSAE` as a contract run folder (``docs/contract.md``, "Imported runs").
 
 One folder per SAE: ``sae_weights.safetensors``, ``cfg.json``, ``environment.json`` (the run
-config, and in ``provenance`` where the SAE came from and what its data was), with
+config, the data identity in ``data_provenance`` and where the SAE came from in ``import``), with
 ``feature_stats.safetensors`` and ``metrics.json`` only when held-out statistics were computed,
 then ``COMPLETE``. The folder is built under a temporary name and renamed into place, so it
 appears complete or not at all. The file writers are the trainer's
@@ -83,23 +83,24 @@ def environment(sae: ImportedSAE, heldout: dict[str, Any] | None) -> dict[str, A
         "seed": sae.seed,
         "model_weight_hash": None,
         "activation_cache_key": None,
-        "data_provenance": {"source": f"{IMPORTED_DATA_PREFIX}{sae.library}", **sae.data_identity},
-        "provenance": {
+        # What identifies the training data, where the analysis looks for it; nothing per-run.
+        "data_provenance": {
+            "source": f"{IMPORTED_DATA_PREFIX}{sae.library}",
             "data_identity": sae.data_identity,
-            "import": {
-                "library": sae.library,
-                "library_version": sae.library_version,
-                "source_dir": str(sae.source_dir.resolve()),
-                "weights_file": sae.weights_file.name,
-                "weights_sha256": file_sha256(sae.weights_file),
-                "source_architecture": sae.source_architecture,
-                "seed_origin": sae.seed_origin,
-                "conversions": sae.conversions,
-                "source_condition": sae.source_condition,
-                "source_cfg": sae.source_cfg,
-                "source_training_cfg": sae.source_training_cfg,
-                "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
+        },
+        "import": {  # where this SAE came from: per-run facts
+            "library": sae.library,
+            "library_version": sae.library_version,
+            "source_dir": str(sae.source_dir.resolve()),
+            "weights_file": sae.weights_file.name,
+            "weights_sha256": file_sha256(sae.weights_file),
+            "source_architecture": sae.source_architecture,
+            "seed_origin": sae.seed_origin,
+            "conversions": sae.conversions,
+            "source_condition": sae.source_condition,
+            "source_cfg": sae.source_cfg,
+            "source_training_cfg": sae.source_training_cfg,
+            "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "heldout": heldout,
         },
         "config_sha256": contract.config_sha256(config),
