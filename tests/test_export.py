@@ -11,8 +11,6 @@ with the run-folder maths.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,16 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saeseeds.export import ExportError, export_saelens
+from tests.library_venvs import library_python, run_in_library
 
 ARCHS = ("topk", "relu_l1", "batchtopk")
 SAELENS_ARCH = {"topk": "topk", "relu_l1": "standard", "batchtopk": "jumprelu"}
 SAELENS_CLASS = {"topk": "TopKSAE", "relu_l1": "StandardSAE", "batchtopk": "JumpReLUSAE"}
 D_IN, N_FEATURES, K, THRESHOLD = 16, 48, 5, 0.6
 SAELENS_VERSION = "6.54.12"
-TORCH_SPEC = os.environ.get("SAESEEDS_SAELENS_TORCH", "torch==2.13.0")
-SAELENS_VENV = Path(
-    os.environ.get("SAESEEDS_SAELENS_VENV", Path.home() / ".cache/saeseeds/saelens-venv")
-)
 
 
 def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True) -> Path:
@@ -251,56 +246,10 @@ SAELENS_SCRIPT = textwrap.dedent(
     """
 )
 
-UNREACHABLE = (
-    "No matching distribution found",
-    "Could not find a version that satisfies",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "Max retries exceeded",
-    "ProxyError",
-)
-
-
-def _has_saelens(python: Path) -> bool:
-    check = f"import sae_lens, sys; sys.exit(sae_lens.__version__ != {SAELENS_VERSION!r})"
-    return (
-        python.is_file()
-        and subprocess.run([python, "-c", check], capture_output=True).returncode == 0
-    )
-
-
-def saelens_python() -> Path:
-    """The SAE Lens venv's python: reused when it has sae-lens, else built (torch first)."""
-    python = SAELENS_VENV / "bin" / "python"
-    if _has_saelens(python):
-        return python
-    created = not SAELENS_VENV.exists()
-    try:
-        if created:
-            SAELENS_VENV.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "venv", SAELENS_VENV], check=True)
-        for spec in (TORCH_SPEC, f"sae-lens=={SAELENS_VERSION}"):
-            pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec]
-            result = subprocess.run(pip, capture_output=True, text=True, timeout=1800)
-            if result.returncode != 0:
-                output = result.stdout + result.stderr
-                tail = "\n".join(line for line in output.splitlines() if "ignored" not in line)
-                if any(marker in output for marker in UNREACHABLE):
-                    pytest.skip(f"cannot install {spec} from the package index: {tail[-400:]}")
-                pytest.fail(f"pip install {spec} failed:\n{tail[-3000:]}")
-    except BaseException:
-        if created and SAELENS_VENV.exists():  # only a venv this test made is removed
-            shutil.rmtree(SAELENS_VENV)
-        raise
-    assert _has_saelens(python)
-    return python
-
 
 @pytest.mark.slow
 def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
-    python = saelens_python()
+    python = library_python("saelens", "sae-lens", SAELENS_VERSION)
     exports, inputs, expected = {}, {}, {}
     for i, architecture in enumerate(ARCHS):
         run = make_run(tmp_path / "runs" / architecture, architecture, seed=10 + i)
@@ -315,12 +264,8 @@ def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
     save_file(inputs, tmp_path / "inputs.safetensors")
     (tmp_path / "results").mkdir()
     (tmp_path / "load.py").write_text(SAELENS_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    args = [tmp_path / "inputs.safetensors", tmp_path / "results", json.dumps(exports)]
-    result = subprocess.run(
-        [python, tmp_path / "load.py", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    args = [str(tmp_path / "inputs.safetensors"), str(tmp_path / "results"), json.dumps(exports)]
+    result = run_in_library(python, tmp_path / "load.py", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded.pop("version") == SAELENS_VERSION

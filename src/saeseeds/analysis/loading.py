@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from saeseeds import contract
 from saeseeds.analysis.errors import RunFolderError
+from saeseeds.analysis.imported import imported_from
 from saeseeds.io import read_config_file
 
 
@@ -57,8 +58,9 @@ class RunFolder:
     """The composed config without seed and output paths: equal within a group."""
     decoder_directions: np.ndarray  # [n_features, d_in], unit rows of W_dec
     encoder_directions: np.ndarray  # [n_features, d_in], unit columns of W_enc
-    fire_counts: np.ndarray  # [n_features] int64, on held-out tokens
-    n_tokens: int
+    fire_counts: np.ndarray | None  # [n_features] int64, on held-out tokens
+    """None for an imported run without held-out statistics (:mod:`.imported`)."""
+    n_tokens: int | None
     metrics: dict[str, Any] = field(default_factory=dict)
     wandb_group: str | None = None
     _top_examples: dict[int, list[dict[str, Any]]] | None = field(default=None, repr=False)
@@ -76,7 +78,9 @@ class RunFolder:
         return str(self.cfg.get("hook_name"))
 
     @property
-    def firing_frequency(self) -> np.ndarray:  # [n_features]
+    def firing_frequency(self) -> np.ndarray:  # [n_features]; NaN without held-out statistics
+        if self.fire_counts is None or self.n_tokens is None:
+            return np.full(self.n_features, np.nan)
         return self.fire_counts.astype(np.float64) / max(self.n_tokens, 1)
 
     @property
@@ -223,15 +227,17 @@ def load_run(run_path: Path) -> RunFolder:
     decoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_dec"), dtype=np.float32))
     encoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_enc").T, dtype=np.float32))
 
-    stats, metadata = _read_tensors(run_path / contract.FEATURE_STATS_FILE, ("fire_count",))
-    fire_counts = stats["fire_count"].astype(np.int64)
-    _check_shape(fire_counts, (n_features,), "fire_count")
-    try:
-        n_tokens = int(metadata["n_tokens"])
-    except (KeyError, ValueError) as error:
-        raise RunFolderError(
-            "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
-        ) from error
+    fire_counts, n_tokens = None, None  # an import without --activations has no stats file
+    if (run_path / contract.FEATURE_STATS_FILE).is_file() or imported_from(cfg) is None:
+        stats, metadata = _read_tensors(run_path / contract.FEATURE_STATS_FILE, ("fire_count",))
+        fire_counts = stats["fire_count"].astype(np.int64)
+        _check_shape(fire_counts, (n_features,), "fire_count")
+        try:
+            n_tokens = int(metadata["n_tokens"])
+        except (KeyError, ValueError) as error:
+            raise RunFolderError(
+                "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
+            ) from error
 
     metrics_path = run_path / contract.METRICS_FILE
     environment_path = run_path / contract.ENVIRONMENT_FILE
