@@ -3,19 +3,16 @@ keys define an experimental condition, which provenance identifies the training 
 ``COMPLETE`` records about the files it vouches for.
 
 The trainer writes run folders with these names and the analysis reads them with the same
-names; ``docs/contract.md`` documents them for users. This module imports no torch and, of the
-project, only :mod:`saeseeds.io` (standard library only), so both apps (and other tools) can use
-it cheaply.
+names; ``docs/contract.md`` documents them for users. This module imports no torch and nothing of
+the project, and touches no file, so both apps (and other tools) can use it cheaply; reading and
+checking the files COMPLETE records is :func:`saeseeds.io.damaged_file`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
-
-from saeseeds.io import JOB_LOCK_FILE, file_sha256, read_json
 
 CONTRACT_VERSION = 1
 
@@ -32,8 +29,8 @@ COMPLETE_MARKER = "COMPLETE"
 # at completion. Folders written before it hold a timestamp line instead (no manifest).
 COMPLETE_FORMAT = "saeseeds.complete/1"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
-# Held (flock) by the process that owns a job folder, with its PID and host; see saeseeds.io.
-LOCK_FILE = JOB_LOCK_FILE
+# Held (flock) by the process that owns a job folder, with its PID and host (saeseeds.io.job_lock).
+LOCK_FILE = ".saeseeds.lock"
 # Hydra's record of the job's composed config. The trainer writes it itself once it has accepted
 # a job (Hydra's own writing is off), so a refused command never rewrites a finished folder's.
 HYDRA_DIR = ".hydra"
@@ -222,42 +219,16 @@ RECORDED_FILES = (
 )
 
 
-def completion_record(run_dir: Path, completed: str) -> dict[str, Any]:
-    """COMPLETE's content: the size and sha256 of each of :data:`RECORDED_FILES` present."""
-    files = {}
-    for name in RECORDED_FILES:
-        path = Path(run_dir) / name
-        if path.is_file():
-            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+def completion_record(files: dict[str, dict[str, Any]], completed: str) -> dict[str, Any]:
+    """COMPLETE's content: the completion time and, per file of :data:`RECORDED_FILES` present,
+    ``{"bytes": size, "sha256": hex digest}``."""
     return {"format": COMPLETE_FORMAT, "completed": completed, "files": files}
 
 
-def recorded_files(run_dir: Path) -> dict[str, dict[str, Any]] | None:
-    """{file: {"bytes", "sha256"}} from COMPLETE; None for a folder written before COMPLETE was a
-    manifest (a timestamp line), which is taken as complete on its marker alone."""
-    try:
-        record = read_json(Path(run_dir) / COMPLETE_MARKER)
-    except (OSError, ValueError):
+def recorded_files(complete: Any) -> dict[str, dict[str, Any]] | None:
+    """{file: {"bytes", "sha256"}} from COMPLETE's parsed content; None for a folder written
+    before COMPLETE was a manifest (a timestamp line), complete on its marker alone."""
+    if not isinstance(complete, dict) or complete.get("format") != COMPLETE_FORMAT:
         return None
-    if not isinstance(record, dict) or record.get("format") != COMPLETE_FORMAT:
-        return None
-    files = record.get("files")
+    files = complete.get("files")
     return files if isinstance(files, dict) else {}
-
-
-def damaged_file(run_dir: Path, check_hashes: bool) -> str | None:
-    """What is wrong with the first file COMPLETE vouches for that is not as it was at completion
-    (``sae_weights.safetensors is missing``), or None. Sizes are always compared (one ``stat``
-    each); hashes with ``check_hashes``. None for folders without a manifest."""
-    files = recorded_files(run_dir)
-    for name, record in (files or {}).items():
-        path = Path(run_dir) / name
-        expected = record.get("bytes") if isinstance(record, dict) else None
-        if not path.is_file():
-            return f"{name} is missing (COMPLETE recorded it, {expected} bytes)"
-        size = path.stat().st_size
-        if size != expected:
-            return f"{name} is {size} bytes, but COMPLETE recorded {expected}"
-        if check_hashes and file_sha256(path) != record.get("sha256"):
-            return f"{name} changed after completion (its sha256 differs from COMPLETE's record)"
-    return None

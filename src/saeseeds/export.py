@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from saeseeds import contract
-from saeseeds.io import json_text, read_json
+from saeseeds.io import damaged_file, json_text, read_json
 
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
 SAELENS_CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
@@ -88,7 +88,7 @@ def read_run_cfg(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a complete run folder: no {contract.COMPLETE_MARKER} marker "
             "(training unfinished or crashed)"
         )
-    damaged = contract.damaged_file(run_dir, check_hashes=True)
+    damaged = damaged_file(run_dir, check_hashes=True)
     if damaged is not None:
         raise ExportError(f"{run_dir} is not as it was completed: {damaged}")
     cfg_path = run_dir / contract.CFG_FILE

@@ -8,8 +8,9 @@ file or the new one. A write that fails for want of space or permission raises
 :class:`saeseeds.errors.OutputError` naming the file. JSON is written strict (no NaN/Infinity,
 which jq, JavaScript and W&B cannot read) and read with :func:`read_json`, which turns every way a
 file can be malformed into a ``ValueError``. A job folder has one owner process at a time
-(:func:`job_lock`). torch is imported only to write safetensors. This module must stay free of
-training or analysis logic.
+(:func:`job_lock`), and the sizes and hashes its ``COMPLETE`` records are checked here
+(:func:`damaged_file`). torch is imported only to write safetensors. This module must stay free
+of training or analysis logic.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from saeseeds import contract
 from saeseeds.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -288,7 +290,6 @@ def build_lock(folder: str | Path) -> Iterator[None]:
         lock.release()
 
 
-JOB_LOCK_FILE = ".saeseeds.lock"
 # flock errors that mean "held by another process" (some file systems report EACCES).
 _CONTENTION = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
 
@@ -313,7 +314,7 @@ def job_lock(folder: str | Path) -> Iterator[None]:
     """
     import fcntl  # POSIX only, like the signals the trainer handles
 
-    path = Path(folder) / JOB_LOCK_FILE
+    path = Path(folder) / contract.LOCK_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, _umask_mode())
@@ -405,15 +406,15 @@ def _describe_owner(record: dict[str, Any]) -> str:
 def _in_use_message(folder: Path, record: dict[str, Any] | None) -> str:
     if record is None:
         return (
-            f"{folder} is in use by another process (it holds {JOB_LOCK_FILE}); a job folder has "
-            "one process at a time. Wait for that job to end, or stop it, then re-run."
+            f"{folder} is in use by another process (it holds {contract.LOCK_FILE}); a job folder "
+            "has one process at a time. Wait for that job to end, or stop it, then re-run."
         )
     same_host = record.get("host") == socket.gethostname()
     if same_host and not _pid_alive(record.get("pid")):
         return (
             f"{folder} is locked although its owner, {_describe_owner(record)}, has ended: a "
-            f"process it started still holds {folder / JOB_LOCK_FILE} (fuser -v names it). Stop "
-            "that process, then re-run."
+            f"process it started still holds {folder / contract.LOCK_FILE} (fuser -v names it). "
+            "Stop that process, then re-run."
         )
     stop = f"kill {record.get('pid')}" if same_host else f"on {record.get('host')}"
     return (
@@ -441,6 +442,46 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_manifest(folder: str | Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """{name: {"bytes", "sha256"}} of each of ``names`` present in ``folder``."""
+    manifest = {}
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            manifest[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return manifest
+
+
+def manifest_problem(
+    folder: str | Path, manifest: dict[str, Any], check_hashes: bool
+) -> str | None:
+    """What is wrong with the first file of ``manifest`` that is not as recorded
+    (``sae_weights.safetensors is missing ...``), or None. Sizes are always compared (one
+    ``stat`` each); hashes with ``check_hashes``."""
+    for name, record in manifest.items():
+        path = Path(folder) / name
+        expected = record.get("bytes") if isinstance(record, dict) else None
+        if not path.is_file():
+            return f"{name} is missing (COMPLETE recorded it, {expected} bytes)"
+        size = path.stat().st_size
+        if size != expected:
+            return f"{name} is {size} bytes, but COMPLETE recorded {expected}"
+        if check_hashes and file_sha256(path) != record.get("sha256"):
+            return f"{name} changed after completion (its sha256 differs from COMPLETE's record)"
+    return None
+
+
+def damaged_file(run_dir: str | Path, check_hashes: bool) -> str | None:
+    """What is wrong with a run folder whose ``COMPLETE`` records its files, if anything; None
+    also for folders whose ``COMPLETE`` is no manifest (written before it was one)."""
+    try:
+        complete = read_json(Path(run_dir) / contract.COMPLETE_MARKER)
+    except (OSError, ValueError):
+        return None
+    files = contract.recorded_files(complete)
+    return None if files is None else manifest_problem(run_dir, files, check_hashes)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from saeseeds import contract
 from saeseeds.analysis.errors import RunFolderError
-from saeseeds.io import read_config_file, read_json
+from saeseeds.io import damaged_file, read_config_file, read_json
 
 
 @dataclass
@@ -203,7 +203,7 @@ def load_run(run_path: Path) -> RunFolder:
     """Read and validate one run folder; raises :class:`RunFolderError` with the reason."""
     if not (run_path / contract.COMPLETE_MARKER).is_file():
         raise RunFolderError("incomplete", "no COMPLETE marker (training unfinished or crashed)")
-    damaged = contract.damaged_file(run_path, check_hashes=True)
+    damaged = damaged_file(run_path, check_hashes=True)
     if damaged is not None:
         raise RunFolderError("corrupt", f"{damaged}; re-run its training command to restore it")
     cfg = _read_json(run_path / contract.CFG_FILE, "the run's SAE config")

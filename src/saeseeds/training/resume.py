@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from saeseeds import contract
 from saeseeds.errors import ConfigError
-from saeseeds.io import read_config_file, read_json
+from saeseeds.io import damaged_file, read_config_file, read_json
 
 START, RESUME, SKIP = "start", "resume", "skip"
 
@@ -114,7 +114,7 @@ def plan_complete(run_dir: Path, run_config: dict[str, Any]) -> JobPlan:
             "run vs this command); it is left as it is. Choose a new output folder "
             "(hydra.run.dir=... or hydra.sweep.dir=...) for this config."
         )
-    damaged = contract.damaged_file(run_dir, check_hashes=False)
+    damaged = damaged_file(run_dir, check_hashes=False)
     if damaged is not None:
         return JobPlan(
             START,

@@ -23,7 +23,13 @@ import torch
 
 from saeseeds import contract
 from saeseeds.errors import DataError
-from saeseeds.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, json_text
+from saeseeds.io import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    file_manifest,
+    json_text,
+)
 
 # Metrics that are undefined, not wrong, in some runs: the CE-loss score when zero ablation costs
 # nothing (CE_zero = CE_clean), and the KL without a clean baseline. metrics.json says null.
@@ -106,8 +112,9 @@ def _not_finite(value: Any) -> bool:
 def mark_complete(run_dir: Path) -> None:
     """COMPLETE, last: the completion time and the size and sha256 of each contract file."""
     completed = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    files = file_manifest(run_dir, contract.RECORDED_FILES)
     atomic_write_json(
-        run_dir / contract.COMPLETE_MARKER, contract.completion_record(run_dir, completed)
+        run_dir / contract.COMPLETE_MARKER, contract.completion_record(files, completed)
     )
 
 
