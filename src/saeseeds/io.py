@@ -416,10 +416,15 @@ def _in_use_message(folder: Path, record: dict[str, Any] | None) -> str:
             f"process it started still holds {folder / contract.LOCK_FILE} (fuser -v names it). "
             "Stop that process, then re-run."
         )
-    stop = f"kill {record.get('pid')}" if same_host else f"on {record.get('host')}"
+    if same_host:
+        stop = f"stop it (kill {record.get('pid')})"
+    else:  # a lock that outlived its host can only be cleared by hand
+        stop = (
+            f"stop it on {record.get('host')}; if it is gone, delete {folder / contract.LOCK_FILE}"
+        )
     return (
         f"{folder} is in use: the job is running in {_describe_owner(record)}; a job folder has "
-        f"one process at a time. Wait for it to end, or stop it ({stop}), then re-run."
+        f"one process at a time. Wait for it to end, or {stop}, then re-run."
     )
 
 

@@ -233,3 +233,42 @@ def test_one_job_folder_has_one_process_and_a_killed_owner_is_taken_over(root, t
     )
     assert (run_dir / "COMPLETE").is_file()
     assert lock.stat().st_size == 0  # released cleanly
+
+
+def test_the_lock_names_its_owner_and_a_lock_left_on_another_host_is_taken_over_loudly(
+    tmp_path, caplog
+):
+    """The lock itself, between two real processes: held, it is refused by name; left behind by
+    a process of another host (its record stays, its flock is gone), it is taken over with a
+    warning that says the other host cannot be checked."""
+    from saeseeds.io import FolderInUse, job_lock
+
+    folder = tmp_path / "job"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from saeseeds.io import job_lock\n"
+            f"with job_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep(120)",
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUse, match=rf"running in process {holder.pid} on this host"):
+            with job_lock(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+    record = {"pid": 4242, "host": "elsewhere-node", "since": "2026-11-22T10:00:00+0000"}
+    (folder / ".saeseeds.lock").write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="saeseeds.io"), job_lock(folder):
+        owner = json.loads((folder / ".saeseeds.lock").read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    assert "process 4242 on another host (elsewhere-node)" in caplog.text
+    assert "this file system does not share locks between hosts" in caplog.text
+    assert (folder / ".saeseeds.lock").read_text() == ""  # a clean release leaves no owner

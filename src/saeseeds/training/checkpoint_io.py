@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,9 @@ def read_checkpoint(path: Path, what: str | None = None) -> dict[str, Any]:
             f"beyond tensors and plain values ({_first_line(error)}). Resume only from "
             "checkpoints/last.ckpt of a saeseeds run."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # noqa: BLE001 - garbage makes the unpickler raise anything
+        # (RuntimeError, EOFError, OSError, ValueError, BadZipFile, and KeyError from a memo
+        # reference to nothing, IndexError, ... for random bytes).
         raise ConfigError(
             f"{what} is truncated, corrupt or not a torch checkpoint ({_first_line(error)}). "
             "Resume from an intact checkpoints/last.ckpt, or start the run again in a new folder."
