@@ -19,7 +19,6 @@ Usage: ``python -m saeseeds.export saelens RUN_DIR OUT_DIR``. Never reads pickle
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -32,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from saeseeds import contract
+from saeseeds.io import damaged_file, json_text, read_json
 
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
 SAELENS_CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
@@ -67,7 +67,7 @@ def export_saelens(run_dir: Path, out_dir: Path) -> Path:
     tmp.mkdir()
     try:
         _write_durably(tmp / SAELENS_WEIGHTS_FILE, save(tensors))
-        cfg_text = json.dumps(saelens_cfg, indent=2, sort_keys=True) + "\n"
+        cfg_text = json_text(saelens_cfg, sort_keys=True)
         _write_durably(tmp / SAELENS_CFG_FILE, cfg_text.encode())
         try:
             os.replace(tmp, out_dir)  # replaces a missing or empty folder, atomically
@@ -88,9 +88,12 @@ def read_run_cfg(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a complete run folder: no {contract.COMPLETE_MARKER} marker "
             "(training unfinished or crashed)"
         )
+    damaged = damaged_file(run_dir, check_hashes=True)
+    if damaged is not None:
+        raise ExportError(f"{run_dir} is not as it was completed: {damaged}")
     cfg_path = run_dir / contract.CFG_FILE
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path)
     except (OSError, ValueError) as error:
         raise ExportError(f"cannot read {cfg_path}: {error}") from None
     if not isinstance(cfg, dict):

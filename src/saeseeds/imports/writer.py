@@ -127,7 +127,7 @@ def write_run(
             run_folder.write_feature_stats(
                 tmp, fire_count, activation_sum, metrics["heldout_tokens"]
             )
-            run_folder.write_json(tmp, contract.METRICS_FILE, metrics)
+            run_folder.write_metrics(tmp, metrics)
         run_folder.write_json(tmp, contract.CFG_FILE, cfg_json(sae))
         run_folder.write_json(tmp, contract.ENVIRONMENT_FILE, environment(sae, heldout))
         run_folder.mark_complete(tmp)
