@@ -55,10 +55,15 @@ def test_l0_penalty_counts_active_latents_and_warms_up():
     assert set(sae.eval()(x).losses) == {"mse"}  # held-out outputs carry no penalty
 
 
+def test_thresholds_start_at_the_square_root_of_the_coefficient_unless_set():
+    assert torch.all(make_sae(l0_coefficient=2.25)[0].threshold == 1.5)
+    assert torch.all(make_sae(l0_coefficient=2.25, threshold_init=0.01)[0].threshold == 0.01)
+
+
 def test_the_l0_coefficient_raises_thresholds_and_lowers_l0():
     results = {}
     for coefficient in (0.0, 20.0):
-        sae, x = make_sae(l0_coefficient=coefficient, l0_warmup_fraction=0.0)
+        sae, x = make_sae(l0_coefficient=coefficient, l0_warmup_fraction=0.0, threshold_init=0.01)
         train_steps(sae, x, 60, lr=0.02)
         with torch.no_grad():
             l0 = float((sae.encode(x) > 0).sum(-1).float().mean())
@@ -87,7 +92,7 @@ def test_threshold_never_goes_below_zero_and_is_saved_as_the_inference_rule():
     [
         ("l0_coefficient", -1.0, r"sae.l0_coefficient=-1.0 must be >= 0"),
         ("bandwidth", 0.0, r"sae.bandwidth=0.0 must be > 0"),
-        ("threshold_init", -0.1, r"sae.threshold_init=-0.1 must be >= 0"),
+        ("threshold_init", -0.1, r"sae.threshold_init=-0.1 must be >= 0 or null"),
         ("l0_warmup_fraction", 2.0, r"sae.l0_warmup_fraction=2.0 must be in \[0, 1\]"),
     ],
 )

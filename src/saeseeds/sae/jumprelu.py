@@ -3,25 +3,35 @@
 z_i = pre_i · 1[pre_i > θ_i], with pre = W_encᵀ(x − b_dec) + b_enc, a threshold θ_i ≥ 0 learned per
 latent, and x̂ = W_decᵀ z + b_dec. The loss per token is (‖x − x̂‖² + λ·L0(z)) / d_in, i.e. the
 paper's loss divided by d_in so that its first term is the element-wise MSE every architecture
-logs (λ keeps the paper's and SAE Lens's scale, with inputs normalised to E‖x‖² = d_in); λ rises
-linearly from 0 over the first ``l0_warmup_fraction`` of training (the paper's warm-up).
+logs; λ weighs one active latent against squared error with inputs normalised to E‖x‖² = d_in
+(the paper normalises to E‖x‖² = 1, so its λ values do not carry over). λ rises linearly from 0
+over the first ``l0_warmup_fraction`` of training (the paper's warm-up).
 
 The step in z and in L0 has no gradient, so θ learns through the paper's straight-through
 estimators (§4): with a rectangle kernel K of width ε (``bandwidth``),
 ∂z_i/∂θ_i = −(θ_i/ε)·K((pre_i − θ_i)/ε) and ∂L0/∂θ_i = −(1/ε)·K((pre_i − θ_i)/ε), while
 ∂z_i/∂pre_i = 1[pre_i > θ_i] and L0 sends nothing to pre (DeepMind's "step" L0, not Anthropic's
-tanh penalty). Choices the paper leaves open, taken from SAE Lens 6: θ starts at 0.01, ε = 0.05.
+tanh penalty). The bandwidth the paper leaves open is SAE Lens 6's, ε = 0.05. Decoder rows have
+unit norm, as for Top-K (the L0 penalty does not depend on them); W_enc, W_dec and b_dec start as
+Top-K's.
 
-One departure from the paper: θ is a parameter itself, projected onto θ ≥ 0 after each step,
-not exp(log θ). Adam moves a parameter by about one learning rate per step whatever its
-gradient, so log θ moves θ by only θ·lr: from 0.01, θ could not reach the O(1) thresholds that
-inputs of unit scale need within the few thousand steps trained here (SAE Lens and
-dictionary_learning parametrise θ directly for the same reason). Decoder rows have unit norm,
-as for Top-K (the L0 penalty does not depend on them); initialisation is Top-K's.
+Two departures, both because Adam moves a parameter by about one learning rate per step
+whatever its gradient, and the thresholds must travel to O(1) values (inputs have unit scale):
+- θ is a parameter itself, projected onto θ ≥ 0 after each step, not exp(log θ): log θ would
+  move θ by only θ·lr per step (SAE Lens and dictionary_learning parametrise θ directly for the
+  same reason).
+- θ starts at √λ, not at SAE Lens's 0.01 (or the paper's equivalent). √λ is where one latent's
+  L0 cost equals its reconstruction gain, the threshold of L0-penalised least squares for an
+  orthonormal dictionary, so training starts near where it heads. From 0.01, θ climbs about
+  one learning rate per step: Gemma Scope trained for billions of tokens, but at this project's
+  budgets the thresholds are still rising at the end. On SmolLM2 layer 6 (512 latents, 131k
+  tokens x 8 epochs) θ₀ = 0.01 ended at held-out L0 58 for λ = 1 and no λ could reach L0 32,
+  while θ₀ = √λ reached L0 27 at λ = 0.5. ``sae.threshold_init=0.01`` restores SAE Lens's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +54,8 @@ class JumpReLUConfig(SAEConfig):
     ``scripts/sweep_architectures.py`` to find the λ that reaches a target L0."""
     l0_warmup_fraction: float = 0.1
     """λ rises linearly from 0 to l0_coefficient over this fraction of training."""
-    threshold_init: float = 0.01
-    """Initial threshold θ of every latent (SAE Lens 6's default)."""
+    threshold_init: float | None = None
+    """Initial threshold θ of every latent; null: √l0_coefficient (SAE Lens 6 uses 0.01)."""
     bandwidth: float = 0.05
     """Width ε of the straight-through estimator's rectangle kernel (SAE Lens 6's default)."""
     unit_norm_decoder: bool = True
@@ -59,8 +69,8 @@ class JumpReLUConfig(SAEConfig):
             raise ConfigError(
                 f"sae.l0_warmup_fraction={self.l0_warmup_fraction} must be in [0, 1]."
             )
-        if not self.threshold_init >= 0:
-            raise ConfigError(f"sae.threshold_init={self.threshold_init} must be >= 0.")
+        if self.threshold_init is not None and not self.threshold_init >= 0:
+            raise ConfigError(f"sae.threshold_init={self.threshold_init} must be >= 0 or null.")
         if not self.bandwidth > 0:
             raise ConfigError(f"sae.bandwidth={self.bandwidth} must be > 0.")
 
@@ -112,13 +122,16 @@ class JumpReLUSAE(UnitNormDecoder, SAE):
     def __init__(self, d_in: int, config: JumpReLUConfig):
         super().__init__(d_in, config)
         # Saved with the weights as the contract's extra tensor ``threshold`` (never < 0).
-        self.threshold = torch.nn.Parameter(torch.full((self.n_features,), config.threshold_init))
+        self.threshold = torch.nn.Parameter(torch.zeros(self.n_features))
         self.l0_scale = 1.0  # the warm-up's current fraction of l0_coefficient
 
     def initialize(self, activation_sample: Tensor, generator: torch.Generator) -> None:
         tied_init(self, activation_sample, generator, norm=1.0)
+        initial = self.config.threshold_init
         with torch.no_grad():
-            self.threshold.fill_(self.config.threshold_init)
+            self.threshold.fill_(
+                math.sqrt(self.config.l0_coefficient) if initial is None else initial
+            )
 
     def cfg_fields(self) -> dict[str, Any]:
         return {"l0_coefficient": self.config.l0_coefficient}
