@@ -42,7 +42,7 @@ from saeseeds.sae.base import register
 from saeseeds.sae.kernels import geometric_median
 from saeseeds.sae.topk import TopKConfig, TopKSAE
 
-KMEANS_ITERATIONS = 25
+KMEANS_ITERATIONS = 10  # Lloyd iterations after k-means++ seeding; anchors need no more precision
 KMEANS_CHUNK_ROWS = 4096  # sample rows per distance block: bounds memory to chunk·n_anchors
 
 
@@ -98,12 +98,17 @@ def nearest_centroid(points: Tensor, centroids: Tensor) -> Tensor:  # [n_points]
 def kmeans_plus_plus(points: Tensor, n_centroids: int, generator: torch.Generator) -> Tensor:
     """Arthur & Vassilvitskii's seeding: each next centroid is a sample point drawn with
     probability proportional to its squared distance from the nearest centroid so far."""
+    norms = points.pow(2).sum(1)  # ‖p − c‖² = ‖p‖² − 2 p·c + ‖c‖²: one pass over the points
+
+    def squared_distances(index: int) -> Tensor:  # [n_points]
+        return (norms - 2 * (points @ points[index]) + norms[index]).clamp_min_(0.0)
+
     chosen = [int(torch.randint(len(points), (1,), generator=generator))]
-    squared = (points - points[chosen[0]]).pow(2).sum(1)
+    squared = squared_distances(chosen[0])
     for _ in range(1, n_centroids):
         weights = squared if float(squared.sum()) > 0 else torch.ones_like(squared)
         chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
-        squared = torch.minimum(squared, (points - points[chosen[-1]]).pow(2).sum(1))
+        squared = torch.minimum(squared, squared_distances(chosen[-1]))
     return points[chosen].clone()
 
 
