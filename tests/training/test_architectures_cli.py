@@ -1,9 +1,9 @@
 """Each architecture through the real command line: ground-truth recovery on synthetic data,
 contract-complete run folders, and an analysis that keeps architectures in separate groups.
 
-JumpReLU and Matryoshka need more optimiser steps than the shared budget here to recover the
-ground truth (JumpReLU's thresholds move about one learning rate per step and must climb to the
-features' scale; a Matryoshka's inner prefixes, narrower than the 128 equally frequent true
+JumpReLU and Matryoshka need more optimiser steps than the shared budget here to recover 90% of
+the ground truth with a margin (JumpReLU's thresholds learn only from the pre-activations within
+a bandwidth of them; a Matryoshka's inner prefixes, narrower than the 128 equally frequent true
 features, can only hedge between them, so at its default prefixes and this budget a fifth or so
 of them stay below cosine 0.9), so their recovery test is slow: run it with
 ``pytest tests/training/test_architectures_cli.py -m slow``.
@@ -40,9 +40,10 @@ SWEEPS = {
 }
 # Settings under which the slower learners recover the ground truth: 4x the optimiser steps
 # (batches of 256), Matryoshka's inner prefix as wide as the true dictionary, and a JumpReLU L0
-# coefficient whose threshold √λ = 2 sits below the true features' normalised magnitudes.
+# coefficient whose threshold √λ ≈ 1.7 sits just below the smallest normalised magnitude of a
+# true feature (0.5 · √(d_in / E‖x‖²) ≈ 1.9).
 SLOW_SWEEPS = {
-    "sae=jumprelu": ["data.batch_size=256", "sae.l0_coefficient=4"],
+    "sae=jumprelu": ["data.batch_size=256", "sae.l0_coefficient=3"],
     "sae=matryoshka": ["data.batch_size=256", "sae.k=4", "sae.prefix_fractions=[0.5]"],
 }
 THRESHOLDED = ("batchtopk", "matryoshka", "jumprelu")  # saved with an inference threshold
@@ -64,8 +65,14 @@ def sweep(tmp_path_factory) -> Path:
     return run_sweeps(tmp_path_factory.mktemp("architectures") / "sweep", SWEEPS)
 
 
+def architecture_of(run: Path) -> str | None:
+    """By cfg.json: a folder name too long for the file system is cut short."""
+    cfg = run / contract.CFG_FILE
+    return json.loads(cfg.read_text())["architecture"] if cfg.is_file() else None
+
+
 def runs_of(sweep: Path, name: str) -> list[Path]:
-    runs = [p for p in sorted(sweep.iterdir()) if f"sae={name}," in p.name + ","]
+    runs = [p for p in sorted(sweep.iterdir()) if architecture_of(p) == name]
     assert len(runs) == 2, sorted(p.name for p in sweep.iterdir())
     return runs
 
@@ -122,9 +129,7 @@ def check_analysis(sweep: Path, tmp_path: Path, architectures: set[str]) -> None
     found = set()
     for group in groups.values():
         assert group["seeds"] == [1, 2]
-        assert {Path(run).name.split("sae=")[1].split(",")[0] for run in group["runs"]} == {
-            group["architecture"]
-        }
+        assert {architecture_of(Path(run)) for run in group["runs"]} == {group["architecture"]}
         assert "architecture" in group["label"] or "sae=" in group["label"], group["label"]
         found.add(group["architecture"])
     assert found == architectures
