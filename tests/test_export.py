@@ -23,9 +23,21 @@ from safetensors.torch import load_file, save_file
 from saeseeds.export import ExportError, export_saelens
 from tests.library_venvs import library_python, run_in_library
 
-ARCHS = ("topk", "relu_l1", "batchtopk")
-SAELENS_ARCH = {"topk": "topk", "relu_l1": "standard", "batchtopk": "jumprelu"}
-SAELENS_CLASS = {"topk": "TopKSAE", "relu_l1": "StandardSAE", "batchtopk": "JumpReLUSAE"}
+ARCHS = ("topk", "relu_l1", "batchtopk", "jumprelu", "matryoshka", "archetypal")
+SAELENS_ARCH = {
+    "topk": "topk",
+    "relu_l1": "standard",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "matryoshka": "jumprelu",
+    "archetypal": "topk",
+}
+SAELENS_CLASS = {
+    "topk": "TopKSAE",
+    "standard": "StandardSAE",
+    "jumprelu": "JumpReLUSAE",
+}
+THRESHOLDED = ("batchtopk", "jumprelu", "matryoshka")  # saved with an inference threshold
 D_IN, N_FEATURES, K, THRESHOLD = 16, 48, 5, 0.6
 SAELENS_VERSION = "6.54.12"
 
@@ -35,7 +47,7 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
     g = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(N_FEATURES, D_IN, generator=g)
     W_dec /= W_dec.norm(dim=1, keepdim=True)
-    if architecture == "relu_l1":  # decoder rows of varied norms, not unit
+    if architecture in ("relu_l1", "archetypal"):  # decoder rows of varied norms, not unit
         W_dec *= 0.2 + 2 * torch.rand(N_FEATURES, 1, generator=g)
     tensors = {
         "W_enc": torch.randn(D_IN, N_FEATURES, generator=g) / D_IN**0.5,
@@ -43,8 +55,10 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
         "W_dec": W_dec,
         "b_dec": 0.5 * torch.randn(D_IN, generator=g),
     }
-    if architecture == "batchtopk":
+    if architecture in ("batchtopk", "matryoshka"):  # one threshold for every latent
         tensors["threshold"] = torch.full((N_FEATURES,), THRESHOLD)
+    if architecture == "jumprelu":  # one threshold per latent, some 0
+        tensors["threshold"] = (2 * THRESHOLD * torch.rand(N_FEATURES, generator=g) - 0.1).relu()
     path.mkdir(parents=True)
     save_file(tensors, path / "sae_weights.safetensors", {"saeseeds_contract_version": "1"})
     cfg = {
@@ -70,7 +84,7 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
 def reference(architecture: str, weights: dict[str, torch.Tensor], x: torch.Tensor):
     """saeseeds's inference maths on raw activations: latents z and reconstruction x_hat."""
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-    if architecture == "topk":
+    if architecture in ("topk", "archetypal"):
         values, indices = pre.topk(K, dim=-1)
         z = torch.zeros_like(pre).scatter(-1, indices, values).relu()
     elif architecture == "relu_l1":
@@ -126,7 +140,7 @@ def test_export_writes_saelens_files(tmp_path, architecture):
     assert meta["model_name"] == "SmolLM2-135M"
     assert meta["hook_name"] == "blocks.6.hook_resid_pre"
     assert meta["saeseeds_cfg"] == json.loads((run / "cfg.json").read_text())
-    if architecture == "topk":
+    if SAELENS_ARCH[architecture] == "topk":
         assert cfg["k"] == K and cfg["rescale_acts_by_decoder_norm"] is False
     else:
         assert "k" not in cfg
@@ -135,7 +149,7 @@ def test_export_writes_saelens_files(tmp_path, architecture):
     exported = load_file(out / "sae_weights.safetensors")
     source = load_file(run / "sae_weights.safetensors")
     expected = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
-        {"threshold"} if architecture == "batchtopk" else set()
+        {"threshold"} if architecture in THRESHOLDED else set()
     )
     assert set(exported) == expected
     for name in expected:
@@ -271,10 +285,8 @@ def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
     assert loaded.pop("version") == SAELENS_VERSION
     for architecture in ARCHS:
         class_name, saelens_arch, hook = loaded[architecture]
-        assert (class_name, saelens_arch) == (
-            SAELENS_CLASS[architecture],
-            SAELENS_ARCH[architecture],
-        )
+        assert saelens_arch == SAELENS_ARCH[architecture]
+        assert class_name == SAELENS_CLASS[saelens_arch]
         assert hook == "blocks.6.hook_resid_pre"
         got = load_file(tmp_path / "results" / f"{architecture}.st")
         z, x_hat = expected[architecture]
@@ -286,9 +298,9 @@ def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
 def _clear_of_ties(architecture: str, weights: dict[str, torch.Tensor], x: torch.Tensor):
     """Rows whose latents cannot flip under float rounding: margins of at least 1e-3."""
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-    if architecture == "topk":
+    if SAELENS_ARCH[architecture] == "topk":
         top = pre.topk(K + 1, dim=-1).values
         return (top[:, K - 1] - top[:, K]) > 1e-3
-    if architecture == "batchtopk":
+    if architecture in THRESHOLDED:
         return ((pre - weights["threshold"]).abs() > 1e-3).all(dim=-1)
     return torch.ones(len(x), dtype=torch.bool)

@@ -42,8 +42,8 @@ JOB_RECORD_FORMAT = "saeseeds.job/1"
 
 # Tensors every architecture saves, float32, with input normalisation folded in.
 WEIGHT_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
-# Extra tensors an architecture may add to the weights file: batchtopk's inference threshold
-# [n_features] (pre-activations at or below it are zero).
+# Extra tensors an architecture may add to the weights file: the inference threshold
+# [n_features] of batchtopk, matryoshka and jumprelu (pre-activations at or below it are zero).
 THRESHOLD_TENSOR = "threshold"
 # Per-feature held-out statistics; n_tokens is in the file's metadata.
 FEATURE_STATS_TENSORS = ("fire_count", "activation_sum")

@@ -7,11 +7,14 @@ folder renamed into place). SAE Lens uses the same two file names and the same t
 shapes (W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec), but its cfg.json has other fields,
 so a run folder does not load unexported. Architectures, saeseeds -> SAE Lens 6 inference class:
 
-* ``topk``      -> ``topk`` (TopKSAE; TopK then ReLU, no decoder-norm rescaling)
-* ``relu_l1``   -> ``standard`` (StandardSAE; ReLU, b_dec subtracted from the input)
-* ``batchtopk`` -> ``jumprelu`` (JumpReLUSAE; ReLU(pre) * (pre > threshold), the same as
+* ``topk``       -> ``topk`` (TopKSAE; TopK then ReLU, no decoder-norm rescaling)
+* ``relu_l1``    -> ``standard`` (StandardSAE; ReLU, b_dec subtracted from the input)
+* ``batchtopk``  -> ``jumprelu`` (JumpReLUSAE; ReLU(pre) * (pre > threshold), the same as
   saeseeds's pre * (pre > threshold) because the threshold is >= 0, which is checked). SAE Lens
   has only a training class for batchtopk and saves its inference form the same way.
+* ``jumprelu``   -> ``jumprelu`` (its per-latent thresholds, also >= 0)
+* ``matryoshka`` -> ``jumprelu`` (its BatchTopK threshold, as SAE Lens saves its own Matryoshka)
+* ``archetypal`` -> ``topk`` (a Top-K encoder; its W_dec is already the effective decoder)
 
 Usage: ``python -m saeseeds.export saelens RUN_DIR OUT_DIR``. Never reads pickles.
 """
@@ -45,6 +48,9 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "topk": ("topk", ()),
     "relu_l1": ("standard", ()),
     "batchtopk": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "jumprelu": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "matryoshka": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "archetypal": ("topk", ()),
 }
 
 
