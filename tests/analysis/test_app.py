@@ -93,7 +93,7 @@ def test_example_pairs_show_top_examples_side_by_side(tmp_path, analysis_config)
     run_analysis(analysis_config(str(tmp_path / "sweep")), tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| seed 1 feature" in report and "| seed 2 feature" in report
-    assert "ctx <<tok" in report
+    assert "ctx ⟦tok0⟧ end" in report  # written with the earlier marker, shown with the current one
 
 
 def test_nothing_analysable_raises_with_every_reason(tmp_path, analysis_config):

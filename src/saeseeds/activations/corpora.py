@@ -211,6 +211,8 @@ class TextFilesCorpus(Corpus):
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{file}:{line_number} is not valid JSON ({error.msg}).") from error
+            except RecursionError:
+                raise DataError(f"{file}:{line_number} is nested too deeply to read.") from None
             if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(

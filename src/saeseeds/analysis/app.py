@@ -1,6 +1,6 @@
 """The analysis app from config to report folder: discover runs, group them, analyse each group
-(progress bar over seed pairs), write report.md / summary.json / pairs.csv / features.csv and the
-figures, log to W&B, print the report folder.
+(progress bar over seed pairs), write report.md / report.html / summary.json / pairs.csv /
+features.csv and the figures, log to W&B, print the report folder.
 
 It raises :class:`AnalysisError` (non-zero exit) only when nothing can be analysed; otherwise bad
 runs and groups are listed and the rest is analysed. ``analyze.py`` is a thin Hydra entry to
@@ -33,6 +33,7 @@ from saeseeds.analysis.report.data import (
     write_summary,
     write_text,
 )
+from saeseeds.analysis.report.html import render_page
 from saeseeds.analysis.report.markdown import render_report
 from saeseeds.analysis.similarity import select_device
 
@@ -107,6 +108,8 @@ def _write_report(
         discovery.roots, reports, not_analysed, skipped, figures, report_dir, list(cfg.thresholds)
     )
     write_text(report_dir / "report.md", markdown)
+    page = render_page(discovery.roots, reports, figures, cfg.report.examples_per_feature)
+    write_text(report_dir / "report.html", page)
     return figures
 
 
@@ -181,6 +184,10 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
         "by_group": {report.label: report.matching for report in reports},
     }
     summary["wandb"] = wandb_run
+    for report in reports:  # what the group's report.md section says above its numbers
+        entry = summary["groups"][report.label]
+        entry["notes"] = list(report.group.notes)
+        entry["data_identity"] = report.group.data_identity
     write_summary(summary, report_dir / "summary.json")
     print(f"Report folder: {report_dir}")
     return AnalysisOutcome(report_dir, reports, summary)

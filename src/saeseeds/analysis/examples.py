@@ -2,7 +2,8 @@
 pair, each with both features' top-activating contexts where the runs have ``top_examples.json``.
 
 This is the "feature 47 ↔ feature 82 both fire on Paris" view: a reader checks by eye that a
-high cosine means the same concept.
+high cosine means the same concept. Also here: reading one context apart into the text before the
+firing token, the token and the text after, whichever marker the trainer wrote it with.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from saeseeds.analysis.group_stats import GroupPairs
+from saeseeds.contract import EARLIER_TOP_EXAMPLES_MARKERS, TOP_EXAMPLES_MARKER
 
 
 def _candidates(group: GroupPairs, group_median: float) -> list[tuple[int, int, int, int, float]]:
@@ -71,3 +73,23 @@ def example_pairs(group: GroupPairs, group_median: float, per_feature: int) -> l
         "poorly matched": int(np.argmin(cosines)),
     }
     return [_describe(group, kind, candidates[i], per_feature) for kind, i in chosen.items()]
+
+
+def split_context(context: dict[str, Any]) -> tuple[str, str, str]:
+    """(text before, firing token, text after) of one top-examples context, written with the
+    current marker or an earlier one; (whole text, "", "") when no marked token is found."""
+    text, token = context["text"], context["token"]
+    for opening, closing in (TOP_EXAMPLES_MARKER, *EARLIER_TOP_EXAMPLES_MARKERS):
+        marked = opening + token + closing
+        position = text.find(marked)
+        if position >= 0:
+            return text[:position], token, text[position + len(marked) :]
+    return text, "", ""
+
+
+def marked_text(context: dict[str, Any]) -> str:
+    """The context with its firing token wrapped in the current marker, whatever wrote it."""
+    before, token, after = split_context(context)
+    if (before, token, after) == (context["text"], "", ""):  # no marked token: leave it as is
+        return before
+    return before + TOP_EXAMPLES_MARKER[0] + token + TOP_EXAMPLES_MARKER[1] + after

@@ -30,6 +30,11 @@ from saeseeds.analysis.group_stats import (
     spearman,
 )
 from saeseeds.analysis.grouping import Group
+from saeseeds.analysis.imported import (
+    NEEDS_HELDOUT_STATS,
+    heldout_note,
+    seeds_without_heldout_stats,
+)
 from saeseeds.analysis.pair_metrics import (
     ARGMAX,
     HUNGARIAN,
@@ -38,12 +43,14 @@ from saeseeds.analysis.pair_metrics import (
     pair_statistics,
 )
 from saeseeds.analysis.reappearance import (
+    FeatureVersions,
     best_match_by_seed,
+    feature_versions,
     overlap_vs_seeds,
     reappearance_by_seed,
     reappearance_summary,
 )
-from saeseeds.analysis.redundancy import redundancy
+from saeseeds.analysis.redundancy import nearest_by_seed, redundancy
 from saeseeds.analysis.similarity import available_memory_bytes, matrix_bytes
 from saeseeds.analysis.subspaces import unstable_bases, unstable_subspace_overlap
 
@@ -73,6 +80,11 @@ class GroupReport:
     """``hungarian`` or ``argmax`` (:func:`config.resolve_matching`)."""
     subspace_bases: dict[int, np.ndarray] = field(default_factory=dict)
     """{seed: principal directions of its unstable features [d_in, ≤ d_in]}."""
+    versions: FeatureVersions | None = None
+    """The first seed's features, their best matches in every seed and the cosines between them."""
+    nearest_neighbour: dict[int, np.ndarray] = field(default_factory=dict)
+    """{seed: [n_features]}: nearest other live feature's decoder cosine in the same dictionary
+    (NaN for dead features); computed with metrics.redundancy."""
 
     @property
     def label(self) -> str:
@@ -157,7 +169,9 @@ def analyse_group(
 ) -> GroupReport:
     """Every enabled metric of DESIGN.md's "Stability metrics" for one group."""
     matching = resolve_matching(cfg.matching, group.runs[0].n_features, cfg.argmax_above)
-    settings = dataclasses.replace(settings, matching=matching)
+    without_stats = seeds_without_heldout_stats(group.runs)  # imports without --activations
+    live_only = settings.live_only and not without_stats
+    settings = dataclasses.replace(settings, matching=matching, live_only=live_only)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pairs = compute_pairs(group, cfg, settings, advance)
@@ -178,7 +192,15 @@ def analyse_group(
         "headline_statistic": report.headline_statistic,
         "not_computed": not_computed(matching, cfg),
     }
+    if without_stats:
+        report.extras["heldout_statistics"] = {
+            "seeds_without": without_stats,
+            "not_computed": list(NEEDS_HELDOUT_STATS),
+        }
+        if heldout_note(without_stats) not in group.notes:
+            group.notes.append(heldout_note(without_stats))
     report.best_match = best_match_by_seed(pairs)
+    report.versions = feature_versions(pairs)
     report.extras["convergence"] = convergence(group.runs)
     metrics = cfg.metrics
     assigned = matching == HUNGARIAN
@@ -189,7 +211,7 @@ def analyse_group(
         )
     if metrics.overlap and assigned:
         report.extras["overlap_vs_seeds"] = overlap_vs_seeds(pairs, cfg.shared_threshold)
-    if metrics.frequency and assigned:
+    if metrics.frequency and assigned and not without_stats:
         frequencies, cosines = frequency_points(pairs)
         report.extras["matched_cosine_vs_firing_frequency"] = spearman(frequencies, cosines)
     if metrics.subspaces:
@@ -199,10 +221,12 @@ def analyse_group(
             pairs, unstable, cfg.subspace.max_rank, report.subspace_bases
         )
     if metrics.redundancy:
+        report.nearest_neighbour = nearest_by_seed(
+            pairs, block_size=settings.block_size, device=settings.device
+        )
         report.extras["redundancy"] = redundancy(
-            pairs, cfg.duplicate_threshold, cfg.shared_threshold,
-            block_size=settings.block_size, device=settings.device,
-        )  # fmt: skip
+            pairs, cfg.duplicate_threshold, cfg.shared_threshold, nearest=report.nearest_neighbour
+        )
     timings["group_statistics_s"] = time.perf_counter() - start
 
     if metrics.baseline:
@@ -226,6 +250,6 @@ def analyse_group(
             "null_values": report.baseline.null_values(statistic).tolist(),
         }
         timings["baseline_s"] = time.perf_counter() - start
-    if assigned:
+    if assigned and not without_stats:
         report.examples = example_pairs(pairs, report.headline, cfg.report.examples_per_feature)
     return report

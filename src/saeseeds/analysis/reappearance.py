@@ -3,6 +3,8 @@
 - Reappearance (Gerasimov et al.): for feature i of seed a, p_i = share of the other seeds b
   with max_j C_dec[i, j] >= θ. Stable: p_i >= 1 - ε; unstable: p_i <= ε.
 - Best-match cosine per feature: max_j C_dec[i, j] against each other seed, averaged.
+- A feature's versions: each feature of a reference seed with its best match in every other seed,
+  and the decoder cosines between all those versions (the report page's feature card).
 - Overlap vs number of seeds (Paulo & Belrose): for a base seed, the share of its latents
   shared (c_dec > 0.7 and c_enc > 0.7) with none of m other seeds, m = 1 … S-1, averaged over
   the subsets of m other seeds and over base seeds.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 from math import comb
 
@@ -18,6 +21,8 @@ import numpy as np
 from saeseeds.analysis.group_stats import GroupPairs, spearman
 
 MAX_SUBSETS = 200
+VERSION_BLOCK = 4096
+"""Features whose versions are compared at once (bounds memory to block × S × d_in floats)."""
 
 
 def reappearance_by_seed(group: GroupPairs, threshold: float) -> dict[int, np.ndarray]:
@@ -41,16 +46,61 @@ def best_match_by_seed(group: GroupPairs) -> dict[int, np.ndarray]:
     }
 
 
+@dataclass
+class FeatureVersions:
+    """Each feature of the reference seed (the group's first) and its best match in every seed."""
+
+    seeds: list[int]
+    """The group's seeds; the first is the reference."""
+    latents: np.ndarray  # [S, n_features] int64
+    """latents[s, i]: the version of reference feature i in seeds[s] (its argmax partner;
+    i itself in the reference)."""
+    cosines: np.ndarray  # [n_features, S, S] float32
+    """Decoder cosines between the versions of each reference feature."""
+
+    @property
+    def reference_seed(self) -> int:
+        return self.seeds[0]
+
+
+def feature_versions(group: GroupPairs) -> FeatureVersions:
+    """Best matches of the first seed's features in every seed, and their decoder cosines."""
+    reference = group.seeds[0]
+    n_features = group.run(reference).n_features
+    latents = np.stack([
+        np.arange(n_features) if seed == reference else group.best_partner(reference, seed)
+        for seed in group.seeds
+    ]).astype(np.int64)  # fmt: skip
+    cosines = np.empty((n_features, len(group.seeds), len(group.seeds)), dtype=np.float32)
+    for start in range(0, n_features, VERSION_BLOCK):
+        stop = min(start + VERSION_BLOCK, n_features)
+        directions = np.stack(
+            [
+                group.run(seed).decoder_directions[latents[index, start:stop]]
+                for index, seed in enumerate(group.seeds)
+            ],
+            axis=1,
+        )  # [block, S, d_in]
+        cosines[start:stop] = np.einsum("nsd,ntd->nst", directions, directions)
+    return FeatureVersions(group.seeds, latents, cosines)
+
+
 def reappearance_summary(
     group: GroupPairs, reappearance: dict[int, np.ndarray], epsilon: float
 ) -> dict[str, object]:
     """Stable / unstable shares, the distribution of p, and p against firing frequency."""
     all_p = np.concatenate([reappearance[seed] for seed in group.seeds])
-    frequencies = np.concatenate([group.run(seed).firing_frequency for seed in group.seeds])
+    with_stats = all(group.run(seed).fire_counts is not None for seed in group.seeds)
+    frequencies = (  # NaN (no correlation) for imported runs without held-out statistics
+        np.concatenate([group.run(seed).firing_frequency for seed in group.seeds])
+        if with_stats
+        else np.full(len(all_p), np.nan)
+    )
     values, counts = np.unique(np.round(all_p, 6), return_counts=True)
     stable = all_p >= 1.0 - epsilon
     unstable = all_p <= epsilon
     return {
+        "epsilon": float(epsilon),
         "stable_share": float(stable.mean()),
         "unstable_share": float(unstable.mean()),
         "mean_reappearance": float(all_p.mean()),

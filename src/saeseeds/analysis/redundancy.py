@@ -47,6 +47,28 @@ def nearest_neighbour_cosines(
     return nearest
 
 
+def compared_features(run: Any) -> np.ndarray:  # [n_features] bool
+    """The live features of a run; every feature of an imported run without held-out
+    statistics (nothing says which are dead)."""
+    return run.live_mask if run.fire_counts is not None else np.ones(run.n_features, bool)
+
+
+def nearest_by_seed(
+    group: GroupPairs, *, block_size: int = 2048, device: str = "cpu"
+) -> dict[int, np.ndarray]:
+    """{seed: [n_features]}: each live feature's nearest-neighbour cosine among the live features
+    of its own dictionary (:func:`compared_features`); NaN for dead features."""
+    result = {}
+    for run in group.runs:
+        live = compared_features(run)  # [n_features]
+        nearest = np.full(run.n_features, np.nan, dtype=np.float32)
+        nearest[live] = nearest_neighbour_cosines(
+            run.decoder_directions[live], block_size=block_size, device=device
+        )
+        result[run.seed] = nearest
+    return result
+
+
 def redundancy(
     group: GroupPairs,
     threshold: float,
@@ -54,23 +76,25 @@ def redundancy(
     *,
     block_size: int = 2048,
     device: str = "cpu",
+    nearest: dict[int, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Near-duplicate share and median nearest-neighbour cosine of the live decoder rows, per
-    seed and averaged over seeds; with an assignment, the stability of the distinct features."""
+    seed and averaged over seeds; with an assignment, the stability of the distinct features.
+    ``nearest`` is :func:`nearest_by_seed`'s result when the caller already has it."""
+    if nearest is None:
+        nearest = nearest_by_seed(group, block_size=block_size, device=device)
     per_seed, distinct = {}, {}
     for run in group.runs:
-        live = run.live_mask  # [n_features]
-        nearest = nearest_neighbour_cosines(
-            run.decoder_directions[live], block_size=block_size, device=device
-        )  # [n_live]
+        live = compared_features(run)  # [n_features]
+        nearest_live = nearest[run.seed][live]  # [n_live]
         distinct[run.seed] = live.copy()
-        distinct[run.seed][live] = nearest < threshold
+        distinct[run.seed][live] = nearest_live < threshold
         enough = int(live.sum()) > 1
         per_seed[str(run.seed)] = {
             "n_live": int(live.sum()),
             "n_distinct": int(distinct[run.seed].sum()),
-            "near_duplicate_share": float(np.mean(nearest >= threshold)) if enough else None,
-            "median_nearest_neighbour": float(np.median(nearest)) if enough else None,
+            "near_duplicate_share": float(np.mean(nearest_live >= threshold)) if enough else None,
+            "median_nearest_neighbour": float(np.median(nearest_live)) if enough else None,
         }
 
     def mean(key: str) -> float | None:

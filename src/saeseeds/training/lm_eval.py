@@ -18,9 +18,9 @@ from torch import Tensor
 
 from saeseeds.activations.base import TextContext
 from saeseeds.activations.hooks import logits_with_replacement
-from saeseeds.contract import TOP_EXAMPLES_FORMAT
+from saeseeds.contract import TOP_EXAMPLES_FORMAT, TOP_EXAMPLES_MARKER
 
-MARKER = ("<<", ">>")
+MARKER = TOP_EXAMPLES_MARKER
 TOP_EXAMPLES_BATCH = 2048
 _BASELINE_MEMORY: dict[tuple, dict[str, Any]] = {}  # clean log-probs and zero-ablation CE
 

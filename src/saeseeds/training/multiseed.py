@@ -25,7 +25,7 @@ from omegaconf import DictConfig, open_dict
 from saeseeds.config.validation import validate_train_config
 from saeseeds.sae import SAEConfig
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
-from saeseeds.training.checkpoint_io import RECORD_KEY, check_shapes
+from saeseeds.training.checkpoint_io import RECORD_KEY, check_data, check_shapes
 from saeseeds.training.datamodule import (
     ActivationDataModule,
     order_seed,
@@ -163,6 +163,7 @@ def _train_seeds(
     ckpt_path = None
     if plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
+        check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)
 

@@ -39,8 +39,8 @@ from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
-from saeseeds.training.callbacks import HeldoutCurve
-from saeseeds.training.checkpoint_io import check_shapes
+from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
+from saeseeds.training.checkpoint_io import check_data, check_shapes
 from saeseeds.training.datamodule import (
     ActivationDataModule,
     WindowedRows,
@@ -101,6 +101,7 @@ def _train(
     ckpt_path = None
     if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
+        check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
@@ -195,8 +196,9 @@ def training_callbacks(
     signals: StopSignals,
     record: RunRecord,
 ) -> list[Callback]:
-    """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record in
-    every checkpoint, and the checkpoint on SIGTERM/SIGINT."""
+    """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record
+    (with its data's identity) in every checkpoint, the stop on a non-finite loss or weight, and
+    the checkpoint on SIGTERM/SIGINT."""
     checkpoint_dir = run_dir / contract.CHECKPOINT_DIR
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -212,7 +214,9 @@ def training_callbacks(
         checkpoint_dir / contract.LAST_CHECKPOINT,
         "Re-run the same command with resume=true (a multirun resumes by itself) to continue.",
     )
-    return [checkpoints, HeldoutCurve(splits.heldout, batch_size), record, on_signal]
+    record.note_data(splits.provenance)
+    curve = HeldoutCurve(splits.heldout, batch_size)
+    return [checkpoints, curve, record, StopOnNonFinite(), on_signal]
 
 
 def build_trainer(
@@ -400,7 +404,7 @@ def finish_run(
         contract.CFG_FILE,
         run_folder.sae_cfg(trained.sae, splits.provenance, trained.input_scale, cfg.seed),
     )
-    run_folder.write_json(run_dir, contract.METRICS_FILE, metrics)
+    run_folder.write_metrics(run_dir, metrics)
     if top_examples is not None:
         run_folder.write_json(run_dir, contract.TOP_EXAMPLES_FILE, top_examples)
     source.write_artifacts(run_dir)

@@ -5,7 +5,8 @@ then each condition beside its controls (difference with a 95% seed-bootstrap in
 p-value), the published-style table (one row per group: median matched cosine, full and
 live-only, stability at each τ, shared, isotropic chance level), then per group the detailed
 statistics with intervals, convergence, the figures, and example matched pairs with both
-features' top-activating contexts side by side. Skipped runs and groups that could not be
+features' top-activating contexts side by side (escaped: corpus text never becomes markup, and the
+firing token keeps its visible ⟦ ⟧ marker). Skipped runs and groups that could not be
 analysed are listed with their reasons. It reads results only; it computes nothing.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from saeseeds.analysis.controls import CONTROL_NAMES, subspace_sentence, verdict
+from saeseeds.analysis.examples import marked_text
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
@@ -238,8 +240,28 @@ def _distinct_clause(distinct: dict[str, Any] | None) -> str:
     return clause
 
 
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Inside a table cell nothing sits at a line start, so these are all that can start markup there.
+_MARKDOWN_PUNCTUATION = set("\\`*_[]|~$")
+
+
+def escape_markdown(text: str) -> str:
+    """Corpus text as literal Markdown: HTML's ``&<>`` as entities (no tag can open), Markdown's
+    punctuation backslash-escaped (no emphasis, link, code or table cell can start), line breaks as
+    spaces."""
+    pieces = []
+    for character in text.replace("\r", " ").replace("\n", " "):
+        if character in _HTML_ENTITIES:
+            pieces.append(_HTML_ENTITIES[character])
+        elif character in _MARKDOWN_PUNCTUATION:
+            pieces.append("\\" + character)
+        else:
+            pieces.append(character)
+    return "".join(pieces)
+
+
 def _context(example: dict[str, Any]) -> str:
-    text = str(example.get("text", "")).replace("|", "\\|").replace("\n", " ")
+    text = escape_markdown(marked_text(example))
     return f"{text} ({_number(example.get('activation'), 2)})"
 
 
@@ -271,7 +293,7 @@ def _example(example: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _matching_line(reports: list[GroupReport]) -> str:
+def matching_line(reports: list[GroupReport]) -> str:
     argmax = [report.label for report in reports if report.matching == "argmax"]
     if not argmax:
         return "Matching: Hungarian (one-to-one assignment) for every group."
@@ -297,7 +319,7 @@ def render_report(
     lines += [f"Inputs: {', '.join(f'`{root}`' for root in roots)}", ""]
     conditions = [r for r in reports if r.extras.get("role") != "control"]
     lines += ["## Verdict", ""] + [f"- {verdict(report)}" for report in conditions] + [""]
-    lines += [_matching_line(reports), ""]
+    lines += [matching_line(reports), ""]
     lines += [
         "Each condition is judged against its strongest control: SAEs trained with the same "
         "config and seeds on Gaussian data with the activations' mean and covariance "

@@ -1,9 +1,11 @@
 """Logging an analysis as a W&B run: job_type="analysis", in the sweep's group.
 
 Summary scalars (group statistics with intervals, chance level, p-values, reappearance shares),
-tables (pair metrics, the published-style group table) and the report's figures. The mode comes
-from :func:`saeseeds.wandb_utils.resolve_wandb_mode` (offline without an API key). A W&B failure
-is reported and never loses the report folder, which is written before and independently.
+tables (pair metrics, the published-style group table, and per group the feature table of
+report.html with every version's contexts, as ``features/<group>``) and the report's figures.
+The mode comes from :func:`saeseeds.wandb_utils.resolve_wandb_mode` (offline without an API
+key). A W&B failure is reported and never loses the report folder, which is written before and
+independently.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saeseeds.analysis.group_analysis import GroupReport
+from saeseeds.analysis.report.feature_table import feature_tables, wandb_columns, wandb_rows
 from saeseeds.tracking import offline_hint, resolve_wandb_mode
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,30 @@ def summary_scalars(reports: list[GroupReport]) -> dict[str, float]:
     return scalars
 
 
+def _examples_per_feature(config: dict[str, Any]) -> int:
+    return int(config.get("report", {}).get("examples_per_feature", 5))
+
+
+def feature_payload(wandb: Any, reports: list[GroupReport], per_feature: int) -> dict[str, Any]:
+    """{"features/<group>": wandb.Table}: the report page's feature table of each group. A table
+    logged to a run keeps at most ``wandb.Table.MAX_ROWS`` rows; beyond that the rows with the
+    highest best-match cosine are kept, and the log says so (features.csv has every feature)."""
+    payload = {}
+    for table in feature_tables(reports):
+        rows = wandb_rows(table, per_feature)
+        limit = wandb.Table.MAX_ROWS
+        if len(rows) > limit:
+            best = wandb_columns(table).index("best_match_mean")
+            rows = sorted(rows, key=lambda row: -row[best])[:limit]
+            log.warning(
+                "W&B feature table of %s: the %d features with the highest best-match cosine of "
+                "%d (W&B's row limit); report.html and features.csv have them all.",
+                table.label, limit, table.n_features,
+            )  # fmt: skip
+        payload[f"features/{table.label}"] = wandb.Table(columns=wandb_columns(table), data=rows)
+    return payload
+
+
 def log_to_wandb(
     logger_cfg: Any,
     config: dict[str, Any],
@@ -115,6 +142,7 @@ def log_to_wandb(
                 for metric, entry in report.statistics.items()
             ],
         )
+        payload.update(feature_payload(wandb, reports, _examples_per_feature(config)))
         run.log(payload)
     finally:
         run.finish()
