@@ -33,7 +33,13 @@ from tests.training.test_run import InterruptAtStep
 TRAIN = [*TINY_SAE, *TINY_SYNTHETIC, "logger=none", "trainer.checkpoint_every_n_steps=5"]
 RELU_L1 = [option for option in TRAIN if not option.startswith("sae.k=")] + ["sae=relu_l1"]
 # An activation file whose run was interrupted, then overwritten with other data (same shape).
-ON_FILE = ["data=activations", "data.path={tmp}/replaced.npy", "data.batch_size=256", "seed=0"]
+ON_FILE = [
+    "data=activations",
+    "data.path={tmp}/replaced.npy",
+    "data.batch_size=256",
+    "data.heldout_tokens=256",
+    "seed=0",
+]
 TOO_LONG = "a" * 300  # a folder name longer than file systems allow (255 bytes)
 ABOVE_2_64 = str(2**64 + 1)
 # Files a refused command may add to or change in a folder that existed: Hydra's log file.
@@ -233,7 +239,12 @@ CASES = [
     ),
     train_case(
         "loss-becomes-infinite",
-        ["data=activations", "data.path={tmp}/huge.npy", "sae.normalize=none"],
+        [
+            "data=activations",
+            "data.path={tmp}/huge.npy",
+            "data.heldout_tokens=256",
+            "sae.normalize=none",
+        ],
         [
             "the training loss became NaN or infinite (in step 1)",
             "no checkpoint, weights or COMPLETE",

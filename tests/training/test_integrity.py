@@ -32,6 +32,7 @@ ON_FILE = [
     "data=activations",
     "data.path=acts.npy",
     "data.batch_size=256",
+    "data.heldout_tokens=256",
     "logger=none",
     "trainer.checkpoint_every_n_steps=5",
 ]
