@@ -216,12 +216,13 @@ def venv_python(framework: str) -> Path:
 def has_peer(framework: str) -> bool:
     distribution, version, module, _ = PEERS[framework]
     python = venv_python(framework)
+    if not python.is_file():
+        return False
     check = (
         f"import importlib.metadata as m, sys, {module}; "
         f"sys.exit(m.version({distribution!r}) != {version!r})"
     )
-    run = subprocess.run([python, "-c", check], capture_output=True)
-    return python.is_file() and run.returncode == 0
+    return subprocess.run([python, "-c", check], capture_output=True).returncode == 0
 
 
 def setup(framework: str) -> None:
