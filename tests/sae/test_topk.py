@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeseeds.sae import fused_topk
 from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
 from saeseeds.sae.kernels import geometric_median
 from saeseeds.sae.topk import TopKSAE
@@ -167,6 +168,28 @@ def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
     assert (fused_out.losses["auxk"] > 0) == (n_dead > 0)
     for name in plain_grads:
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sparse", [True, None])
+def test_fused_forward_in_blocks_of_rows_equals_one_block(monkeypatch, sparse):
+    """The pre-activations are searched a block of rows at a time; an uneven split of the batch
+    must choose the same latents and give the same step as the whole batch at once."""
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    results = []
+    for block_bytes in (4 * 96 * 7, 2**30):  # 7 rows per block (the last one shorter); all
+        monkeypatch.setattr(fused_topk, "PRE_ACTIVATION_BLOCK_BYTES", block_bytes)
+        sae = make_sae_with_negative_top_latents(True)
+        sae.config.sparse_decoder = sparse
+        results.append(loss_and_gradients(sae, x, dead_mask))
+    (blocks_out, blocks_grads), (whole_out, whole_grads) = results
+    assert torch.equal(blocks_out.latent_indices, whole_out.latent_indices)
+    torch.testing.assert_close(blocks_out.latent_values, whole_out.latent_values)
+    torch.testing.assert_close(blocks_out.losses["auxk"], whole_out.losses["auxk"])
+    assert whole_out.losses["auxk"] > 0
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(blocks_grads[name], grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("sparse", [True, False])
