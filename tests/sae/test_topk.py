@@ -235,18 +235,20 @@ def test_fused_encoder_passes_gradcheck_in_float64(sparse):
     assert torch.autograd.gradcheck(reconstruction_loss, params, fast_mode=True)
 
 
-def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16(sparse):
     x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
     dead_mask = torch.zeros(96, dtype=torch.bool)
     dead_mask[::3] = True
-    fp32_out, fp32_grads = loss_and_gradients(
-        make_sae_with_negative_top_latents(True), x, dead_mask
-    )
+
+    def run(fused: bool):
+        sae = make_sae_with_negative_top_latents(fused)
+        sae.config.sparse_decoder = sparse
+        return loss_and_gradients(sae, x, dead_mask)
+
+    fp32_out, fp32_grads = run(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = {
-            fused: loss_and_gradients(make_sae_with_negative_top_latents(fused), x, dead_mask)
-            for fused in (True, False)
-        }
+        bf16 = {fused: run(fused) for fused in (True, False)}
     (bf16_out, bf16_grads), (plain_out, plain_grads) = bf16[True], bf16[False]
     # Same bf16 matmul in the forward, so the same latents and losses as plain autocast.
     assert torch.equal(bf16_out.latent_indices, plain_out.latent_indices)
@@ -256,7 +258,8 @@ def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
     torch.testing.assert_close(bf16_out.losses["auxk"], fp32_out.losses["auxk"], rtol=3e-2, atol=0)
     for name, fp32_grad in fp32_grads.items():
         assert bf16_grads[name].dtype == torch.float32  # gradients stay in the parameters' dtype
-        # Plain autocast's backward matmuls round to bf16; the sparse backward stays in fp32.
+        # The dense backward's matmuls round to bf16 as plain autocast's do; the sparse
+        # backward stays in fp32.
         assert (bf16_grads[name] - plain_grads[name]).norm() < 1e-2 * fp32_grad.norm(), name
         assert (bf16_grads[name] - fp32_grad).norm() < 0.1 * fp32_grad.norm(), name
 
