@@ -8,7 +8,12 @@ import torch
 
 from saeseeds.sae import fused_topk
 from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
-from saeseeds.sae.kernels import geometric_median
+from saeseeds.sae.kernels import (
+    geometric_median,
+    sampled_dots,
+    sort_by_latent,
+    sum_rows_by_latent,
+)
 from saeseeds.sae.topk import TopKSAE
 from tests.helpers import topk_sae
 
@@ -178,7 +183,7 @@ def test_fused_forward_in_blocks_of_rows_equals_one_block(monkeypatch, sparse):
     dead_mask = torch.zeros(96, dtype=torch.bool)
     dead_mask[::3] = True
     results = []
-    for block_bytes in (4 * 96 * 7, 2**30):  # 7 rows per block (the last one shorter); all
+    for block_bytes in (4 * 96 * 7, 2**30):  # 19 blocks of 6 or 7 rows; one block
         monkeypatch.setattr(fused_topk, "PRE_ACTIVATION_BLOCK_BYTES", block_bytes)
         sae = make_sae_with_negative_top_latents(True)
         sae.config.sparse_decoder = sparse
@@ -290,3 +295,27 @@ def test_size_rule_picks_dense_for_small_dictionaries_only():
     assert use_dense(128, 32, None) and use_dense(2048, 288, None)  # n=128; AuxK, 2048 dead
     assert not use_dense(16384, 32, None) and not use_dense(4915, 288, None)
     assert use_dense(16384, 32, False) and not use_dense(128, 32, True)  # forced
+
+
+def test_latent_order_sums_and_dot_products_match_explicit_loops():
+    """The sparse backward's kernels: a stable sort by latent, each latent's weighted row sum,
+    and one dot product per (row, column) entry."""
+    generator = torch.Generator().manual_seed(6)
+    n_features, n_entries = 7, 40
+    latents = torch.randint(0, n_features - 1, (n_entries,), generator=generator)  # one unused
+    rows = torch.randn(10, 5, generator=generator, dtype=torch.float64)
+    row_ids = torch.randint(0, 10, (n_entries,), generator=generator)
+    weights = torch.randn(n_entries, generator=generator, dtype=torch.float64)
+    order = sort_by_latent(latents, n_features)
+    expected_order = sorted(range(n_entries), key=lambda e: int(latents[e]))  # Python's is stable
+    assert order.order.tolist() == expected_order
+    assert order.crow.tolist() == [int((latents < j).sum()) for j in range(n_features + 1)]
+    sums = sum_rows_by_latent(order, rows, row_ids[order.order], weights[order.order])
+    for latent in range(n_features):
+        chosen = (latents == latent).nonzero().squeeze(1)
+        expected = (weights[chosen, None] * rows[row_ids[chosen]]).sum(0)
+        torch.testing.assert_close(sums[latent], expected)
+    left = torch.randn(n_features, 5, generator=generator, dtype=torch.float64)
+    dots = sampled_dots(order.crow, row_ids[order.order], left, rows)
+    expected_dots = (left[order.latents] * rows[row_ids[order.order]]).sum(1)
+    torch.testing.assert_close(dots, expected_dots)

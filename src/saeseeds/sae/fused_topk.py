@@ -46,10 +46,11 @@ from saeseeds.sae.kernels import (
 # costs roughly a tenth of a sparse one on CPU (scripts/bench_train_step.py times both paths;
 # a mixed rule, sparse decode with dense sums, measured no faster at 4096 and 128 latents).
 DENSE_COLUMNS_PER_ENTRY = 8
-# The forward computes the [batch, n_features] pre-activations in blocks of rows of about this
-# size: in cache, and under glibc's largest mmap threshold (32 MiB), so a block freed in one step
-# is reused by the next instead of being faulted in again.
-PRE_ACTIVATION_BLOCK_BYTES = 16 * 2**20
+# The forward computes the [batch, n_features] pre-activations in equal blocks of rows of at most
+# this size: under glibc's largest mmap threshold (32 MiB), so a block freed in one step is reused
+# by the next instead of being faulted in again; few enough that the per-call costs of the
+# matmul (packing W_enc) and of each parallel region stay small.
+PRE_ACTIVATION_BLOCK_BYTES = 30 * 2**20
 
 
 class Group(NamedTuple):
@@ -82,16 +83,16 @@ def select(
     group (top k_aux among the dead latents' columns: the same latents as masking the live ones
     with −inf, without a second [batch, n_features] tensor).
 
-    The pre-activations are computed and searched a block of rows at a time, so the block stays
-    in cache and is never a fresh [batch, n_features] allocation (a fresh 256 MB buffer costs
-    the operating system ~70 ms of page faults per step at 4096 × 16384). Each row is searched
-    alone, so the blocks do not change which latents are chosen.
+    The pre-activations are computed and searched a block of rows at a time, never as a fresh
+    [batch, n_features] allocation (a fresh 256 MB buffer costs the operating system ~70 ms of
+    page faults per step at 4096 × 16384). Each row is searched alone, so the blocks do not
+    change which latents are chosen.
     """
     W_enc, b_enc, b_dec = weights
     n_features = W_enc.shape[1]
-    rows = max(1, PRE_ACTIVATION_BLOCK_BYTES // (4 * n_features))
+    n_blocks = -(-len(x) * 4 * n_features // PRE_ACTIVATION_BLOCK_BYTES)  # ceiling
     tops, auxes = [], []
-    for block in x.split(rows):
+    for block in x.tensor_split(min(max(n_blocks, 1), len(x))):
         pre = encoder_pre_activations(block, W_enc, b_enc, b_dec)  # [rows, n_features]
         tops.append(pre.topk(k, dim=-1, sorted=False))
         if k_aux > 0:
