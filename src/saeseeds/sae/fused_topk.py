@@ -92,7 +92,7 @@ def select(
     n_features = W_enc.shape[1]
     n_blocks = -(-len(x) * 4 * n_features // PRE_ACTIVATION_BLOCK_BYTES)  # ceiling
     tops, auxes = [], []
-    for block in x.tensor_split(min(max(n_blocks, 1), len(x))):
+    for block in x.tensor_split(max(1, min(n_blocks, len(x)))):
         pre = encoder_pre_activations(block, W_enc, b_enc, b_dec)  # [rows, n_features]
         tops.append(pre.topk(k, dim=-1, sorted=False))
         if k_aux > 0:
