@@ -89,7 +89,7 @@ class TopKSAE(UnitNormDecoder, SAE):
     def __init__(self, d_in: int, config: TopKConfig, fused_encoder: bool = True):
         super().__init__(d_in, config)
         self.k = config.k
-        # Encoder + Top-K as one autograd function whose backward is sparse (TopKEncoder);
+        # The training forward as one autograd function with a sparse backward (TopKAutoencoder);
         # False keeps plain autograd through the dense pre-activations, the reference path.
         self.fused_encoder = fused_encoder
 
@@ -148,7 +148,7 @@ class TopKSAE(UnitNormDecoder, SAE):
     def select_with_autograd(
         self, x: Tensor, dead_mask: Tensor | None, k_aux: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """TopKEncoder's outputs by plain autograd: its backward is dense in n_features."""
+        """TopKAutoencoder's selection by plain autograd: its backward is dense in n_features."""
         pre = self.pre_activations(x)  # [batch, n_features]
         top_pre, indices = pre.topk(self.k, dim=-1, sorted=False)
         if k_aux == 0:
