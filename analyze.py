@@ -11,6 +11,7 @@ exit, never a traceback, and a refused command takes back the report folder Hydr
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,7 +54,8 @@ def check_output_folder(argv: list[str]) -> None:
     folder = requested_output_folder(argv)
     if folder is None:
         return
-    REPORT_FOLDER_EXISTED = folder != DEFAULT_REPORT_ROOT and Path(folder).exists()
+    # os.path.exists: a name too long to look up does not exist (Path.exists raises).
+    REPORT_FOLDER_EXISTED = folder != DEFAULT_REPORT_ROOT and os.path.exists(folder)
     problem = writable_folder_problem(folder)
     if problem is not None:
         print(

@@ -3,14 +3,17 @@ the embedded Python-docs corpus).
 
 Reports, as JSON:
 - model load time: first from the GGUF (conversion included), then from the converted copy;
-- activation-cache build speed in tokens/s;
+- activation-store build speed in tokens/s against the bare forward loop over the same tokens
+  (the same sequences and forward batches, activations moved to the CPU and dropped): their
+  ratio is what the store costs on top of the model (target >= 0.95);
 - the wall time of the mission sweep ``python train.py -m seed=1,2,3,4,5 sae.n_features=128,512``
-  with a cold activation cache, and of the same sweep again reusing that cache, with each job's
+  with a cold activation store, and of the same sweep again reusing that store, with each job's
   dead-feature fraction and CE-loss score.
 
     python scripts/bench_activations.py                 # all of it (about 15-25 min on 2 cores)
-    python scripts/bench_activations.py --no-sweep      # loads and cache build only
+    python scripts/bench_activations.py --no-sweep      # loads and store build only
     python scripts/bench_activations.py --skip-gguf     # keep the existing converted model
+    python scripts/bench_activations.py --no-sweep --build-tokens 1048576 data=pysource
 
 Timings on a shared machine depend on its load; the 1-minute load average is recorded with each.
 """
@@ -38,22 +41,44 @@ model = models.load_model(ModelConfig(), {cache!r})
 print(json.dumps({{"seconds": time.perf_counter() - started, "in_load_model": model.load_seconds}}))
 """
 
-BUILD_CACHE = """
-import json, sys
+BUILD_STORE = """
+import json, sys, time
 sys.argv = ["bench"]
+import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from saeseeds.activations import hooks
+from saeseeds.activations.store_build import ensure_store
 from saeseeds.config import register_configs
+from saeseeds.training.run import build_source
 register_configs()
 with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
     cfg = compose(config_name="train", overrides={overrides!r})
-source = instantiate(cfg.data, _convert_="all")
-splits = source.load()
-info = source.cached.info
-print(json.dumps({{"tokens": info["tokens_run"], "seconds": info["build_seconds"],
-                  "tokens_per_s": info["tokens_run"] / info["build_seconds"],
-                  "n_train": len(splits.train), "n_heldout": len(splits.heldout),
-                  "key": source.cached.key}}))
+source = build_source(cfg)
+builder = source.builder()
+rows = builder.rows_per_shard
+shards = -(-source.n_tokens // rows)
+sequences = [builder.sequences.heldout()]
+for index in range(shards):
+    first, offset = divmod(index * rows, builder.kept)
+    sequences.append(builder._train_sequences(first, -(-(offset + rows) // builder.kept)))
+model, batch = builder.model, source.model_config.forward_batch_size
+started = time.perf_counter()
+with torch.no_grad():
+    for tokens in sequences:  # the bare loop: the same forward batches, nothing kept
+        for start in range(0, len(tokens), batch):
+            chunk = tokens[start : start + batch].long().to(model.device)
+            hooks.read_activations(model.bridge, source.hook, chunk).to("cpu")
+bare = time.perf_counter() - started
+forwarded = sum(t.numel() for t in sequences)
+started = time.perf_counter()
+store, built = ensure_store(source.cache_dir, source.builder(), source.n_tokens, progress=False)
+seconds = time.perf_counter() - started
+print(json.dumps({{"tokens": forwarded, "train_tokens": source.n_tokens,
+                  "store_seconds": seconds, "bare_seconds": bare,
+                  "store_tokens_per_s": forwarded / seconds,
+                  "bare_tokens_per_s": forwarded / bare,
+                  "store_vs_bare": bare / seconds, "shards": store.n_shards,
+                  "key": store.key}}))
 """
 
 
@@ -86,10 +111,12 @@ def bench_model_load(skip_gguf: bool) -> dict:
     return report
 
 
-def bench_cache_build(cache_dir: Path) -> dict:
-    overrides = [f"paths.cache_dir={cache_dir}"]
-    result = run_python(BUILD_CACHE.format(conf=str(REPO_ROOT / "conf"), overrides=overrides))
-    result["tokens_per_s"] = round(result["tokens_per_s"])
+def bench_store_build(cache_dir: Path, tokens: int, extra: list[str]) -> dict:
+    overrides = [f"paths.cache_dir={cache_dir}", f"data.n_tokens={tokens}", *extra]
+    result = run_python(BUILD_STORE.format(conf=str(REPO_ROOT / "conf"), overrides=overrides))
+    for name in ("store_tokens_per_s", "bare_tokens_per_s"):
+        result[name] = round(result[name])
+    result["store_vs_bare"] = round(result["store_vs_bare"], 3)
     return {**result, "load_average": load_average()}
 
 
@@ -118,7 +145,7 @@ def run_sweep(cache_dir: Path, sweep_dir: Path, extra: list[str]) -> dict:
     return {
         "wall_s": round(wall, 1),
         "jobs": jobs,
-        "builds": (result.stdout + result.stderr).count("Building the activation cache"),
+        "builds": (result.stdout + result.stderr).count("Building the activation store"),
         "load_average": load_average(),
     }
 
@@ -129,7 +156,10 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the two ten-job sweeps")
     parser.add_argument("--output", type=Path, help="also write the report to this JSON file")
     parser.add_argument(
-        "extra", nargs="*", help="extra overrides for the sweeps (e.g. logger=none)"
+        "--build-tokens", type=int, default=262_144, help="training tokens of the timed store build"
+    )
+    parser.add_argument(
+        "extra", nargs="*", help="extra overrides for the build and the sweeps (e.g. data=pysource)"
     )
     args = parser.parse_args()
 
@@ -138,10 +168,12 @@ def main() -> None:
     print(json.dumps(report, indent=2), flush=True)
     work = Path(tempfile.mkdtemp(prefix="saeseeds-bench-"))
     try:
-        report["cache_build"] = bench_cache_build(work / "build_cache")
-        print(json.dumps(report["cache_build"], indent=2), flush=True)
+        report["store_build"] = bench_store_build(
+            work / "build_store", args.build_tokens, args.extra
+        )
+        print(json.dumps(report["store_build"], indent=2), flush=True)
         if not args.no_sweep:
-            cache_dir = work / "sweep_cache"
+            cache_dir = work / "sweep_store"
             report["first_sweep"] = run_sweep(cache_dir, work / "sweep1", args.extra)
             print(json.dumps(report["first_sweep"], indent=2), flush=True)
             report["second_sweep"] = run_sweep(cache_dir, work / "sweep2", args.extra)

@@ -19,7 +19,6 @@ the 1-minute load average is recorded before and after each sweep.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from saeseeds.io import json_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["seed=1,2", "sae.n_features=128,512"]
@@ -138,10 +139,10 @@ def main() -> None:
         and len(results["side_by_side"]) == 4,
         "work": str(work),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
+    text = json_text(report)  # strict JSON, as every file of the project
+    print(text, end="")
     if args.output:
-        args.output.write_text(text + "\n")
+        args.output.write_text(text)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,8 +9,8 @@ For each size it runs the S jobs ``seed=1..S order_seed=0`` one after another, t
 ``seeds=[1..S] order_seed=0`` (``--multi-first`` swaps the order), each with ``logger=none``, and
 reports the sum of the single jobs' ``fit_time_s`` (seconds in ``trainer.fit``) and wall times
 against the multi-seed job's. Data loading is in the wall time only: with ``--data pydocs`` the
-activation cache is built (or read) before the first timed job, and later jobs read it from
-memory as a sweep's jobs do. The script itself adds no load, but timings on a shared machine are
+activation store is built (or read) before the first timed job, and every job reads it from
+disk as a sweep's jobs do. The script itself adds no load, but timings on a shared machine are
 only as quiet as the machine.
 """
 

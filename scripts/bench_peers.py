@@ -5,6 +5,8 @@ the bound.
     python scripts/bench_peers.py --setup        # build the peers' virtual environments once
     python scripts/bench_peers.py                # n_features 4096 and 16384, AuxK on and off
     python scripts/bench_peers.py --n-features 512 --batch-size 1024 --rounds 10 --threads 1
+    python scripts/bench_peers.py --frameworks saeseeds saeseeds-bf16 sparsify bound \
+        --threads 1 --clock cpu               # on a machine shared with other jobs
 
 Each framework runs in its own process (the peers in their own virtual environments under
 ~/.cache/saeseeds/, since SAELens pins transformer-lens 3.x), driven the way its own trainer
@@ -21,9 +23,13 @@ drives it, with the same shapes, the same inputs and the same dead-latent mask, 
   decoder-gradient projection or renormalisation and rescales activations by decoder norms
   instead (its default). Its ``use_sparse_activations`` option fails on CPU, so it is left off.
 
+``saeseeds-bf16`` (not run by default) is the saeseeds step under bf16 autocast.
+
 Steps are timed round-robin (saeseeds, sparsify, SAELens, bound, repeat), so load from other jobs
-falls on all alike; the min and median step give tokens/s. Learning-rate schedules are left out
-for all (a scalar update each).
+falls on all alike; the min and median step give tokens/s. ``--clock cpu`` times each step by its
+process's CPU time instead of the wall clock: on a machine shared with other jobs, with
+``--threads 1``, it approximates the quiet single-core speed (with more threads it would count
+the threads' spin-waits). Learning-rate schedules are left out for all (a scalar update each).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ PEERS = {  # name: (distribution, version, import name, virtual environment)
     ),
 }
 FRAMEWORKS = ("saeseeds", "sparsify", "saelens", "bound")
+OURS = ("saeseeds", "saeseeds-bf16")
 AUXK_ALPHA = 1.0 / 32.0
 
 
@@ -168,6 +175,21 @@ def bound_step(cfg: dict, x, dead_mask):
     return lambda: torch.addmm(b_enc, x, W_enc.T)  # [batch, n_features]
 
 
+def bf16_autocast(builder):
+    def build(cfg: dict, x, dead_mask):
+        import torch
+
+        step = builder(cfg, x, dead_mask)
+
+        def autocast_step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step()
+
+        return autocast_step
+
+    return build
+
+
 def versions(framework: str) -> dict:
     import importlib.metadata
 
@@ -177,7 +199,7 @@ def versions(framework: str) -> dict:
     if framework in PEERS:
         distribution = PEERS[framework][0]
         found[distribution] = importlib.metadata.version(distribution)
-    if framework == "saeseeds":
+    if framework in OURS:
         found["saeseeds"] = importlib.metadata.version("saeseeds")
     return found
 
@@ -190,6 +212,7 @@ def worker(framework: str, cfg: dict) -> None:
     x, dead_mask = shared_inputs(cfg)
     builders = {
         "saeseeds": saeseeds_step,
+        "saeseeds-bf16": bf16_autocast(saeseeds_step),
         "sparsify": sparsify_step,
         "saelens": saelens_step,
         "bound": bound_step,
@@ -201,9 +224,10 @@ def worker(framework: str, cfg: dict) -> None:
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         step()
-        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
 # ---- the orchestrator ----
@@ -216,12 +240,13 @@ def venv_python(framework: str) -> Path:
 def has_peer(framework: str) -> bool:
     distribution, version, module, _ = PEERS[framework]
     python = venv_python(framework)
+    if not python.is_file():
+        return False
     check = (
         f"import importlib.metadata as m, sys, {module}; "
         f"sys.exit(m.version({distribution!r}) != {version!r})"
     )
-    run = subprocess.run([python, "-c", check], capture_output=True)
-    return python.is_file() and run.returncode == 0
+    return subprocess.run([python, "-c", check], capture_output=True).returncode == 0
 
 
 def setup(framework: str) -> None:
@@ -253,17 +278,17 @@ class Worker:
                 return json.loads(line)
         sys.exit(f"the {self.framework} worker exited; see its error above.")
 
-    def step(self) -> float:
+    def step(self, clock: str) -> float:
         self.process.stdin.write("step\n")
         self.process.stdin.flush()
-        return self._read()["seconds"]
+        return self._read()[clock]
 
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait()
 
 
-def measure(frameworks: list[str], cfg: dict, rounds: int, warmup: int) -> dict:
+def measure(frameworks: list[str], cfg: dict, rounds: int, warmup: int, clock: str) -> dict:
     """Seconds per step of each framework, one step of each in turn."""
     workers = [Worker(framework, cfg) for framework in frameworks]
     try:
@@ -272,11 +297,11 @@ def measure(frameworks: list[str], cfg: dict, rounds: int, warmup: int) -> dict:
             sys.exit(f"the workers' inputs differ: {checksums}")
         for _ in range(warmup):
             for w in workers:
-                w.step()
+                w.step(clock)
         seconds = {w.framework: [] for w in workers}
         for _ in range(rounds):
             for w in workers:
-                seconds[w.framework].append(w.step())
+                seconds[w.framework].append(w.step(clock))
         return {"seconds": seconds, "headers": {w.framework: w.header for w in workers}}
     finally:
         for w in workers:
@@ -293,23 +318,22 @@ def report(frameworks: list[str], cfg: dict, result: dict) -> None:
     print(f"\nn_features={cfg['n_features']}, batch={tokens}, {aux}")
     for name in frameworks:
         best, median = speeds[name]
-        print(f"  {name:<9} best {best:>10,.0f} tok/s   median {median:>10,.0f} tok/s")
-    if "saeseeds" not in speeds:
-        return
-    ours_best, ours_median = speeds["saeseeds"]
-    for name in ("sparsify", "saelens"):
-        if name in speeds:
-            best, median = speeds[name]
+        print(f"  {name:<13} best {best:>10,.0f} tok/s   median {median:>10,.0f} tok/s")
+    for ours in (name for name in OURS if name in speeds):
+        ours_best, ours_median = speeds[ours]
+        for name in ("sparsify", "saelens"):
+            if name in speeds:
+                best, median = speeds[name]
+                print(
+                    f"  {ours} / {name}: {ours_best / best:.2f}x (best), "
+                    f"{ours_median / median:.2f}x (median)"
+                )
+        if "bound" in speeds:
+            best, median = speeds["bound"]
             print(
-                f"  saeseeds / {name}: {ours_best / best:.2f}x (best), "
-                f"{ours_median / median:.2f}x (median)"
+                f"  {ours} / float32 encoder-forward bound: {ours_best / best:.0%} (best), "
+                f"{ours_median / median:.0%} (median)"
             )
-    if "bound" in speeds:
-        best, median = speeds["bound"]
-        print(
-            f"  saeseeds / encoder-forward bound: {ours_best / best:.0%} (best), "
-            f"{ours_median / median:.0%} (median)"
-        )
 
 
 def saeseeds_commit() -> str:
@@ -326,7 +350,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true", help="build the peers' venvs and exit")
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    parser.add_argument(
+        "--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS + OURS[1:]
+    )
     parser.add_argument("--n-features", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--aux", choices=["on", "off", "both"], default="both")
     parser.add_argument("--d-in", type=int, default=576)
@@ -336,12 +362,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time per step"
+    )
     args = parser.parse_args()
     for framework in args.frameworks:
         setup(framework)
     if args.setup:
         return
-    print(f"saeseeds {saeseeds_commit()}; CPU threads: {args.threads or 'torch default'}")
+    print(
+        f"saeseeds {saeseeds_commit()}; CPU threads: {args.threads or 'torch default'}; "
+        f"{args.clock} clock"
+    )
     printed_versions = False
     for n_features in args.n_features:
         for aux in {"on": [True], "off": [False], "both": [True, False]}[args.aux]:
@@ -354,7 +386,7 @@ def main() -> None:
                 "dead_fraction": args.dead_fraction,
                 "threads": args.threads,
             }
-            result = measure(args.frameworks, cfg, args.rounds, args.warmup)
+            result = measure(args.frameworks, cfg, args.rounds, args.warmup, args.clock)
             if not printed_versions:
                 for name, header in result["headers"].items():
                     found = ", ".join(f"{k} {v}" for k, v in header["versions"].items())

@@ -1,19 +1,23 @@
 """Tokens per second of one full SAE training step (forward, AuxK, backward, decoder-gradient
 projection, clipping, Adam, renormalisation) on this machine: the fused Top-K forward
 (``saeseeds.sae.fused_topk``) vs plain autograd, each with the decoder picked by size (auto),
-forced sparse and forced dense (``sae.sparse_decoder``); 30% of latents dead, so AuxK runs.
+forced sparse and forced dense (``sae.sparse_decoder``), in float32 and under bf16 autocast;
+30% of latents dead, so AuxK runs.
 
     python scripts/bench_train_step.py                      # the issue's size: 576 x 16384, k=32
-    python scripts/bench_train_step.py --n-features 4096 --batch-size 1024 --device cuda
+    python scripts/bench_train_step.py --n-features 512 4096 16384 --encoders fused \\
+        --decoders auto --precisions fp32 bf16 --steps 15   # where bf16 autocast pays
+    python scripts/bench_train_step.py --encoders fused --decoders auto --profile
     python scripts/bench_train_step.py --architecture batchtopk   # any registered architecture
 
 The variants (fused/plain, auto/sparse/dense decoder) are Top-K's; other architectures are timed
 as they are. ``scripts/bench_peers.py`` compares with sparsify and SAELens.
 
-The variants' steps are timed round-robin in one process, so load from other jobs on a shared
-machine falls on all of them alike; speeds (tokens/s from the median step) are reported with
-their ratios. On a loaded machine, ``--threads 1`` avoids thread-barrier stalls that swamp
-small sizes.
+All variants' steps (precisions included) are timed round-robin in one process, so load from
+other jobs on a shared machine falls on all of them alike; speeds (tokens/s from the median
+step) are reported with their ratios. On a loaded machine, ``--threads 1`` avoids
+thread-barrier stalls that swamp small sizes. ``--profile`` then prints where the first
+variant's step goes (torch.profiler, operators by self time).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from saeseeds.sae import REGISTRY, architecture
 
 ENCODERS = {"fused": True, "plain": False}
 DECODERS = {"auto": None, "sparse": True, "dense": False}  # sae.sparse_decoder
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # autocast dtype
 
 
 def train_step(sae, optimizer, x, dead_mask, autocast_dtype):
@@ -42,12 +47,12 @@ def train_step(sae, optimizer, x, dead_mask, autocast_dtype):
     sae.after_optimizer_step()
 
 
-def build(args, fused_encoder: bool, sparse_decoder: bool):
+def build(args, n_features: int, fused_encoder: bool, sparse_decoder: bool | None):
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     config_class = architecture(args.architecture).Config
     fields = config_class.__dataclass_fields__
-    options = {"n_features": args.n_features, "k": args.k, "sparse_decoder": sparse_decoder}
+    options = {"n_features": n_features, "k": args.k, "sparse_decoder": sparse_decoder}
     config = config_class(**{name: value for name, value in options.items() if name in fields})
     sae = architecture(args.architecture)(args.d_in, config)
     if hasattr(sae, "fused_encoder"):
@@ -56,8 +61,8 @@ def build(args, fused_encoder: bool, sparse_decoder: bool):
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.randn(args.batch_size, args.d_in, generator=generator).to(device)
-    dead_mask = torch.zeros(args.n_features, dtype=torch.bool, device=device)
-    dead_mask[: int(args.n_features * 0.3)] = True  # AuxK active, as in a run with dead latents
+    dead_mask = torch.zeros(n_features, dtype=torch.bool, device=device)
+    dead_mask[: int(n_features * 0.3)] = True  # AuxK active, as in a run with dead latents
     return sae, optimizer, x, dead_mask
 
 
@@ -71,77 +76,126 @@ def timed_step(setup, autocast_dtype, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def measure(args, autocast_dtype) -> dict[tuple[str, str], list[float]]:
-    """Seconds of each step per (encoder, decoder), one step of each variant in turn."""
+def variants(args) -> list[tuple[str, str, str]]:
+    if args.architecture != "topk":
+        return [(precision, "-", "-") for precision in args.precisions]
+    return [
+        (precision, encoder, decoder)
+        for precision in args.precisions
+        for encoder in args.encoders
+        for decoder in args.decoders
+    ]
+
+
+def measure(args, n_features: int) -> dict[tuple[str, str, str], list[float]]:
+    """Seconds of each step per (precision, encoder, decoder), one step of each in turn."""
     device = torch.device(args.device)
-    encoders, decoders = (ENCODERS, DECODERS) if args.architecture == "topk" else ({"-": True},) * 2
     setups = {
-        (encoder, decoder): build(args, fused, sparse)
-        for encoder, fused in encoders.items()
-        for decoder, sparse in decoders.items()
+        variant: build(args, n_features, ENCODERS.get(variant[1], True), DECODERS.get(variant[2]))
+        for variant in variants(args)
     }
-    for setup in setups.values():
+    for (precision, *_), setup in setups.items():
         for _ in range(args.warmup):
-            train_step(*setup, autocast_dtype)
+            train_step(*setup, PRECISIONS[precision])
     seconds = {variant: [] for variant in setups}
     for _ in range(args.steps):
         for variant, setup in setups.items():
-            seconds[variant].append(timed_step(setup, autocast_dtype, device))
+            seconds[variant].append(timed_step(setup, PRECISIONS[variant[0]], device))
+    if args.profile:
+        profile(args, next(iter(setups.items())))
     return seconds
+
+
+def profile(args, variant_and_setup) -> None:
+    """Where one variant's step goes: operators by self time over a few steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    (precision, encoder, decoder), setup = variant_and_setup
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with torch_profile(activities=activities) as profiler:
+        for _ in range(args.profile_steps):
+            train_step(*setup, PRECISIONS[precision])
+    sort_by = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    print(
+        f"profile of {precision} {encoder} encoder, {decoder} decoder, {args.profile_steps} steps:"
+    )
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows))
+
+
+def report(args, n_features: int, seconds: dict) -> None:
+    # The median step shrugs off the spikes other jobs cause; the best shows the ceiling.
+    speeds = {v: args.batch_size / statistics.median(s) for v, s in seconds.items()}
+    for (precision, encoder, decoder), speed in speeds.items():
+        best = args.batch_size / min(seconds[precision, encoder, decoder])
+        print(
+            f"n={n_features} {precision} {encoder} encoder, {decoder} decoder: "
+            f"{speed:>10,.0f} tokens/s (best step {best:,.0f})"
+        )
+
+    def ratio(label: str, a: tuple, b: tuple) -> None:
+        if a in speeds and b in speeds:
+            print(f"n={n_features} {label}: {speeds[a] / speeds[b]:.2f}x")
+
+    for precision in args.precisions:
+        for decoder in DECODERS:
+            ratio(
+                f"{precision} fused/plain ({decoder} decoder)",
+                (precision, "fused", decoder),
+                (precision, "plain", decoder),
+            )
+        for encoder in ENCODERS:
+            ratio(
+                f"{precision} sparse/dense decoder ({encoder} encoder)",
+                (precision, encoder, "sparse"),
+                (precision, encoder, "dense"),
+            )
+        ratio(
+            f"{precision} fused+auto vs plain+dense",
+            (precision, "fused", "auto"),
+            (precision, "plain", "dense"),
+        )
+    for encoder in ENCODERS:
+        for decoder in DECODERS:
+            ratio(
+                f"bf16/fp32 ({encoder} encoder, {decoder} decoder)",
+                ("bf16", encoder, decoder),
+                ("fp32", encoder, decoder),
+            )
+    ratio("bf16/fp32", ("bf16", "-", "-"), ("fp32", "-", "-"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="topk", choices=sorted(REGISTRY))
     parser.add_argument("--d-in", type=int, default=576)
-    parser.add_argument("--n-features", type=int, default=16384)
+    parser.add_argument("--n-features", type=int, nargs="+", default=[16384])
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
+    parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS)
+    parser.add_argument("--bf16", action="store_true", help="same as --precisions fp32 bf16")
+    parser.add_argument("--profile", action="store_true", help="profile the first variant")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.bf16:
+        args.precisions = ["fp32", "bf16"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    capability = torch.backends.cpu.get_cpu_capability() if args.device == "cpu" else args.device
     print(
-        f"{args.architecture}: d_in={args.d_in} n_features={args.n_features} k={args.k} "
-        f"batch={args.batch_size} "
-        f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
+        f"{args.architecture}: d_in={args.d_in} k={args.k} batch={args.batch_size} "
+        f"device={args.device} ({capability}) threads={torch.get_num_threads()} "
+        f"torch={torch.__version__}"
     )
-    precisions = [("fp32", None)] + ([("bf16-autocast", torch.bfloat16)] if args.bf16 else [])
-    results = {}
-    for label, dtype in precisions:
-        for (encoder, decoder), seconds in measure(args, dtype).items():
-            # The median step shrugs off the spikes other jobs cause; the best shows the ceiling.
-            speed, best = (
-                args.batch_size / statistics.median(seconds),
-                args.batch_size / min(seconds),
-            )
-            results[label, encoder, decoder] = speed
-            print(
-                f"{label} {encoder} encoder, {decoder} decoder: {speed:>10,.0f} tokens/s "
-                f"(best step {best:,.0f})"
-            )
-    if args.architecture != "topk":
-        return
-    for label, _ in precisions:
-        for decoder in DECODERS:
-            ratio = results[label, "fused", decoder] / results[label, "plain", decoder]
-            print(f"{label}: fused/plain encoder speed ratio ({decoder} decoder) {ratio:.2f}x")
-        for encoder in ENCODERS:
-            ratio = results[label, encoder, "sparse"] / results[label, encoder, "dense"]
-            print(f"{label}: sparse/dense decoder speed ratio ({encoder} encoder) {ratio:.2f}x")
-            ratio = results[label, encoder, "auto"] / max(
-                results[label, encoder, "sparse"], results[label, encoder, "dense"]
-            )
-            print(f"{label}: auto vs the faster forced decoder ({encoder} encoder) {ratio:.2f}x")
-        ratio = results[label, "fused", "auto"] / results[label, "plain", "dense"]
-        print(f"{label}: fused+auto vs plain+dense speed ratio {ratio:.2f}x")
-    if args.bf16:
-        ratio = results["bf16-autocast", "fused", "auto"] / results["fp32", "fused", "auto"]
-        print(f"bf16/fp32 speed ratio (fused, auto decoder): {ratio:.2f}x")
+    for n_features in args.n_features:
+        report(args, n_features, measure(args, n_features))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def analyze(sweep_dir: Path, analysis_dir: Path, tiny: bool) -> bool:
 
 
 def mask(experiment: Experiment, analysis_dir: Path, output: Path) -> bool:
+    from saeseeds.analysis.report.data import json_safe
     from saeseeds.studies.masking import masking_experiment
     from saeseeds.studies.summaries import group_conditions, read_summary
 
@@ -104,7 +105,9 @@ def mask(experiment: Experiment, analysis_dir: Path, output: Path) -> bool:
     conditions = group_conditions(summary)
     labels = [label for label, condition in conditions.items() if experiment.masked(condition)]
     announce(f"{experiment.name}: masking experiment on {len(labels)} of {len(conditions)} groups")
-    atomic_write_json(output, masking_experiment(analysis_dir, summary, labels, announce))
+    results = masking_experiment(analysis_dir, summary, labels, announce)
+    # Intervals of seeds that agree exactly (no spread) are undefined: null, as in summary.json.
+    atomic_write_json(output, json_safe(results))
     return True
 
 

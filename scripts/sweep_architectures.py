@@ -1,24 +1,28 @@
-"""Top-K vs ReLU+L1 vs BatchTopK at matched L0, into one sweep folder that analyze.py reads.
+"""SAE architectures at matched L0 (Top-K, ReLU+L1 and BatchTopK by default), into one sweep
+folder that analyze.py reads.
 
     python scripts/sweep_architectures.py --k 32 --seeds 1,2,3                # the defaults
     python scripts/sweep_architectures.py --k 8 --seeds 1,2 sae.n_features=128 hook.layer=0
     python scripts/sweep_architectures.py --k 32 --calibrate-only              # just find λ
     python scripts/sweep_architectures.py --k 32 --control gaussian  # + each one's geometry control
+    python scripts/sweep_architectures.py --k 32 --architectures topk,jumprelu,matryoshka,archetypal
 
-Top-K and BatchTopK take L0 = k directly. ReLU+L1 has no k: its L0 falls as the L1 coefficient λ
-rises, so λ is searched first. Each probe trains one ReLU+L1 SAE (seed 0, in this process, so the
-model and the activation cache load once) and reads its held-out L0; the search brackets the
-target on a log scale and bisects until L0 is within ``--tolerance`` of k. Then the three
-architectures are trained with every seed (``train.py -m``, one command for Top-K and BatchTopK,
-one for ReLU+L1 with the λ found) into the same sweep folder, and the command to analyse it is
-printed. Extra arguments are Hydra overrides applied to every run (model, hook, data, size, ...).
+Top-K, BatchTopK, Matryoshka and archetypal SAEs take L0 = k directly. ReLU+L1 and JumpReLU have
+no k: their L0 falls as their penalty's coefficient λ (``sae.l1_coefficient``,
+``sae.l0_coefficient``) rises, so λ is searched first, for each of them. Each probe trains one
+SAE (seed 0, in this process, so the model and the activation cache load once) and reads its
+held-out L0; the search brackets the target on a log scale and bisects until L0 is within
+``--tolerance`` of k. Then the architectures are trained with every seed (``train.py -m``, one
+command for those with k, one for each calibrated one with its λ) into the same sweep folder, and
+the command to analyse it is printed. Extra arguments are Hydra overrides applied to every run
+(model, hook, data, size, ...).
 
 ``--control gaussian`` also trains every architecture, with the same λ and k, on Gaussian data
 with the activations' mean and covariance (``data.control=gaussian``): each architecture's own
 geometry control, which the analysis pairs with it. λ is always calibrated on the real data.
-The λ found is kept in ``<sweep>/calibration.json``; a later call with the same target,
-tolerance and overrides reuses it instead of searching again (so a resumed sweep does not
-re-train the probes).
+Each λ found is kept in ``<sweep>/calibration.json`` (under its field's name); a later call with
+the same target, tolerance and overrides reuses it instead of searching again (so a resumed sweep
+does not re-train the probes).
 """
 
 from __future__ import annotations
@@ -40,35 +44,42 @@ from saeseeds.io import atomic_write_json
 from saeseeds.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
+# Architectures whose L0 is k, and those whose L0 is set by a coefficient: (its field, its name).
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "archetypal")
+CALIBRATED = {"relu_l1": ("l1_coefficient", "ReLU+L1"), "jumprelu": ("l0_coefficient", "JumpReLU")}
+DEFAULT_ARCHITECTURES = "topk,batchtopk,relu_l1"
 
 
-def relu_l1_l0(coefficient: float, overrides: list[str], scratch: Path) -> float:
-    """Held-out L0 of one ReLU+L1 SAE (seed 0) trained with this coefficient."""
+def heldout_l0(architecture: str, coefficient: float, overrides: list[str], scratch: Path) -> float:
+    """Held-out L0 of one SAE of a calibrated architecture (seed 0) with this coefficient."""
+    field = CALIBRATED[architecture][0]
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             config_name="train",
             overrides=[
                 *overrides,
-                "sae=relu_l1",
-                f"sae.l1_coefficient={coefficient}",
+                f"sae={architecture}",
+                f"sae.{field}={coefficient}",
                 "seed=0",
                 "logger=none",
                 "trainer.enable_progress_bar=false",
             ],
         )
     with open_dict(cfg):
-        cfg.paths.output_dir = str(scratch / f"l1={coefficient:.6g}")
+        cfg.paths.output_dir = str(scratch / f"{architecture},{field}={coefficient:.6g}")
     return float(train(cfg)["l0"])
 
 
-def calibrate(target: float, overrides: list[str], tolerance: float, max_probes: int) -> float:
-    """λ whose ReLU+L1 SAE has held-out L0 within ``tolerance`` (relative) of ``target``."""
-    with tempfile.TemporaryDirectory(prefix="calibrate_l1_") as scratch:
+def calibrate(
+    architecture: str, target: float, overrides: list[str], tolerance: float, max_probes: int
+) -> float:
+    """λ whose SAE has held-out L0 within ``tolerance`` (relative) of ``target``."""
+    with tempfile.TemporaryDirectory(prefix=f"calibrate_{architecture}_") as scratch:
         probes: dict[float, float] = {}
 
         def probe(coefficient: float) -> float:
-            probes[coefficient] = relu_l1_l0(coefficient, overrides, Path(scratch))
+            probes[coefficient] = heldout_l0(architecture, coefficient, overrides, Path(scratch))
             print(f"  λ={coefficient:<10.5g} L0={probes[coefficient]:.2f}", flush=True)
             return probes[coefficient]
 
@@ -98,23 +109,41 @@ def calibrate(target: float, overrides: list[str], tolerance: float, max_probes:
         return best
 
 
-def recorded_coefficient(record: Path, wanted: dict) -> float | None:
-    """The λ of an earlier calibration into this sweep folder, if it was for the same target."""
+def recorded_coefficients(record: Path, wanted: dict) -> dict[str, float]:
+    """The λs (by field) of earlier calibrations into this sweep folder for the same target."""
     if not record.is_file():
-        return None
+        return {}
     try:
         recorded = json.loads(record.read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-    if {key: recorded.get(key) for key in wanted} != wanted:
-        return None
-    value = recorded.get("l1_coefficient")
-    return float(value) if isinstance(value, (int, float)) else None
+        return {}
+    if not isinstance(recorded, dict) or {key: recorded.get(key) for key in wanted} != wanted:
+        return {}
+    fields = [field for field, _ in CALIBRATED.values()]
+    return {
+        field: float(recorded[field])
+        for field in fields
+        if isinstance(recorded.get(field), (int, float))
+    }
+
+
+def chosen_architectures(names: str) -> list[str]:
+    architectures = [name.strip() for name in names.split(",") if name.strip()]
+    known = (*K_ARCHITECTURES, *CALIBRATED)
+    unknown = [name for name in architectures if name not in known]
+    if unknown or not architectures:
+        sys.exit(f"error: --architectures {names!r}: choose from {', '.join(known)}")
+    return architectures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=32, help="target L0 (Top-K's and BatchTopK's k)")
+    parser.add_argument("--k", type=int, default=32, help="target L0 (the k of those with one)")
+    parser.add_argument(
+        "--architectures",
+        default=DEFAULT_ARCHITECTURES,
+        help=f"comma-separated, from {', '.join((*K_ARCHITECTURES, *CALIBRATED))}",
+    )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     parser.add_argument("--tolerance", type=float, default=0.1, help="relative L0 tolerance")
     parser.add_argument("--max-probes", type=int, default=8)
@@ -127,6 +156,7 @@ def main() -> None:
         help="also train each architecture on Gaussian data of the same mean and covariance",
     )
     args, overrides = parser.parse_known_args()
+    architectures = chosen_architectures(args.architectures)
 
     started = time.perf_counter()
     sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -134,25 +164,31 @@ def main() -> None:
     # Launcher and output settings do not change λ; everything else (data, model, size) may.
     relevant = [item for item in overrides if not item.lstrip("+~").startswith("hydra")]
     wanted = {"k": args.k, "tolerance": args.tolerance, "overrides": relevant}
-    coefficient = recorded_coefficient(record, wanted)
-    if coefficient is None:
-        print(f"Searching the ReLU+L1 coefficient for held-out L0 ≈ {args.k}:")
-        coefficient = calibrate(args.k, overrides, args.tolerance, args.max_probes)
-        if not args.calibrate_only:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(record, {**wanted, "l1_coefficient": coefficient})
-    else:
-        print(f"Reusing the ReLU+L1 coefficient calibrated earlier ({record}).")
-    print(f"λ = {coefficient:.6g}")
+    coefficients = recorded_coefficients(record, wanted)
+    for architecture in (name for name in architectures if name in CALIBRATED):
+        field, label = CALIBRATED[architecture]
+        if field in coefficients:
+            print(f"Reusing the {label} coefficient calibrated earlier ({record}).")
+        else:
+            print(f"Searching the {label} coefficient for held-out L0 ≈ {args.k}:")
+            coefficients[field] = calibrate(
+                architecture, args.k, overrides, args.tolerance, args.max_probes
+            )
+            if not args.calibrate_only:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(record, {**wanted, **coefficients})
+        print(f"λ = {coefficients[field]:.6g} ({label})")
     if args.calibrate_only:
         return
     common = [f"seed={args.seeds}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     if args.control != "none":
         common.append(f"data.control=none,{args.control}")
-    commands = [
-        ["-m", "sae=topk,batchtopk", f"sae.k={args.k}", *common],
-        ["-m", "sae=relu_l1", f"sae.l1_coefficient={coefficient:.6g}", *common],
-    ]
+    with_k = [name for name in architectures if name in K_ARCHITECTURES]
+    commands = [["-m", f"sae={','.join(with_k)}", f"sae.k={args.k}", *common]] if with_k else []
+    for architecture in (name for name in architectures if name in CALIBRATED):
+        field = CALIBRATED[architecture][0]
+        coefficient = f"sae.{field}={coefficients[field]:.6g}"
+        commands.append(["-m", f"sae={architecture}", coefficient, *common])
     for command in commands:
         print("python train.py " + " ".join(command), flush=True)
         subprocess.run([sys.executable, str(REPO / "train.py"), *command], cwd=REPO, check=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from saeseeds.activations import cache as activation_cache
+from saeseeds.activations import text as text_source
 from saeseeds.activations.corpora import PythonDocsCorpus
 from saeseeds.activations.text import TextActivationSource
 from saeseeds.training import lm_eval
@@ -34,8 +34,15 @@ def train_config(tmp_path) -> Callable[..., DictConfig]:
     return make
 
 
-# Small enough that a cache builds in about a second on the tiny model.
-TINY_DATA = dict(seq_len=32, n_tokens=2048, batch_size=256, heldout_fraction=0.1, eval_sequences=4)
+# Small enough that a store builds in about a second on the tiny model; shards of 512 tokens.
+TINY_DATA = dict(
+    seq_len=32,
+    n_tokens=2048,
+    batch_size=256,
+    heldout_tokens=200,
+    eval_sequences=4,
+    shard_tokens=512,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +53,11 @@ def no_hub(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def fresh_memory() -> Iterator[None]:
-    """Each test starts without activations or baselines kept in memory by an earlier one."""
-    activation_cache.forget_memory()
+    """Each test starts without statistics or baselines kept in memory by an earlier one."""
+    text_source._STREAMED_STATS.clear()
     lm_eval._BASELINE_MEMORY.clear()
     yield
-    activation_cache.forget_memory()
+    text_source._STREAMED_STATS.clear()
     lm_eval._BASELINE_MEMORY.clear()
 
 
@@ -66,7 +73,8 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_source(tiny_llama, tmp_path) -> Callable[..., TextActivationSource]:
-    """A text source on the tiny Llama at blocks.1.hook_resid_pre, caching under tmp_path."""
+    """A text source on the tiny Llama at blocks.1.hook_resid_pre, with its store under
+    tmp_path."""
 
     def make(
         model_path: Path | None = None,

@@ -138,9 +138,9 @@ def topk_sae(
     return TopKSAE(d_in, config, fused_encoder=fused_encoder)
 
 
-def cache_folders(cache_dir: Path) -> list[Path]:
-    """Finished cache folders (not locks, not temporary folders)."""
-    root = Path(cache_dir) / "activations"
+def store_folders(cache_dir: Path) -> list[Path]:
+    """Activation store folders (not locks, not temporary folders)."""
+    root = Path(cache_dir) / "stores"
     return (
         sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if root.exists()

@@ -10,6 +10,7 @@ that already behaved well are here too, so that they stay that way.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -30,6 +31,17 @@ from tests.helpers import REPO_ROOT, TINY_SAE, TINY_SYNTHETIC, compose_train
 from tests.training.test_run import InterruptAtStep
 
 TRAIN = [*TINY_SAE, *TINY_SYNTHETIC, "logger=none", "trainer.checkpoint_every_n_steps=5"]
+RELU_L1 = [option for option in TRAIN if not option.startswith("sae.k=")] + ["sae=relu_l1"]
+# An activation file whose run was interrupted, then overwritten with other data (same shape).
+ON_FILE = [
+    "data=activations",
+    "data.path={tmp}/replaced.npy",
+    "data.batch_size=256",
+    "data.heldout_tokens=256",
+    "seed=0",
+]
+TOO_LONG = "a" * 300  # a folder name longer than file systems allow (255 bytes)
+ABOVE_2_64 = str(2**64 + 1)
 # Files a refused command may add to or change in a folder that existed: Hydra's log file.
 LOG_FILES = {"train.log", "analyze.log"}
 
@@ -198,6 +210,86 @@ CASES = [
         ["already holds a complete run with another config (sae.k=4 vs 8", "new output folder"],
         existing="complete",
     ),
+    train_case(
+        "resume-on-other-data",
+        [*ON_FILE, "resume=true", "hydra.run.dir={existing}"],
+        ["was trained on other data than this run loaded (file_sha256=", "Restore the data"],
+        existing="interrupted_on_file",
+        may_add=(".hydra/", ".saeseeds.lock"),
+    ),
+    train_case(
+        "ckpt-path-on-other-data",
+        [*ON_FILE, "ckpt_path={interrupted_on_file}/checkpoints/last.ckpt"],
+        ["last.ckpt was trained on other data", "file_sha256=", "checkpoint vs now"],
+    ),
+    # ---- numbers that are not numbers (train.py) ----
+    train_case("lr-infinite", ["sae.lr=inf"], ["sae.lr=inf is not valid", "must be finite"]),
+    train_case("auxk-alpha-nan", ["sae.auxk_alpha=nan"], ["sae.auxk_alpha=nan is not valid"]),
+    Case(
+        "l1-coefficient-nan",
+        "train.py",
+        [*RELU_L1, "sae.l1_coefficient=nan"],
+        ["sae.l1_coefficient=nan is not valid", "must be finite"],
+    ),
+    Case(
+        "init-decoder-norm-infinite",
+        "train.py",
+        [*RELU_L1, "sae.init_decoder_norm=inf"],
+        ["sae.init_decoder_norm=inf is not valid", "must be finite"],
+    ),
+    train_case(
+        "loss-becomes-infinite",
+        [
+            "data=activations",
+            "data.path={tmp}/huge.npy",
+            "data.heldout_tokens=256",
+            "sae.normalize=none",
+        ],
+        [
+            "the training loss became NaN or infinite (in step 1)",
+            "no checkpoint, weights or COMPLETE",
+        ],
+    ),
+    # ---- seeds (train.py) ----
+    train_case(
+        "data-seed-above-2-64",
+        [f"data.data_seed={ABOVE_2_64}"],
+        [f"data.data_seed={ABOVE_2_64} is not valid", "every seed is an integer in [0, 2^32)"],
+    ),
+    train_case("data-seed-negative", ["data.data_seed=-1"], ["data.data_seed=-1 is not valid"]),
+    train_case(
+        "control-seed-above-2-64",
+        [f"data.control_seed={ABOVE_2_64}"],
+        [f"data.control_seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
+    ),
+    train_case(
+        "split-seed-above-2-64",
+        ["data=activations", "data.path={tmp}/replaced.npy", f"data.split_seed={ABOVE_2_64}"],
+        [f"data.split_seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
+    ),
+    train_case(
+        "model-seed-above-2-64",
+        [f"model.seed={ABOVE_2_64}"],
+        [f"model.seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
+    ),
+    # ---- malformed inputs and machines (train.py) ----
+    Case(
+        "jsonl-corpus-nested-deep",
+        "train.py",
+        ["logger=none", "data=text_files", "data.corpus.paths=[{tmp}/deep.jsonl]"],
+        ["deep.jsonl:2 is nested too deeply to read"],
+    ),
+    Case(
+        "model-device-cuda-without-gpu",
+        "train.py",
+        ["logger=none", "model.device=cuda"],
+        ["model.device=cuda but", "no CUDA GPU", "model.device=auto", "model.device=cpu"],
+    ),
+    train_case(
+        "run-folder-name-too-long",
+        [f"hydra.run.dir={{tmp}}/{TOO_LONG}"],
+        ["cannot write the output folder", "is 300 bytes long", "hydra.run.dir=PATH"],
+    ),
     # ---- output folders (train.py) ----
     train_case(
         "unwritable-output-folder",
@@ -217,7 +309,7 @@ CASES = [
         ["cannot write", "last.ckpt", "File too large", "free some space"],
         existing="interrupted",
         file_size_limit=20_000,
-        may_add=(".hydra/",),
+        may_add=(".hydra/", ".saeseeds.lock"),
     ),
     # ---- analyze.py ----
     analyze_case(
@@ -261,6 +353,21 @@ CASES = [
         "unwritable-report-folder",
         ["sweep_dir={tmp}/good_sweep", "hydra.run.dir={tmp}/a_file/report"],
         ["cannot write the report folder", "is not a folder", "hydra.run.dir=PATH"],
+    ),
+    analyze_case(
+        "report-folder-name-too-long",
+        ["sweep_dir={tmp}/good_sweep", f"hydra.run.dir={{tmp}}/{TOO_LONG}"],
+        ["cannot write the report folder", "is 300 bytes long", "hydra.run.dir=PATH"],
+    ),
+    analyze_case(
+        "cfg-json-number-too-large",
+        ["sweep_dir={tmp}/overflow_sweep"],
+        ["cfg.json is unreadable: the number 1e400 is too large for a float"],
+    ),
+    analyze_case(
+        "environment-json-nested-deep",
+        ["sweep_dir={tmp}/nested_sweep"],
+        ["environment.json is unreadable: it is nested too deeply to read"],
     ),
     analyze_case(
         "full-disk-while-reporting",
@@ -312,7 +419,42 @@ def _prepare(root: Path) -> dict[str, Path]:
         write_run_folder(root / f"good_sweep/seed={seed}", np.roll(base, seed, axis=0), seed=seed)
         write_run_folder(root / f"incomplete_sweep/seed={seed}", base, seed=seed, complete=False)
     write_run_folder(root / "single_seed/seed=1", base, seed=1)
-    return {"interrupted": interrupted, "complete": complete}
+    for seed in (1, 2):
+        write_run_folder(root / f"overflow_sweep/seed={seed}", np.roll(base, seed, 0), seed=seed)
+        write_run_folder(root / f"nested_sweep/seed={seed}", np.roll(base, seed, 0), seed=seed)
+    cfg_json = root / "overflow_sweep/seed=2/cfg.json"
+    cfg_json.write_text(cfg_json.read_text().replace('"d_in": 4', '"d_in": 1e400'))
+    (root / "nested_sweep/seed=2/environment.json").write_text(NESTED)
+    (root / "deep.jsonl").write_text('{"text": "fine"}\n' + NESTED + "\n")
+    rows = np.random.default_rng(0).standard_normal((2048, 16)).astype(np.float32)
+    np.save(root / "huge.npy", rows * 1e20)  # squares overflow float32: an infinite loss
+    return {
+        "interrupted": interrupted,
+        "complete": complete,
+        "interrupted_on_file": interrupted_on_file(root),
+    }
+
+
+# Valid JSON nested deeper than Python's parser can follow (RecursionError).
+NESTED = "[" * 100_000 + "]" * 100_000
+
+
+def interrupted_on_file(root: Path) -> Path:
+    """A run on ``replaced.npy`` stopped at step 6; then the file is overwritten with other data
+    of the same shape."""
+    from saeseeds.training.run import train
+
+    rng = np.random.default_rng(0)
+    np.save(root / "replaced.npy", rng.standard_normal((2048, 16)).astype(np.float32))
+    folder = root / "interrupted_on_file"
+    on_file = [arg.format(tmp=root) for arg in ON_FILE]
+    cfg = compose_train(
+        [*TINY_SAE, "logger=none", "trainer.checkpoint_every_n_steps=5", *on_file], folder
+    )
+    with pytest.raises(SystemExit):
+        train(cfg, extra_callbacks=[InterruptAtStep(6)])
+    np.save(root / "replaced.npy", rng.standard_normal((2048, 16)).astype(np.float32))
+    return folder
 
 
 def run(
@@ -418,3 +560,36 @@ def test_bad_input(case: Case, outcomes: dict[str, Outcome]):
     if case.existing is None:
         assert not outcome.output_dir.exists(), sorted(outcome.output_dir.rglob("*"))
     assert outcome.leftovers == []
+
+
+def test_malformed_records_are_listed_and_the_report_is_written(tmp_path):
+    """Files nested too deeply for Python's parser, or holding a number no float holds, cost the
+    folder they are in (listed with the file named), or only their examples; the report is
+    written whole."""
+    from saeseeds import contract
+
+    base = random_directions(8, 4, seed=0)
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2, 3, 4):
+        write_run_folder(sweep / f"seed={seed}", np.roll(base, seed, axis=0), seed=seed)
+    (sweep / "seed=1" / contract.TOP_EXAMPLES_FILE).write_text(NESTED)  # costs its examples
+    (sweep / "seed=3" / contract.ENVIRONMENT_FILE).write_text(NESTED)
+    cfg_json = sweep / "seed=4" / contract.CFG_FILE
+    cfg_json.write_text(cfg_json.read_text().replace('"d_in": 4', '"d_in": 1e400'))
+    (sweep / contract.JOB_RECORDS_DIR).mkdir()
+    (sweep / contract.JOB_RECORDS_DIR / "seed=5.json").write_text(NESTED)
+
+    report = tmp_path / "report"
+    args = [f"sweep_dir={sweep}", f"hydra.run.dir={report}", "progress=false", "logger=none"]
+    result = run(args, "analyze.py", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = json.loads((report / "summary.json").read_text())
+    reasons = {Path(e["path"]).name: e["reason"] for e in summary["skipped_runs"]}
+    assert reasons == {
+        "seed=3": "environment.json is unreadable: it is nested too deeply to read",
+        "seed=4": "cfg.json is unreadable: the number 1e400 is too large for a float",
+    }
+    (group,) = summary["groups"].values()
+    assert group["seeds"] == [1, 2]
+    assert (report / "report.md").is_file() and (report / "features.csv").is_file()

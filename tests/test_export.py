@@ -11,8 +11,6 @@ with the run-folder maths.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,16 +21,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saeseeds.export import ExportError, export_saelens
+from tests.library_venvs import library_python, run_in_library
 
-ARCHS = ("topk", "relu_l1", "batchtopk")
-SAELENS_ARCH = {"topk": "topk", "relu_l1": "standard", "batchtopk": "jumprelu"}
-SAELENS_CLASS = {"topk": "TopKSAE", "relu_l1": "StandardSAE", "batchtopk": "JumpReLUSAE"}
+ARCHS = ("topk", "relu_l1", "batchtopk", "jumprelu", "matryoshka", "archetypal")
+SAELENS_ARCH = {
+    "topk": "topk",
+    "relu_l1": "standard",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "matryoshka": "jumprelu",
+    "archetypal": "topk",
+}
+SAELENS_CLASS = {
+    "topk": "TopKSAE",
+    "standard": "StandardSAE",
+    "jumprelu": "JumpReLUSAE",
+}
+THRESHOLDED = ("batchtopk", "jumprelu", "matryoshka")  # saved with an inference threshold
 D_IN, N_FEATURES, K, THRESHOLD = 16, 48, 5, 0.6
 SAELENS_VERSION = "6.54.12"
-TORCH_SPEC = os.environ.get("SAESEEDS_SAELENS_TORCH", "torch==2.13.0")
-SAELENS_VENV = Path(
-    os.environ.get("SAESEEDS_SAELENS_VENV", Path.home() / ".cache/saeseeds/saelens-venv")
-)
 
 
 def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True) -> Path:
@@ -40,7 +47,7 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
     g = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(N_FEATURES, D_IN, generator=g)
     W_dec /= W_dec.norm(dim=1, keepdim=True)
-    if architecture == "relu_l1":  # decoder rows of varied norms, not unit
+    if architecture in ("relu_l1", "archetypal"):  # decoder rows of varied norms, not unit
         W_dec *= 0.2 + 2 * torch.rand(N_FEATURES, 1, generator=g)
     tensors = {
         "W_enc": torch.randn(D_IN, N_FEATURES, generator=g) / D_IN**0.5,
@@ -48,8 +55,10 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
         "W_dec": W_dec,
         "b_dec": 0.5 * torch.randn(D_IN, generator=g),
     }
-    if architecture == "batchtopk":
+    if architecture in ("batchtopk", "matryoshka"):  # one threshold for every latent
         tensors["threshold"] = torch.full((N_FEATURES,), THRESHOLD)
+    if architecture == "jumprelu":  # one threshold per latent, some 0
+        tensors["threshold"] = (2 * THRESHOLD * torch.rand(N_FEATURES, generator=g) - 0.1).relu()
     path.mkdir(parents=True)
     save_file(tensors, path / "sae_weights.safetensors", {"saeseeds_contract_version": "1"})
     cfg = {
@@ -75,7 +84,7 @@ def make_run(path: Path, architecture: str, seed: int = 0, complete: bool = True
 def reference(architecture: str, weights: dict[str, torch.Tensor], x: torch.Tensor):
     """saeseeds's inference maths on raw activations: latents z and reconstruction x_hat."""
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-    if architecture == "topk":
+    if architecture in ("topk", "archetypal"):
         values, indices = pre.topk(K, dim=-1)
         z = torch.zeros_like(pre).scatter(-1, indices, values).relu()
     elif architecture == "relu_l1":
@@ -131,7 +140,7 @@ def test_export_writes_saelens_files(tmp_path, architecture):
     assert meta["model_name"] == "SmolLM2-135M"
     assert meta["hook_name"] == "blocks.6.hook_resid_pre"
     assert meta["saeseeds_cfg"] == json.loads((run / "cfg.json").read_text())
-    if architecture == "topk":
+    if SAELENS_ARCH[architecture] == "topk":
         assert cfg["k"] == K and cfg["rescale_acts_by_decoder_norm"] is False
     else:
         assert "k" not in cfg
@@ -140,7 +149,7 @@ def test_export_writes_saelens_files(tmp_path, architecture):
     exported = load_file(out / "sae_weights.safetensors")
     source = load_file(run / "sae_weights.safetensors")
     expected = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
-        {"threshold"} if architecture == "batchtopk" else set()
+        {"threshold"} if architecture in THRESHOLDED else set()
     )
     assert set(exported) == expected
     for name in expected:
@@ -251,56 +260,10 @@ SAELENS_SCRIPT = textwrap.dedent(
     """
 )
 
-UNREACHABLE = (
-    "No matching distribution found",
-    "Could not find a version that satisfies",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "Max retries exceeded",
-    "ProxyError",
-)
-
-
-def _has_saelens(python: Path) -> bool:
-    check = f"import sae_lens, sys; sys.exit(sae_lens.__version__ != {SAELENS_VERSION!r})"
-    return (
-        python.is_file()
-        and subprocess.run([python, "-c", check], capture_output=True).returncode == 0
-    )
-
-
-def saelens_python() -> Path:
-    """The SAE Lens venv's python: reused when it has sae-lens, else built (torch first)."""
-    python = SAELENS_VENV / "bin" / "python"
-    if _has_saelens(python):
-        return python
-    created = not SAELENS_VENV.exists()
-    try:
-        if created:
-            SAELENS_VENV.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "venv", SAELENS_VENV], check=True)
-        for spec in (TORCH_SPEC, f"sae-lens=={SAELENS_VERSION}"):
-            pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec]
-            result = subprocess.run(pip, capture_output=True, text=True, timeout=1800)
-            if result.returncode != 0:
-                output = result.stdout + result.stderr
-                tail = "\n".join(line for line in output.splitlines() if "ignored" not in line)
-                if any(marker in output for marker in UNREACHABLE):
-                    pytest.skip(f"cannot install {spec} from the package index: {tail[-400:]}")
-                pytest.fail(f"pip install {spec} failed:\n{tail[-3000:]}")
-    except BaseException:
-        if created and SAELENS_VENV.exists():  # only a venv this test made is removed
-            shutil.rmtree(SAELENS_VENV)
-        raise
-    assert _has_saelens(python)
-    return python
-
 
 @pytest.mark.slow
 def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
-    python = saelens_python()
+    python = library_python("saelens", "sae-lens", SAELENS_VERSION)
     exports, inputs, expected = {}, {}, {}
     for i, architecture in enumerate(ARCHS):
         run = make_run(tmp_path / "runs" / architecture, architecture, seed=10 + i)
@@ -315,21 +278,15 @@ def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
     save_file(inputs, tmp_path / "inputs.safetensors")
     (tmp_path / "results").mkdir()
     (tmp_path / "load.py").write_text(SAELENS_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    args = [tmp_path / "inputs.safetensors", tmp_path / "results", json.dumps(exports)]
-    result = subprocess.run(
-        [python, tmp_path / "load.py", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    args = [str(tmp_path / "inputs.safetensors"), str(tmp_path / "results"), json.dumps(exports)]
+    result = run_in_library(python, tmp_path / "load.py", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded.pop("version") == SAELENS_VERSION
     for architecture in ARCHS:
         class_name, saelens_arch, hook = loaded[architecture]
-        assert (class_name, saelens_arch) == (
-            SAELENS_CLASS[architecture],
-            SAELENS_ARCH[architecture],
-        )
+        assert saelens_arch == SAELENS_ARCH[architecture]
+        assert class_name == SAELENS_CLASS[saelens_arch]
         assert hook == "blocks.6.hook_resid_pre"
         got = load_file(tmp_path / "results" / f"{architecture}.st")
         z, x_hat = expected[architecture]
@@ -341,9 +298,9 @@ def test_saelens_loads_exports_and_matches_saeseeds(tmp_path):
 def _clear_of_ties(architecture: str, weights: dict[str, torch.Tensor], x: torch.Tensor):
     """Rows whose latents cannot flip under float rounding: margins of at least 1e-3."""
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-    if architecture == "topk":
+    if SAELENS_ARCH[architecture] == "topk":
         top = pre.topk(K + 1, dim=-1).values
         return (top[:, K - 1] - top[:, K]) > 1e-3
-    if architecture == "batchtopk":
+    if architecture in THRESHOLDED:
         return ((pre - weights["threshold"]).abs() > 1e-3).all(dim=-1)
     return torch.ones(len(x), dtype=torch.bool)

@@ -1,9 +1,11 @@
-"""The run-folder contract (version 1): file names, tensor names, cfg.json fields, and which
-config keys define an experimental condition.
+"""The run-folder contract (version 1): file names, tensor names, cfg.json fields, which config
+keys define an experimental condition, which provenance identifies the training data, and what
+``COMPLETE`` records about the files it vouches for.
 
 The trainer writes run folders with these names and the analysis reads them with the same
 names; ``docs/contract.md`` documents them for users. This module imports no torch and nothing of
-the project, so both apps (and other tools) can use it cheaply.
+the project, and touches no file, so both apps (and other tools) can use it cheaply; reading and
+checking the files COMPLETE records is :func:`saeseeds.io.damaged_file`'s.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ ENVIRONMENT_FILE = "environment.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 COMPLETE_MARKER = "COMPLETE"
+# COMPLETE is a JSON manifest of this format: the size and sha256 of every contract file present
+# at completion. Folders written before it hold a timestamp line instead (no manifest).
+COMPLETE_FORMAT = "saeseeds.complete/1"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 # Folded weights at fixed fractions of training (snapshots/fraction=0.25.safetensors, ...) and
 # their index; the final weights are WEIGHTS_FILE. Optional: older folders have none.
@@ -32,6 +37,8 @@ SNAPSHOTS_FORMAT = "saeseeds.snapshots/1"
 # The SAE's latents on the first held-out rows, sparse (CSR); optional like the snapshots.
 HELDOUT_CODES_FILE = "heldout_codes.safetensors"
 HELDOUT_CODES_TENSORS = ("indptr", "indices", "values")
+# Held (flock) by the process that owns a job folder, with its PID and host (saeseeds.io.job_lock).
+LOCK_FILE = ".saeseeds.lock"
 # Hydra's record of the job's composed config. The trainer writes it itself once it has accepted
 # a job (Hydra's own writing is off), so a refused command never rewrites a finished folder's.
 HYDRA_DIR = ".hydra"
@@ -43,8 +50,8 @@ JOB_RECORD_FORMAT = "saeseeds.job/1"
 
 # Tensors every architecture saves, float32, with input normalisation folded in.
 WEIGHT_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
-# Extra tensors an architecture may add to the weights file: batchtopk's inference threshold
-# [n_features] (pre-activations at or below it are zero).
+# Extra tensors an architecture may add to the weights file: the inference threshold
+# [n_features] of batchtopk, matryoshka and jumprelu (pre-activations at or below it are zero).
 THRESHOLD_TENSOR = "threshold"
 # Per-feature held-out statistics; n_tokens is in the file's metadata.
 FEATURE_STATS_TENSORS = ("fire_count", "activation_sum")
@@ -88,6 +95,8 @@ OPERATIONAL_KEYS = (
     "data.model_cache_dir",
     "data.model.device",
     "data.model.forward_batch_size",
+    # Streaming the activations instead of storing them: the same batches, the same SAEs.
+    "data.store",
     "model.device",
     "model.forward_batch_size",
     "threads",
@@ -165,3 +174,85 @@ def run_config(resolved: dict[str, Any]) -> dict[str, Any]:
 def condition_config(resolved: dict[str, Any]) -> dict[str, Any]:
     """What defines a condition: the run config without the seed."""
     return without_keys(resolved, NON_CONDITION_KEYS + _null_keys(resolved))
+
+
+# ---- the identity of the training data ----
+
+# Provenance keys that identify the content of the training data, for sources that do not record
+# ``data_identity`` themselves (run folders written before it): the activation file's hash, the
+# activation cache key (model weights, hook, corpus content, sizes), the model's weight and
+# tokenizer hashes, the corpus identity (with its content hash), the synthetic data seed, and the
+# control with its seed. Per-run facts (where the cache is, whether it was hit) are left out.
+DATA_IDENTITY_KEYS = (
+    "source",
+    "file_sha256",
+    "activation_cache_key",
+    "model_weight_hash",
+    "tokenizer_hash",
+    "corpus",
+    "data_seed",
+    "model_seed",
+    "control",
+    "control_seed",
+)
+
+
+def data_identity(provenance: Any) -> dict[str, Any]:
+    """The facts that identify a run's training data: the source's own ``data_identity`` when it
+    records one, else the :data:`DATA_IDENTITY_KEYS` of its provenance. ``{}`` when unknown."""
+    if not isinstance(provenance, dict):
+        return {}
+    recorded = provenance.get("data_identity")
+    if isinstance(recorded, dict):
+        return recorded
+    return {key: provenance[key] for key in DATA_IDENTITY_KEYS if key in provenance}
+
+
+def recorded_data_identity(environment: Any) -> dict[str, Any]:
+    """The data identity of a completed run, from its environment.json."""
+    provenance = environment.get("data_provenance") if isinstance(environment, dict) else None
+    return data_identity(provenance)
+
+
+def describe_identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """``file_sha256=3f2a1b4c5d6e… vs 9c8d7e6f5a4b…``: like :func:`describe_differences`, with
+    long values (hashes) shortened to their first 12 characters."""
+
+    def shortened(config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: f"{value[:12]}…" if isinstance(value, str) and len(value) > 16 else value
+            for key, value in flatten(config).items()
+        }
+
+    return describe_differences(shortened(recorded), shortened(current), limit=3)
+
+
+# ---- COMPLETE: what a complete folder vouches for ----
+
+# The files COMPLETE records (those present at completion): everything the trainer writes for
+# readers. Checkpoints, .hydra/ and logs are not part of the result.
+RECORDED_FILES = (
+    WEIGHTS_FILE,
+    FEATURE_STATS_FILE,
+    CFG_FILE,
+    METRICS_FILE,
+    TOP_EXAMPLES_FILE,
+    GROUND_TRUTH_FILE,
+    HELDOUT_CODES_FILE,
+    ENVIRONMENT_FILE,
+)
+
+
+def completion_record(files: dict[str, dict[str, Any]], completed: str) -> dict[str, Any]:
+    """COMPLETE's content: the completion time and, per file of :data:`RECORDED_FILES` present,
+    ``{"bytes": size, "sha256": hex digest}``."""
+    return {"format": COMPLETE_FORMAT, "completed": completed, "files": files}
+
+
+def recorded_files(complete: Any) -> dict[str, dict[str, Any]] | None:
+    """{file: {"bytes", "sha256"}} from COMPLETE's parsed content; None for a folder written
+    before COMPLETE was a manifest (a timestamp line), complete on its marker alone."""
+    if not isinstance(complete, dict) or complete.get("format") != COMPLETE_FORMAT:
+        return None
+    files = complete.get("files")
+    return files if isinstance(files, dict) else {}

@@ -7,11 +7,14 @@ folder renamed into place). SAE Lens uses the same two file names and the same t
 shapes (W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec), but its cfg.json has other fields,
 so a run folder does not load unexported. Architectures, saeseeds -> SAE Lens 6 inference class:
 
-* ``topk``      -> ``topk`` (TopKSAE; TopK then ReLU, no decoder-norm rescaling)
-* ``relu_l1``   -> ``standard`` (StandardSAE; ReLU, b_dec subtracted from the input)
-* ``batchtopk`` -> ``jumprelu`` (JumpReLUSAE; ReLU(pre) * (pre > threshold), the same as
+* ``topk``       -> ``topk`` (TopKSAE; TopK then ReLU, no decoder-norm rescaling)
+* ``relu_l1``    -> ``standard`` (StandardSAE; ReLU, b_dec subtracted from the input)
+* ``batchtopk``  -> ``jumprelu`` (JumpReLUSAE; ReLU(pre) * (pre > threshold), the same as
   saeseeds's pre * (pre > threshold) because the threshold is >= 0, which is checked). SAE Lens
   has only a training class for batchtopk and saves its inference form the same way.
+* ``jumprelu``   -> ``jumprelu`` (its per-latent thresholds, also >= 0)
+* ``matryoshka`` -> ``jumprelu`` (its BatchTopK threshold, as SAE Lens saves its own Matryoshka)
+* ``archetypal`` -> ``topk`` (a Top-K encoder; its W_dec is already the effective decoder)
 
 Usage: ``python -m saeseeds.export saelens RUN_DIR OUT_DIR``. Never reads pickles.
 """
@@ -19,7 +22,6 @@ Usage: ``python -m saeseeds.export saelens RUN_DIR OUT_DIR``. Never reads pickle
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -32,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from saeseeds import contract
+from saeseeds.io import damaged_file, json_text, read_json
 
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
 SAELENS_CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
@@ -45,6 +48,9 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "topk": ("topk", ()),
     "relu_l1": ("standard", ()),
     "batchtopk": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "jumprelu": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "matryoshka": ("jumprelu", (contract.THRESHOLD_TENSOR,)),
+    "archetypal": ("topk", ()),
 }
 
 
@@ -67,7 +73,7 @@ def export_saelens(run_dir: Path, out_dir: Path) -> Path:
     tmp.mkdir()
     try:
         _write_durably(tmp / SAELENS_WEIGHTS_FILE, save(tensors))
-        cfg_text = json.dumps(saelens_cfg, indent=2, sort_keys=True) + "\n"
+        cfg_text = json_text(saelens_cfg, sort_keys=True)
         _write_durably(tmp / SAELENS_CFG_FILE, cfg_text.encode())
         try:
             os.replace(tmp, out_dir)  # replaces a missing or empty folder, atomically
@@ -88,9 +94,12 @@ def read_run_cfg(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a complete run folder: no {contract.COMPLETE_MARKER} marker "
             "(training unfinished or crashed)"
         )
+    damaged = damaged_file(run_dir, check_hashes=True)
+    if damaged is not None:
+        raise ExportError(f"{run_dir} is not as it was completed: {damaged}")
     cfg_path = run_dir / contract.CFG_FILE
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path)
     except (OSError, ValueError) as error:
         raise ExportError(f"cannot read {cfg_path}: {error}") from None
     if not isinstance(cfg, dict):

@@ -1,5 +1,5 @@
-"""Corpora: the embedded Python docs, local .txt/.jsonl files with clear errors for bad ones, and
-packing into BOS-prefixed sequences with a fixed held-out split."""
+"""Corpora: the embedded Python docs and Python source, local .txt/.jsonl files with clear errors
+for bad ones, and the cut into BOS-prefixed sequences with a held-out split that no budget moves."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from saeseeds.activations import sequences as sequence_module
 from saeseeds.activations.corpora import (
     PythonDocsCorpus,
+    PythonSourceCorpus,
     TextFilesCorpus,
-    pack_sequences,
     python_docs_texts,
+    python_source_files,
 )
+from saeseeds.activations.sequences import SequenceStream
 from saeseeds.errors import DataError
 
 
@@ -77,32 +80,112 @@ def test_unreadable_file_is_reported(tmp_path):
         TextFilesCorpus([str(path)]).check()
 
 
-def test_sequences_start_with_bos_and_split_disjointly(tokenizer):
-    sequences = pack_sequences(
-        PythonDocsCorpus(),
-        tokenizer,
-        seq_len=16,
-        n_train=40,
-        n_heldout=8,
-        prepend_bos=True,
-        split_seed=0,
+def stream(
+    tokenizer, corpus=None, seq_len=16, n_heldout=8, split_seed=0, cache_dir=None
+) -> SequenceStream:
+    return SequenceStream(
+        corpus or PythonDocsCorpus(), tokenizer, seq_len, True, split_seed, n_heldout, "", cache_dir
     )
-    assert sequences.train.shape == (40, 16) and sequences.heldout.shape == (8, 16)
-    assert (sequences.train[:, 0] == tokenizer.bos_token_id).all()
-    assert (sequences.heldout[:, 0] == tokenizer.bos_token_id).all()
-    train_rows = {tuple(row) for row in sequences.train.tolist()}
-    assert not train_rows & {tuple(row) for row in sequences.heldout.tolist()}
-    again = pack_sequences(PythonDocsCorpus(), tokenizer, 16, 40, 8, True, 0)
-    assert torch.equal(again.train, sequences.train)  # fixed by split_seed
-    other = pack_sequences(PythonDocsCorpus(), tokenizer, 16, 40, 8, True, 1)
-    assert not torch.equal(other.train, sequences.train)
+
+
+def train_sequences(sequences: SequenceStream, start: int, count: int) -> torch.Tensor:
+    iterator = sequences.train(start)
+    return torch.stack([next(iterator) for _ in range(count)])
+
+
+def test_sequences_start_with_bos_and_split_disjointly(tokenizer):
+    sequences = stream(tokenizer)
+    heldout, train = sequences.heldout(), train_sequences(sequences, 0, 200)
+    assert heldout.shape == (8, 16) and train.shape == (200, 16)
+    assert (train[:, 0] == tokenizer.bos_token_id).all()
+    assert (heldout[:, 0] == tokenizer.bos_token_id).all()
+    train_rows = {tuple(row) for row in train.tolist()}
+    assert not train_rows & {tuple(row) for row in heldout.tolist()}
+    assert torch.equal(train_sequences(sequences, 50, 150), train[50:])  # any start, same rows
+    assert torch.equal(train_sequences(stream(tokenizer), 0, 200), train)  # fixed by split_seed
+    assert not torch.equal(train_sequences(stream(tokenizer, split_seed=1), 0, 200), train)
+    # Sequences are a shuffle of the whole text, not its beginning.
+    first = {tuple(row) for row in train_sequences(stream(tokenizer, split_seed=1), 0, 20).tolist()}
+    assert len(first & train_rows) < 20
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 128 chunks of 15 tokens, so that the pydoc topics span many of them."""
+    monkeypatch.setattr(sequence_module, "BLOCK_TOKENS", 15 * 128)
+    sequence_module._RECENT.clear()
+    yield
+    sequence_module._RECENT.clear()
+
+
+def test_blocks_are_shuffled_one_at_a_time(tokenizer, small_blocks, monkeypatch):
+    """The sequences of block k all come before those of block k + 1, and the held-out sequences
+    come from block 0 only."""
+    topics = PythonDocsCorpus(docstrings=False)
+    sequences = stream(tokenizer, topics)
+    assert sequences.block_chunks == 128
+    heldout, train = sequences.heldout(), train_sequences(sequences, 0, 400)
+    # The same stream cut into chunks, unshuffled, to locate them.
+    monkeypatch.setattr(torch, "randperm", lambda n, generator: torch.arange(n))
+    plain = stream(tokenizer, topics, split_seed=99)
+    position = {tuple(r): i for i, r in enumerate(train_sequences(plain, -8, 512).tolist())}
+    assert all(position[tuple(row)] < 128 for row in heldout.tolist())
+    blocks = [position[tuple(row)] // 128 for row in train.tolist()]
+    assert blocks == sorted(blocks) and blocks[-1] == 3
+
+
+def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
+    tokenizer, small_blocks, tmp_path
+):
+    topics = PythonDocsCorpus(docstrings=False)
+    expected = train_sequences(stream(tokenizer, topics), 900, 100)  # in block 7; kept nowhere
+    kept = stream(tokenizer, topics, cache_dir=tmp_path)
+    assert torch.equal(train_sequences(kept, 900, 100), expected)
+    files = sorted((tmp_path / "token_blocks").rglob("block-*.safetensors"))
+    assert [f.name for f in files] == [f"block-{i:06d}.safetensors" for i in range(8)]
+
+    tokenised: list[int] = []
+    real_pieces = SequenceStream._pieces
+
+    def counting(self, document, skip):
+        for index, piece in real_pieces(self, document, skip):
+            tokenised.append(index)
+            yield index, piece
+
+    SequenceStream._pieces = counting
+    try:
+        sequence_module._RECENT.clear()
+        again = stream(tokenizer, topics, cache_dir=tmp_path)
+        assert torch.equal(train_sequences(again, 900, 100), expected)
+        assert tokenised == []  # read from the kept blocks
+        for file in files[5:]:
+            file.unlink()  # as if a build was killed after block 4
+        sequence_module._RECENT.clear()
+        resumed = stream(tokenizer, topics, cache_dir=tmp_path)
+        assert torch.equal(train_sequences(resumed, 900, 100), expected)
+        assert tokenised and min(tokenised) > 0  # from block 5's first document, not the start
+    finally:
+        SequenceStream._pieces = real_pieces
 
 
 def test_too_small_corpus_says_how_many_tokens_it_has(tmp_path, tokenizer):
     path = tmp_path / "short.txt"
     path.write_text("Only a few words here.")
-    with pytest.raises(DataError, match="The corpus has .* tokens, fewer than"):
-        pack_sequences(TextFilesCorpus([str(path)]), tokenizer, 32, 10, 2, True, 0)
+    with pytest.raises(DataError, match="The corpus has .* tokens, too few for the 2 held-out"):
+        stream(tokenizer, TextFilesCorpus([str(path)]), seq_len=32, n_heldout=2).heldout()
+    assert stream(tokenizer, TextFilesCorpus([str(path)]), 32, 2).count_train(10) == 0
+
+
+def test_python_source_is_a_large_deterministic_corpus():
+    files = python_source_files(False)
+    assert len(files) > 500 and list(files) == sorted(files)
+    assert not any("site-packages" in str(path) for path in files)
+    corpus = PythonSourceCorpus()
+    identity = corpus.identity()
+    assert identity["kind"] == "python_source" and identity["n_characters"] > 10_000_000
+    assert identity == PythonSourceCorpus().identity() and len(identity["sha256"]) == 64
+    first = next(corpus.documents())
+    assert first == files[0].read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -115,3 +198,14 @@ def test_embedded_corpus_has_over_100k_smollm2_tokens(tmp_path):
     topics = python_docs_texts(False)
     n_topic_tokens = sum(len(ids) for ids in smollm2(list(topics))["input_ids"])
     assert n_topic_tokens > 100_000  # the pydoc topics alone; docstrings add about 180k
+
+
+@pytest.mark.slow
+def test_python_source_has_millions_of_smollm2_tokens():
+    from saeseeds.activations import models
+
+    embedded = models.EMBEDDED_MODELS["smollm2-135m"]
+    folder = models._converted_folder("smollm2-135m", embedded, "~/.cache/saeseeds")
+    smollm2 = AutoTokenizer.from_pretrained(folder)
+    sequences = SequenceStream(PythonSourceCorpus(), smollm2, 128, True, 0, 64)
+    assert sequences.count_train(8_000_000 // 127) == 8_000_000 // 127  # over 8M tokens

@@ -8,27 +8,33 @@ import torch
 
 from saeseeds.activations.corpora import TextFilesCorpus, python_docs_texts
 from saeseeds.errors import DataError
-from tests.helpers import cache_folders
+from tests.helpers import store_folders
 
 REQUIRED_PROVENANCE = (
     "model_name",
     "hook_name",
     "dtype",
     "model_weight_hash",
-    "activation_cache_key",
+    "activation_store_key",
+    "data_identity",
 )
 
 
 def test_splits_have_the_budget_and_drop_the_first_position(make_source):
     source = make_source()
     splits = source.load()
-    assert splits.train.shape == (2048, 64) and splits.train.dtype == torch.float32
-    n_heldout_sequences = len(source.cached.tensors["heldout_tokens"])
-    assert splits.heldout.shape == (n_heldout_sequences * 31, 64)  # 32 positions, BOS dropped
+    assert len(splits.train) == 2048 and splits.d_in == 64 and splits.train.n_shards == 4
+    assert splits.train.dtype == torch.float16 and splits.heldout.dtype == torch.float32
+    assert splits.train.read(0).shape == (512, 64)
+    # heldout_tokens=200 is 7 whole sequences of 31 kept positions (32, BOS dropped)
+    assert len(source.heldout_token_ids) == 7 and splits.heldout.shape == (7 * 31, 64)
     assert all(splits.provenance[key] for key in REQUIRED_PROVENANCE)
     assert splits.provenance["n_train_tokens"] == 2048
-    kept_all = make_source(drop_first_position=False)
-    assert kept_all.load().heldout.shape[0] == len(kept_all.cached.tensors["heldout_tokens"]) * 32
+    identity = splits.provenance["data_identity"]
+    assert identity["activation_store_key"] == splits.provenance["activation_store_key"]
+    assert identity["corpus"]["sha256"] and identity["model_weight_hash"]
+    kept_all = make_source(drop_first_position=False, heldout_tokens=256)
+    assert kept_all.load().heldout.shape[0] == len(kept_all.heldout_token_ids) * 32 == 256
 
 
 def test_token_budget_smaller_than_one_batch_is_rejected(make_source):
@@ -42,14 +48,14 @@ def test_seq_len_beyond_the_model_context_is_rejected_before_any_work(make_sourc
         DataError, match=r"seq_len=512 is longer than the context of .* \(128 tokens\)"
     ):
         source.load()
-    assert source.model is None and not cache_folders(tmp_path / "cache")
+    assert source.model is None and not store_folders(tmp_path / "cache")
 
 
 def test_hook_layer_out_of_range_is_rejected_before_loading(make_source, tmp_path):
     source = make_source(layer=9)
     with pytest.raises(DataError, match="valid layers are 0 to 1"):
         source.load()
-    assert source.model is None and not cache_folders(tmp_path / "cache")
+    assert source.model is None and not store_folders(tmp_path / "cache")
 
 
 def test_missing_corpus_file_is_rejected_before_loading(make_source, tmp_path):
@@ -64,4 +70,4 @@ def test_local_text_files_work_end_to_end(make_source, tmp_path):
     path.write_text("\n\n".join(python_docs_texts(False)[:20]))
     splits = make_source(corpus=TextFilesCorpus([str(path)])).load()
     assert splits.provenance["corpus"]["kind"] == "text_files"
-    assert splits.train.shape == (2048, 64)
+    assert len(splits.train) == 2048 and splits.d_in == 64

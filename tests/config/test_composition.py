@@ -45,7 +45,7 @@ def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):
     source = build_source(cfg)  # as the app builds it (data.control handled there)
     assert isinstance(source, ActivationSource)
     splits = source.load()
-    assert splits.train.shape == (2048, cfg.data.d_in)
+    assert len(splits.train) == 2048 and splits.d_in == cfg.data.d_in
     sae = build_sae(splits.d_in, sae_config_of(cfg.sae))
     assert isinstance(sae, TopKSAE)
     assert sae.W_dec.shape == (64, cfg.data.d_in)

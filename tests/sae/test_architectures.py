@@ -10,6 +10,9 @@ from saeseeds.errors import ConfigError
 from saeseeds.sae import REGISTRY, architecture, build_sae
 from saeseeds.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saeseeds.sae.relu_l1 import ReluL1Config, ReluL1SAE
+from saeseeds.sae.topk import TopKConfig
+from saeseeds.training.module import sae_step
+from tests.helpers import REPO_ROOT
 
 D_IN, N_FEATURES = 12, 40
 
@@ -23,24 +26,39 @@ def trained_looking(name: str, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(256, D_IN, generator=generator) * 2 + 1
     sae.initialize(x, generator)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
     dead = torch.zeros(N_FEATURES, dtype=torch.bool)
     dead[::5] = True
-    for step in range(5):
-        sae.set_progress(step, 5)
-        output = sae(x, dead)
-        optimizer.zero_grad()
-        sum(output.losses.values()).backward()
-        sae.before_optimizer_step()
-        optimizer.step()
-        sae.after_optimizer_step()
+    train_steps(sae, x, 5, dead_mask=dead)
     return sae.eval(), x
 
 
-def test_the_three_architectures_are_registered():
-    assert {"topk", "relu_l1", "batchtopk"} <= set(REGISTRY)
-    with pytest.raises(ConfigError, match="'jumprelu' is not available; choose one of"):
-        architecture("jumprelu")
+def train_steps(
+    sae, x: torch.Tensor, steps: int, lr: float = 1e-2, dead_mask: torch.Tensor | None = None
+) -> list[float]:
+    """Adam steps on one batch, as the trainer takes them (schedule, penalty, decoder
+    constraint); returns the losses."""
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    sae.train()
+    losses = []
+    for step in range(steps):
+        sae.set_progress(step, steps)
+        output = sae(x, dead_mask)
+        loss = sum({**output.losses, **sae.weight_penalty()}.values())
+        optimizer.zero_grad()
+        loss.backward()
+        sae.before_optimizer_step()
+        optimizer.step()
+        sae.after_optimizer_step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_every_architecture_is_registered_with_its_yaml():
+    expected = {"topk", "relu_l1", "batchtopk", "jumprelu", "matryoshka", "archetypal"}
+    assert expected <= set(REGISTRY)
+    assert {path.stem for path in (REPO_ROOT / "conf" / "sae").glob("*.yaml")} == set(REGISTRY)
+    with pytest.raises(ConfigError, match="'gated' is not available; choose one of"):
+        architecture("gated")
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -111,3 +129,37 @@ def test_invalid_architecture_fields_name_the_value():
         ReluL1Config(l1_coefficient=-1.0)
     with pytest.raises(ConfigError, match=r"sae.threshold_decay=1.0 must be in \[0, 1\)"):
         BatchTopKConfig(threshold_decay=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_weight_penalty_is_an_l2_term_on_both_weight_matrices(name):
+    """Jedryszek & Crook (2026): λ(‖W_enc‖² + ‖W_dec‖²), here divided by d_in like the mse."""
+    sae, x = trained_looking(name)
+    assert sae.weight_penalty() == {}  # off by default
+    sae.config.weight_l2 = 0.3
+    sae.train()
+    decoder = sae.trained_decoder()
+    expected = 0.3 * (sae.W_enc.pow(2).sum() + decoder.pow(2).sum()) / D_IN
+    torch.testing.assert_close(sae.weight_penalty()["weight_l2"], expected)
+    tracker = torch.zeros(N_FEATURES, dtype=torch.long)
+    loss, metrics = sae_step(sae, x, tracker, dead_tokens_threshold=10**9)
+    torch.testing.assert_close(metrics["train/weight_l2"], expected)
+    torch.testing.assert_close(loss, sum(sae(x).losses.values()) + expected)
+
+
+def test_weight_penalty_shrinks_a_free_decoder_and_the_encoder():
+    """With the unit-norm constraint off (as Jedryszek & Crook train Top-K), the penalty reaches
+    the decoder rows too."""
+    norms = {}
+    for weight_l2 in (0.0, 1.0):
+        config = TopKConfig(
+            n_features=N_FEATURES, k=4, unit_norm_decoder=False, weight_l2=weight_l2
+        )
+        sae = build_sae(D_IN, config)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(256, D_IN, generator=generator) * 2 + 1
+        sae.initialize(x, generator)
+        train_steps(sae, x, 30)
+        norms[weight_l2] = (float(sae.W_dec.detach().norm()), float(sae.W_enc.detach().norm()))
+    assert norms[1.0][0] < 0.8 * norms[0.0][0] and norms[1.0][1] < 0.8 * norms[0.0][1], norms
+    assert norms[0.0][0] != pytest.approx(N_FEATURES**0.5)  # rows left free, not renormalised

@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeseeds.sae import fused_topk
 from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
-from saeseeds.sae.kernels import geometric_median
+from saeseeds.sae.kernels import (
+    geometric_median,
+    sampled_dots,
+    sort_by_latent,
+    sum_rows_by_latent,
+)
 from saeseeds.sae.topk import TopKSAE
 from tests.helpers import topk_sae
 
@@ -169,6 +175,28 @@ def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("sparse", [True, None])
+def test_fused_forward_in_blocks_of_rows_equals_one_block(monkeypatch, sparse):
+    """The pre-activations are searched a block of rows at a time; an uneven split of the batch
+    must choose the same latents and give the same step as the whole batch at once."""
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    results = []
+    for block_bytes in (4 * 96 * 7, 2**30):  # 19 blocks of 6 or 7 rows; one block
+        monkeypatch.setattr(fused_topk, "PRE_ACTIVATION_BLOCK_BYTES", block_bytes)
+        sae = make_sae_with_negative_top_latents(True)
+        sae.config.sparse_decoder = sparse
+        results.append(loss_and_gradients(sae, x, dead_mask))
+    (blocks_out, blocks_grads), (whole_out, whole_grads) = results
+    assert torch.equal(blocks_out.latent_indices, whole_out.latent_indices)
+    torch.testing.assert_close(blocks_out.latent_values, whole_out.latent_values)
+    torch.testing.assert_close(blocks_out.losses["auxk"], whole_out.losses["auxk"])
+    assert whole_out.losses["auxk"] > 0
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(blocks_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("sparse", [True, False])
 def test_fused_encoder_passes_gradcheck_in_float64(sparse):
     generator = torch.Generator().manual_seed(4)
@@ -212,18 +240,20 @@ def test_fused_encoder_passes_gradcheck_in_float64(sparse):
     assert torch.autograd.gradcheck(reconstruction_loss, params, fast_mode=True)
 
 
-def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16(sparse):
     x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
     dead_mask = torch.zeros(96, dtype=torch.bool)
     dead_mask[::3] = True
-    fp32_out, fp32_grads = loss_and_gradients(
-        make_sae_with_negative_top_latents(True), x, dead_mask
-    )
+
+    def run(fused: bool):
+        sae = make_sae_with_negative_top_latents(fused)
+        sae.config.sparse_decoder = sparse
+        return loss_and_gradients(sae, x, dead_mask)
+
+    fp32_out, fp32_grads = run(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = {
-            fused: loss_and_gradients(make_sae_with_negative_top_latents(fused), x, dead_mask)
-            for fused in (True, False)
-        }
+        bf16 = {fused: run(fused) for fused in (True, False)}
     (bf16_out, bf16_grads), (plain_out, plain_grads) = bf16[True], bf16[False]
     # Same bf16 matmul in the forward, so the same latents and losses as plain autocast.
     assert torch.equal(bf16_out.latent_indices, plain_out.latent_indices)
@@ -233,7 +263,8 @@ def test_fused_encoder_under_bf16_autocast_is_close_to_fp32_and_to_plain_bf16():
     torch.testing.assert_close(bf16_out.losses["auxk"], fp32_out.losses["auxk"], rtol=3e-2, atol=0)
     for name, fp32_grad in fp32_grads.items():
         assert bf16_grads[name].dtype == torch.float32  # gradients stay in the parameters' dtype
-        # Plain autocast's backward matmuls round to bf16; the sparse backward stays in fp32.
+        # The dense backward's matmuls round to bf16 as plain autocast's do; the sparse
+        # backward stays in fp32.
         assert (bf16_grads[name] - plain_grads[name]).norm() < 1e-2 * fp32_grad.norm(), name
         assert (bf16_grads[name] - fp32_grad).norm() < 0.1 * fp32_grad.norm(), name
 
@@ -264,3 +295,27 @@ def test_size_rule_picks_dense_for_small_dictionaries_only():
     assert use_dense(128, 32, None) and use_dense(2048, 288, None)  # n=128; AuxK, 2048 dead
     assert not use_dense(16384, 32, None) and not use_dense(4915, 288, None)
     assert use_dense(16384, 32, False) and not use_dense(128, 32, True)  # forced
+
+
+def test_latent_order_sums_and_dot_products_match_explicit_loops():
+    """The sparse backward's kernels: a stable sort by latent, each latent's weighted row sum,
+    and one dot product per (row, column) entry."""
+    generator = torch.Generator().manual_seed(6)
+    n_features, n_entries = 7, 40
+    latents = torch.randint(0, n_features - 1, (n_entries,), generator=generator)  # one unused
+    rows = torch.randn(10, 5, generator=generator, dtype=torch.float64)
+    row_ids = torch.randint(0, 10, (n_entries,), generator=generator)
+    weights = torch.randn(n_entries, generator=generator, dtype=torch.float64)
+    order = sort_by_latent(latents, n_features)
+    expected_order = sorted(range(n_entries), key=lambda e: int(latents[e]))  # Python's is stable
+    assert order.order.tolist() == expected_order
+    assert order.crow.tolist() == [int((latents < j).sum()) for j in range(n_features + 1)]
+    sums = sum_rows_by_latent(order, rows, row_ids[order.order], weights[order.order])
+    for latent in range(n_features):
+        chosen = (latents == latent).nonzero().squeeze(1)
+        expected = (weights[chosen, None] * rows[row_ids[chosen]]).sum(0)
+        torch.testing.assert_close(sums[latent], expected)
+    left = torch.randn(n_features, 5, generator=generator, dtype=torch.float64)
+    dots = sampled_dots(order.crow, row_ids[order.order], left, rows)
+    expected_dots = (left[order.latents] * rows[row_ids[order.order]]).sum(1)
+    torch.testing.assert_close(dots, expected_dots)

@@ -1,8 +1,8 @@
 """scripts/sweep_architectures.py on synthetic activations: calibrate λ, train the three
 architectures with their geometry controls into one sweep folder, and on a second call reuse
-the recorded λ instead of searching again; then the studies script analyses
-the sweep and writes the architectures section of the results page, each architecture beside its
-own control."""
+the recorded λ instead of searching again (and search JumpReLU's); then the studies script
+analyses the sweep and writes the architectures section of the results page, each architecture
+beside its own control."""
 
 from __future__ import annotations
 
@@ -48,10 +48,16 @@ def test_each_architecture_gets_its_control_and_a_rerun_reuses_the_calibration(t
     record = json.loads((sweep / "calibration.json").read_text())
     assert record["k"] == 2 and record["overrides"] == TINY and record["l1_coefficient"] > 0
 
-    second = sweep_architectures(sweep, "--calibrate-only")
+    second = sweep_architectures(sweep, "--calibrate-only", "--architectures", "relu_l1,jumprelu")
     assert "Reusing the ReLU+L1 coefficient" in second.stdout
-    assert "Searching" not in second.stdout
-    assert f"λ = {record['l1_coefficient']:.6g}" in second.stdout
+    assert "Searching the ReLU+L1" not in second.stdout
+    assert f"λ = {record['l1_coefficient']:.6g} (ReLU+L1)" in second.stdout
+    # JumpReLU's L0 coefficient is searched the same way (one probe here), then reported.
+    assert "Searching the JumpReLU coefficient for held-out L0 ≈ 2" in second.stdout
+    probe = second.stdout.split("Searching the JumpReLU coefficient")[1].splitlines()[1]
+    assert probe.strip().startswith("λ=1") and "L0=" in probe
+    assert "(JumpReLU)" in second.stdout
+    assert "l0_coefficient" not in json.loads((sweep / "calibration.json").read_text())
 
     page = out / "results.md"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "run_studies.py"), "--tiny",

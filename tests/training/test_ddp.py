@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from saeseeds import contract
+from saeseeds.activations.shards import GeneratedShards, TrainingRows
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
-from saeseeds.training.datamodule import SeededBatchSampler
+from saeseeds.training.datamodule import process_share, training_rows
 from saeseeds.training.run import train
 from tests.helpers import TINY_SAE, TINY_SYNTHETIC, compose_train, run_app
 
@@ -21,13 +22,25 @@ DEAD_LATENTS = ["sae.n_features=128", "sae.k=2", "sae.dead_tokens_threshold=512"
 
 
 def test_each_process_takes_a_disjoint_shard_of_every_global_batch():
-    single = list(SeededBatchSampler(1000, 64, seed=3))
-    shards = [list(SeededBatchSampler(1000, 64, seed=3, rank=r, world_size=4)) for r in range(4)]
-    assert all(len(shard) == len(single) for shard in shards)
-    for step, batch in enumerate(single):
-        assert torch.equal(torch.cat([shard[step] for shard in shards]), batch)
+    def rows(part: slice = slice(None)):
+        shards = GeneratedShards(
+            lambda i, n: torch.randn(n, 4, generator=torch.Generator().manual_seed(i)),
+            4,
+            100,
+            torch.float32,
+            "random rows",
+        )
+        reader = training_rows(TrainingRows(shards, 1000), 64, 2, seed=3)
+        reader.part = part
+        return reader
+
+    single = rows()
+    shards = [rows(process_share(64, rank, 4)) for rank in range(4)]
+    for step in range(single.order.steps_per_epoch):
+        parts = torch.cat([shard[(0, step)] for shard in shards])
+        assert parts.shape == (64, 4) and torch.equal(parts, single[(0, step)])
     with pytest.raises(ConfigError, match="multiple of the 3 training processes"):
-        SeededBatchSampler(1000, 64, seed=3, rank=0, world_size=3)
+        process_share(64, 0, 3)
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])

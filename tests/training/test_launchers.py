@@ -1,6 +1,6 @@
 """The same sweep command on Hydra's parallel launchers (conf/hydra/launcher/): the mission's
 shape, 2 seeds x 2 sizes, on the tiny real transformer. Under joblib and submitit_local every job
-completes, the activation cache is built once across the parallel jobs, and the SAEs are
+completes, the activation store is built once across the parallel jobs, and the SAEs are
 byte-identical to the basic launcher's; ``threads`` is checked before any job and applied in
 each."""
 
@@ -17,7 +17,7 @@ from saeseeds import contract
 from saeseeds.analysis.discovery import discover
 from saeseeds.config import register_configs
 from saeseeds.training.sweep import SweepCallback
-from tests.helpers import CONF_DIR, cache_folders, run_app
+from tests.helpers import CONF_DIR, run_app, store_folders
 
 SWEEP = ["-m", "seed=1,2", "sae.n_features=32,64"]
 TINY_TEXT = [
@@ -34,13 +34,13 @@ TINY_TEXT = [
     "logger=none",
     "trainer.enable_progress_bar=false",
 ]
-BUILD_LINE = "Building the activation cache"
+BUILD_LINE = "Building the activation store"
 # Hydra 1.3 merges each conf/hydra/launcher file with the plugin's config of the same name.
 SCHEMA_WARNING = r"ignore:\s+'hydra/launcher/\w+' is validated against ConfigStore schema"
 
 
 def sweep(tiny_llama: Path, tmp_path: Path, name: str, *launcher: str) -> Path:
-    """Run the 2 x 2 sweep with its own activation cache; the sweep folder."""
+    """Run the 2 x 2 sweep with its own activation store; the sweep folder."""
     sweep_dir = tmp_path / name
     result = run_app(
         "train.py",
@@ -77,13 +77,13 @@ def environment(job: Path) -> dict:
 
 def assert_built_once(sweep_dir: Path, cache_dir: Path) -> None:
     """One build across the parallel jobs: one job logged it and computed the activations, the
-    other three read the cache, and one cache folder exists."""
+    other three read the store, and one store folder exists."""
     jobs = job_dirs(sweep_dir)
     builds = sum((job / "train.log").read_text().count(BUILD_LINE) for job in jobs)
-    hits = [environment(job)["data_provenance"]["activation_cache_hit"] for job in jobs]
+    hits = [environment(job)["data_provenance"]["activation_store_hit"] for job in jobs]
     assert builds == 1 and sorted(hits) == [False, True, True, True]
-    assert len(cache_folders(cache_dir)) == 1
-    assert len({environment(job)["activation_cache_key"] for job in jobs}) == 1
+    assert len(store_folders(cache_dir)) == 1
+    assert len({environment(job)["activation_store_key"] for job in jobs}) == 1
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def basic_weights(tiny_llama, tmp_path_factory) -> dict[str, bytes]:
     return found
 
 
-def test_joblib_runs_the_sweep_in_parallel_with_one_cache_build(
+def test_joblib_runs_the_sweep_in_parallel_with_one_store_build(
     tiny_llama, tmp_path, basic_weights
 ):
     from joblib import cpu_count
@@ -119,7 +119,7 @@ def job_records(sweep_dir: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_the_sweep_with_one_cache_build(tiny_llama, tmp_path, basic_weights):
+def test_submitit_local_runs_the_sweep_with_one_store_build(tiny_llama, tmp_path, basic_weights):
     """Slow: four processes start at once, each importing torch and Lightning (~1-2 min here)."""
     sweep_dir = sweep(
         tiny_llama, tmp_path, "submitit", "hydra/launcher=submitit_local", "threads=1"

@@ -100,7 +100,7 @@ def test_folded_weights_reconstruct_raw_activations_as_reported(train_config, tm
     weights = load_file(tmp_path / "run" / "sae_weights.safetensors")
     sae = topk_sae(16, 64, 4)
     sae.load_state_dict(weights)
-    skip = ("_target_", "control", "control_seed")
+    skip = ("_target_", "control", "control_seed", "window_shards")
     source = SyntheticSource(**{k: v for k, v in cfg.data.items() if k not in skip})
     heldout = source.load().heldout
     with torch.no_grad():

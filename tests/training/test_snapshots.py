@@ -75,7 +75,7 @@ def test_snapshots_at_their_steps_equal_after_resume_and_leave_the_weights_alone
     sizes = sum(snapshot(straight, key).stat().st_size for key in FRACTIONS)
     assert index["bytes"] == sizes and index["seconds"] >= 0
     assert metrics["snapshots"] == {"count": 3, "bytes": sizes, "seconds": index["seconds"]}
-    assert metrics["heldout_codes"]["n_tokens"] == 256  # the held-out split is smaller than 4096
+    assert metrics["heldout_codes"]["n_tokens"] == 4096  # trainer.heldout_codes of 8192 held out
 
     # Interrupted and resumed: the snapshots written before the interruption are kept, the
     # others written at the same steps, every one byte-identical to the straight run's.
@@ -130,7 +130,7 @@ def test_heldout_codes_are_the_latents_of_the_first_heldout_rows(tmp_path):
     sae_config = validate_train_config(cfg)
     _, splits, _ = load_activations(cfg, sae_config)
     sae = build_sae(splits.d_in, sae_config)
-    sae.initialize(splits.train[:512], torch.Generator().manual_seed(0))
+    sae.initialize(splits.heldout[:512], torch.Generator().manual_seed(0))  # any rows will do
     cost = write_heldout_codes(tmp_path, sae, splits.heldout, 100, n_tokens=200)
     codes = load_file(str(tmp_path / contract.HELDOUT_CODES_FILE))
     with safe_open(str(tmp_path / contract.HELDOUT_CODES_FILE), "numpy") as handle:

@@ -1,5 +1,6 @@
 """``train.py`` on real activations, as a user runs it: a seed sweep computes the activations once,
-and the defaults train on the embedded SmolLM2 with no network."""
+into one store that streaming, a store folder given as data.path and seeds=[...] all train on to
+the same bytes, and the defaults train on the embedded SmolLM2 with no network."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cache_folders, run_app
+from tests.helpers import run_app, store_folders
 
 TINY_TEXT = [
     "data=pydocs",
@@ -16,6 +17,9 @@ TINY_TEXT = [
     "data.n_tokens=2048",
     "data.batch_size=256",
     "data.eval_sequences=2",
+    "data.heldout_tokens=256",
+    "data.shard_tokens=512",
+    "data.window_shards=2",
     "hook.layer=1",
     "sae.n_features=32",
     "sae.k=4",
@@ -29,7 +33,7 @@ def environment(job_dir: Path) -> dict:
     return json.loads((job_dir / "environment.json").read_text())
 
 
-def test_seed_sweep_builds_the_activation_cache_once(tiny_llama, tmp_path):
+def test_seed_sweep_builds_the_activation_store_once(tiny_llama, tmp_path):
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     result = run_app(
         "train.py",
@@ -47,12 +51,13 @@ def test_seed_sweep_builds_the_activation_cache_once(tiny_llama, tmp_path):
     # rglob: the "/" of model.path in the job folder names makes nested folders.
     job_dirs = sorted(p.parent for p in sweep_dir.rglob("COMPLETE"))
     assert len(job_dirs) == 2
-    assert (result.stdout + result.stderr).count("Building the activation cache") == 1
-    assert len(cache_folders(cache_dir)) == 1
+    assert (result.stdout + result.stderr).count("Building the activation store") == 1
+    assert len(store_folders(cache_dir)) == 1
     provenances = [environment(job)["data_provenance"] for job in job_dirs]
-    assert [p["activation_cache_hit"] for p in provenances] == [False, True]
-    keys = {environment(job)["activation_cache_key"] for job in job_dirs}
-    assert len(keys) == 1 and cache_folders(cache_dir)[0].name.endswith(keys.pop()[:16])
+    assert [p["activation_store_hit"] for p in provenances] == [False, True]
+    keys = {environment(job)["activation_store_key"] for job in job_dirs}
+    assert len(keys) == 1 and store_folders(cache_dir)[0].name.endswith(keys.pop()[:16])
+    assert provenances[0]["data_identity"] == provenances[1]["data_identity"]
     for job in job_dirs:
         metrics = json.loads((job / "metrics.json").read_text())
         assert 0.0 < metrics["ce_loss_score"] <= 1.0 + 1e-6 and metrics["kl_div"] >= 0
@@ -130,7 +135,7 @@ def test_a_job_does_not_depend_on_the_jobs_that_ran_before_it(tiny_llama, tmp_pa
     assert alone.returncode == 0, alone.stderr[-3000:]
     job_dirs = [p.parent for p in sweep_dir.rglob("COMPLETE")]
     (second,) = [d for d in job_dirs if json.loads((d / "cfg.json").read_text())["seed"] == 2]
-    assert environment(second)["data_provenance"]["activation_cache_hit"] is True
+    assert environment(second)["data_provenance"]["activation_store_hit"] is True
     weights = "sae_weights.safetensors"
     assert (second / weights).read_bytes() == (alone_dir / weights).read_bytes()
     in_sweep, by_itself = (

@@ -1,7 +1,8 @@
 """The interface between activation sources and the training app.
 
-A source turns a config into two float32 matrices (train and held-out activations) and, where the
-activations come from a language model on text, hands over what evaluation needs of the model and
+A source turns a config into its training rows (a sequence of shards, never held in memory whole:
+:class:`saeseeds.activations.shards.TrainingRows`), a bounded float32 matrix of held-out rows and,
+where the activations come from a language model on text, what evaluation needs of the model and
 the held-out text (:class:`TextContext`). It must not know about SAEs, Lightning, optimisers or
 run folders beyond the files it is asked to add to one.
 """
@@ -14,25 +15,28 @@ from typing import Any
 
 from torch import Tensor
 
+from saeseeds.activations.shards import TrainingRows
 from saeseeds.errors import DataError
 
 
 @dataclass
 class ActivationSplits:
-    """Activations ready for training. Both matrices are float32 on the CPU."""
+    """Activations ready for training: the training rows as shards, the held-out rows (bounded,
+    float32 on the CPU) in memory."""
 
-    train: Tensor  # [n_train, d_in]
+    train: TrainingRows
     heldout: Tensor  # [n_heldout, d_in]
     provenance: dict[str, Any] = field(default_factory=dict)
-    """What produced these activations (model name, weight hash, hook, cache key, ...).
+    """What produced these activations (model name, weight hash, hook, store key, ...).
 
     Recorded in the run's ``environment.json`` and, for the keys of cfg.json (``model_name``,
-    ``hook_name``, ``dtype``), in ``cfg.json``.
+    ``hook_name``, ``dtype``), in ``cfg.json``. ``provenance["data_identity"]`` holds exactly the
+    facts that identify the training data's content (hashes, store key, seeds), nothing per run.
     """
 
     @property
     def d_in(self) -> int:
-        return int(self.train.shape[1])
+        return self.train.d_in
 
 
 @dataclass
@@ -51,7 +55,7 @@ class TextContext:
     forward_batch_size: int
     context_before: int
     context_after: int
-    cache_key: str
+    store_key: str
 
     @property
     def kept_per_sequence(self) -> int:
@@ -70,7 +74,8 @@ class ActivationSource:
     n_tokens: int
 
     def load(self) -> ActivationSplits:
-        """Compute or read the activations. Must raise :class:`DataError` on bad input, early."""
+        """Compute, read or set up the activations. Must raise :class:`DataError` on bad input,
+        early, and hold no more than a bounded number of rows in memory."""
         raise NotImplementedError
 
     def text_context(self) -> TextContext | None:

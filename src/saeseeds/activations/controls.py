@@ -1,14 +1,16 @@
 """Controls: activations with the same geometry as a source's, and no features.
 
 ``data.control=gaussian`` replaces a source's activations with Gaussian samples that have the
-training split's per-dimension mean and full covariance (estimated in float64), with as many
-training and held-out rows as the source gives, drawn from ``data.control_seed`` (independent of
-the SAE seed, so every seed of a sweep sees the same control data). SAEs trained on them answer
-"how similar would seeds be on data of this geometry with nothing sparse to find?".
+training prefix's per-dimension mean and full covariance (exact, in float64, from the source's
+per-shard statistics), with as many training and held-out rows as the source gives and the same
+rows per shard. Training shard i is drawn from (``data.control_seed``, i) and the held-out rows
+from (``data.control_seed``, "heldout"), independent of the SAE seed, so every seed of a sweep
+sees the same control data, generated in bounded memory. SAEs trained on them answer "how similar
+would seeds be on data of this geometry with nothing sparse to find?".
 
-The wrapped source still loads (a language model's activation cache is read, and the model is not
-run again once its cache exists). A control hands no text to evaluation, so the CE-loss score and
-top examples are skipped, and it writes no source artifacts (a synthetic ground truth does not
+The wrapped source still loads (a language model's store is read, and the model is not run again
+once its store exists). A control hands no text to evaluation, so the CE-loss score and top
+examples are skipped, and it writes no source artifacts (a synthetic ground truth does not
 describe control data).
 """
 
@@ -21,12 +23,13 @@ import torch
 from torch import Tensor
 
 from saeseeds.activations.base import ActivationSource, ActivationSplits, TextContext
+from saeseeds.activations.shards import GeneratedShards, TrainingRows, seeded_generator
 from saeseeds.errors import DataError
 
 log = logging.getLogger(__name__)
 
 CONTROLS = ("none", "gaussian")
-_CHUNK = 16384
+_CHUNK = 8192  # rows drawn at a time
 
 
 def with_control(source: ActivationSource, control: str, seed: int) -> ActivationSource:
@@ -45,22 +48,42 @@ class GaussianControl(ActivationSource):
 
     def load(self) -> ActivationSplits:
         splits = self.source.load()
-        train, heldout = gaussian_like(
-            splits.train, (len(splits.train), len(splits.heldout)), self.seed
+        stats = splits.train.stats(scatter=True)
+        if stats.count < 2:
+            raise DataError(
+                f"data.control=gaussian needs at least 2 training rows, got {stats.count}."
+            )
+        sampler = GaussianSampler(stats.mean, stats.covariance())
+        shards = GeneratedShards(
+            lambda index, rows: sampler.sample(rows, seeded_generator(self.seed, "train", index)),
+            splits.d_in,
+            list(splits.train.used_rows),
+            torch.float32,
+            "the Gaussian control",
         )
+        heldout = sampler.sample(len(splits.heldout), seeded_generator(self.seed, "heldout"))
         log.info(
             "data.control=gaussian: %d training and %d held-out Gaussian samples with the "
             "activations' mean and covariance; CE-loss and top examples are skipped.",
-            len(train),
+            len(splits.train),
             len(heldout),
         )
+        source_identity = splits.provenance.get("data_identity")
         provenance = {
             **splits.provenance,
             "source": f"control:gaussian({splits.provenance.get('source', 'unknown')})",
             "control": "gaussian",
             "control_seed": self.seed,
+            "data_identity": {
+                "kind": "control",
+                "control": "gaussian",
+                "control_seed": self.seed,
+                "source": source_identity,
+            },
         }
-        return ActivationSplits(train=train, heldout=heldout, provenance=provenance)
+        return ActivationSplits(
+            train=TrainingRows(shards, len(splits.train)), heldout=heldout, provenance=provenance
+        )
 
     def text_context(self) -> TextContext | None:
         return None
@@ -69,33 +92,23 @@ class GaussianControl(ActivationSource):
         """Nothing: the source's artifacts describe its data, not the control's."""
 
 
-def gaussian_like(reference: Tensor, counts: tuple[int, ...], seed: int) -> list[Tensor]:
-    """Float32 samples ~ N(mean, covariance) of ``reference`` [n, d], one matrix per count."""
-    mean, covariance = mean_and_covariance(reference)
-    d_in = covariance.shape[0]
-    # A jitter of 1e-6 of the mean variance keeps the Cholesky factor defined for a
-    # rank-deficient covariance (e.g. fewer samples than dimensions) without changing it much.
-    jitter = 1e-6 * float(torch.trace(covariance)) / d_in
-    factor = torch.linalg.cholesky(covariance + jitter * torch.eye(d_in, dtype=torch.float64))
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for count in counts:
-        noise = torch.randn(count, d_in, generator=generator, dtype=torch.float64)
-        samples.append((noise @ factor.T + mean).float())
-    return samples
+class GaussianSampler:
+    """Float32 samples ~ N(mean, covariance), drawn in float64."""
 
+    def __init__(self, mean: Tensor, covariance: Tensor):
+        d_in = covariance.shape[0]
+        # A jitter of 1e-6 of the mean variance keeps the Cholesky factor defined for a
+        # rank-deficient covariance (e.g. fewer samples than dimensions) without changing it much.
+        jitter = 1e-6 * float(torch.trace(covariance)) / d_in
+        self.mean = mean
+        self.factor = torch.linalg.cholesky(
+            covariance + jitter * torch.eye(d_in, dtype=torch.float64)
+        )
 
-def mean_and_covariance(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Float64 mean [d] and unbiased covariance [d, d], accumulated in chunks of rows."""
-    n_rows, d_in = rows.shape
-    if n_rows < 2:
-        raise DataError(f"data.control=gaussian needs at least 2 training rows, got {n_rows}.")
-    total = torch.zeros(d_in, dtype=torch.float64)
-    for start in range(0, n_rows, _CHUNK):
-        total += rows[start : start + _CHUNK].double().sum(0)
-    mean = total / n_rows
-    scatter = torch.zeros(d_in, d_in, dtype=torch.float64)
-    for start in range(0, n_rows, _CHUNK):
-        centered = rows[start : start + _CHUNK].double() - mean
-        scatter += centered.T @ centered
-    return mean, scatter / (n_rows - 1)
+    def sample(self, count: int, generator: torch.Generator) -> Tensor:  # [count, d_in]
+        pieces = []
+        for start in range(0, count, _CHUNK):  # bounds the float64 intermediates
+            rows = min(_CHUNK, count - start)
+            noise = torch.randn(rows, len(self.mean), generator=generator, dtype=torch.float64)
+            pieces.append((noise @ self.factor.T + self.mean).float())
+        return torch.cat(pieces) if pieces else torch.empty(0, len(self.mean))

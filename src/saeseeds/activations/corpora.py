@@ -1,9 +1,9 @@
-"""Text corpora, and their cut into fixed-length token sequences for the model.
+"""Text corpora: where the text comes from, and what identifies it.
 
-Owns where text comes from (the embedded Python documentation, local .txt/.jsonl files, a streamed
-Hugging Face dataset), each corpus's identity for cache keys (content hashes where the text is
-local), the checks of bad corpus files, and packing tokenised documents into ``seq_len`` sequences
-split into train and held-out. It must not run models or know about hooks and activations.
+Owns the embedded corpora (Python's documentation; the standard library's source files), local
+.txt/.jsonl files, a streamed Hugging Face dataset, each corpus's identity for store keys (content
+hashes where the text is local) and the checks of bad corpus files. Cutting text into sequences is
+:mod:`.sequences`'s. It must not run models or know about hooks and activations.
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ import ast
 import functools
 import hashlib
 import json
-import math
 import platform
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from saeseeds.errors import DataError
 
@@ -94,6 +89,68 @@ class PythonDocsCorpus(Corpus):
         return iter(python_docs_texts(self.docstrings))
 
 
+@functools.cache
+def python_source_files(site_packages: bool) -> tuple[Path, ...]:
+    """The standard library's .py files in sorted path order (its own site-packages left out),
+    then, with ``site_packages``, those of the installed packages."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    vendored = {"site-packages", "dist-packages"}
+    files = sorted(
+        p for p in stdlib.rglob("*.py") if not vendored & set(p.relative_to(stdlib).parts)
+    )
+    if site_packages:
+        purelib = Path(sysconfig.get_paths()["purelib"])
+        files += sorted(purelib.rglob("*.py"))
+    return tuple(p for p in files if p.is_file())
+
+
+def _source_text(path: Path) -> str | None:
+    """A source file's text; None for the few that are not UTF-8 (test data of the library)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+@functools.cache
+def _python_source_identity(site_packages: bool) -> dict[str, Any]:
+    digest, n_documents, n_characters = hashlib.sha256(), 0, 0
+    for path in python_source_files(site_packages):
+        text = _source_text(path)
+        if text is None:
+            continue
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+        n_documents += 1
+        n_characters += len(text)
+    return {
+        "kind": "python_source",
+        "python": platform.python_version(),
+        "site_packages": site_packages,
+        "n_documents": n_documents,
+        "n_characters": n_characters,
+        "sha256": digest.hexdigest(),
+    }
+
+
+class PythonSourceCorpus(Corpus):
+    """The running interpreter's standard-library source (about 31 MB of Python here), one
+    document per file, in sorted path order; ``site_packages`` adds the installed packages'.
+    On every machine, deterministic for a given install, and text SmolLM2 models well."""
+
+    def __init__(self, site_packages: bool = False):
+        self.site_packages = site_packages
+
+    def identity(self) -> dict[str, Any]:
+        return _python_source_identity(self.site_packages)
+
+    def documents(self) -> Iterator[str]:
+        for path in python_source_files(self.site_packages):
+            text = _source_text(path)
+            if text is not None:
+                yield text
+
+
 # ---- local files ----
 
 
@@ -154,6 +211,8 @@ class TextFilesCorpus(Corpus):
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{file}:{line_number} is not valid JSON ({error.msg}).") from error
+            except RecursionError:
+                raise DataError(f"{file}:{line_number} is nested too deeply to read.") from None
             if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(
@@ -243,60 +302,3 @@ def _texts_sha256(texts: tuple[str, ...] | list[str]) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-# ---- packing into sequences ----
-
-
-@dataclass
-class TokenSequences:
-    """Token ids of the sequences the model reads; every row starts with BOS when it is used."""
-
-    train: Tensor  # [n_train_sequences, seq_len] int64
-    heldout: Tensor  # [n_heldout_sequences, seq_len] int64
-
-
-def sequences_needed(n_tokens: int, kept_per_sequence: int) -> int:
-    return math.ceil(n_tokens / kept_per_sequence)
-
-
-def pack_sequences(
-    corpus: Corpus,
-    tokenizer: Any,
-    seq_len: int,
-    n_train: int,
-    n_heldout: int,
-    prepend_bos: bool,
-    split_seed: int,
-) -> TokenSequences:
-    """Tokenise documents (EOS between them), cut the stream into sequences, and split them.
-
-    Documents are read only until there are enough tokens. The chunks are then shuffled with
-    ``split_seed`` so train and held-out sequences come from the whole text read, not from its ends.
-    """
-    bos = tokenizer.bos_token_id if prepend_bos else None
-    if prepend_bos and bos is None:
-        raise DataError("The tokenizer has no BOS token; set data.prepend_bos=false.")
-    chunk_len = seq_len - 1 if prepend_bos else seq_len
-    n_sequences = n_train + n_heldout
-    needed = chunk_len * n_sequences
-    stream: list[int] = []
-    for document in corpus.documents():
-        stream.extend(tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            stream.append(tokenizer.eos_token_id)
-        if len(stream) >= needed:
-            break
-    if len(stream) < needed:
-        raise DataError(
-            f"The corpus has {len(stream)} tokens, fewer than the {needed} needed for "
-            f"{n_train} training and {n_heldout} held-out sequences of {seq_len} tokens "
-            "(data.n_tokens, data.heldout_fraction, data.seq_len). Lower data.n_tokens or add text."
-        )
-    n_chunks = len(stream) // chunk_len
-    chunks = torch.tensor(stream[: n_chunks * chunk_len], dtype=torch.int64).view(n_chunks, -1)
-    generator = torch.Generator().manual_seed(split_seed)
-    chosen = chunks[torch.randperm(n_chunks, generator=generator)[:n_sequences]]
-    if bos is not None:
-        chosen = torch.cat([torch.full((n_sequences, 1), bos, dtype=torch.int64), chosen], dim=1)
-    return TokenSequences(train=chosen[:n_train].clone(), heldout=chosen[n_train:].clone())

@@ -343,9 +343,15 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as error:
         raise DataError(f"model.device={name!r} is not a device (auto, cpu, cuda, ...).") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(
+            f"model.device={name} but torch {torch.__version__} sees no CUDA GPU; use "
+            "model.device=auto (a GPU when present, else the CPU) or model.device=cpu."
+        )
+    return device
 
 
 # ---- identities ----

@@ -190,6 +190,10 @@ def run_analysis(cfg: Any, report_dir: Path) -> AnalysisOutcome:
         "by_group": {report.label: report.matching for report in reports},
     }
     summary["wandb"] = wandb_run
+    for report in reports:  # what the group's report.md section says above its numbers
+        entry = summary["groups"][report.label]
+        entry["notes"] = list(report.group.notes)
+        entry["data_identity"] = report.group.data_identity
     write_summary(summary, report_dir / "summary.json")
     print(f"Report folder: {report_dir}")
     return AnalysisOutcome(report_dir, reports, summary)

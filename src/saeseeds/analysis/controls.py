@@ -35,6 +35,7 @@ from saeseeds.analysis.group_stats import (
     pair_matrix,
     t_interval,
 )
+from saeseeds.analysis.imported import import_sentence
 from saeseeds.analysis.subspaces import compare_with_control
 from saeseeds.contract import flatten
 
@@ -238,10 +239,13 @@ def verdict(report: Any) -> str:
             f"**{report.label}** (argmax matching, no one-to-one assignment): "
             f"MMCS (mean max cosine) {entry['value']:.3f}"
         )
+    imported = import_sentence(report.group.runs, isotropic=bool(parts))
+    if imported and not parts:
+        return sentence + "." + imported + redundancy_warning(report)
     if not parts:
         sentence += ", with no control to judge it against (train one: data.control=gaussian)."
         return sentence + redundancy_warning(report)
-    sentence += " " + "; it ".join(parts) + "."
+    sentence += " " + "; it ".join(parts) + "." + imported
     if "beyond_geometry_fraction" in report.extras:
         sentence += (
             f" {report.extras['beyond_geometry_fraction']:.1%} of its features are reproduced "

@@ -12,7 +12,6 @@ other beyond dropping a second copy of the same folder.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from saeseeds import contract
 from saeseeds.analysis.errors import AnalysisError, RunFolderError
 from saeseeds.analysis.loading import RunFolder, SkippedRun, load_run, run_identity
+from saeseeds.io import read_json
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -47,19 +47,20 @@ def latest_multirun(outputs_root: Path) -> Path:
 
 
 def resolve_roots(sweep_dir: str | Sequence[str] | None, outputs_root: Path) -> list[Path]:
-    """Expand ``sweep_dir`` into existing folders; a path that matches nothing is an error."""
+    """Expand ``sweep_dir`` into existing folders; a path that matches nothing is an error. An
+    existing path is taken as it is, even when its name holds glob characters (``sweep[1]``)."""
     if sweep_dir is None or sweep_dir == "":
         return [latest_multirun(outputs_root)]
     entries = [sweep_dir] if isinstance(sweep_dir, str | os.PathLike) else list(sweep_dir)
     roots: list[Path] = []
     for entry in entries:
         text = os.path.expanduser(str(entry))
-        if GLOB_CHARACTERS & set(text):
+        if GLOB_CHARACTERS & set(text) and not os.path.lexists(text):
             matches = sorted(Path(match) for match in glob.glob(text) if Path(match).is_dir())
             if not matches:
                 raise AnalysisError(f"sweep_dir glob {text!r} matches no folder.")
             roots.extend(matches)
-        elif not Path(text).exists():
+        elif not os.path.exists(text):  # also False for a name too long to look up
             raise AnalysisError(f"sweep_dir {text} does not exist.")
         elif not Path(text).is_dir():
             raise AnalysisError(f"sweep_dir {text} is not a folder.")
@@ -112,7 +113,7 @@ def absent_jobs(sweep_dir: Path, found: set[Path]) -> list[SkippedRun]:
     absent = []
     for record_path in sorted((sweep_dir / contract.JOB_RECORDS_DIR).glob("*.json")):
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
+            record = read_json(record_path)
         except (OSError, ValueError):
             continue
         if not isinstance(record, dict) or not isinstance(record.get("job"), str):

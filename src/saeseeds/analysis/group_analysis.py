@@ -38,6 +38,11 @@ from saeseeds.analysis.group_stats import (
     spearman,
 )
 from saeseeds.analysis.grouping import Group
+from saeseeds.analysis.imported import (
+    NEEDS_HELDOUT_STATS,
+    heldout_note,
+    seeds_without_heldout_stats,
+)
 from saeseeds.analysis.pair_metrics import (
     ARGMAX,
     HUNGARIAN,
@@ -168,7 +173,9 @@ def analyse_group(
 ) -> GroupReport:
     """Every enabled metric of DESIGN.md's "Stability metrics" for one group."""
     matching = resolve_matching(cfg.matching, group.runs[0].n_features, cfg.argmax_above)
-    settings = dataclasses.replace(settings, matching=matching)
+    without_stats = seeds_without_heldout_stats(group.runs)  # imports without --activations
+    live_only = settings.live_only and not without_stats
+    settings = dataclasses.replace(settings, matching=matching, live_only=live_only)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pairs = compute_pairs(group.runs, cfg, settings, advance)
@@ -192,6 +199,13 @@ def analyse_group(
         "headline_statistic": report.headline_statistic,
         "not_computed": not_computed(matching, cfg),
     }
+    if without_stats:
+        report.extras["heldout_statistics"] = {
+            "seeds_without": without_stats,
+            "not_computed": list(NEEDS_HELDOUT_STATS),
+        }
+        if heldout_note(without_stats) not in group.notes:
+            group.notes.append(heldout_note(without_stats))
     report.best_match = best_match_by_seed(pairs)
     report.versions = feature_versions(pairs)
     if metrics.reappearance:
@@ -201,7 +215,7 @@ def analyse_group(
         )
     if metrics.overlap and assigned:
         report.extras["overlap_vs_seeds"] = overlap_vs_seeds(pairs, cfg.shared_threshold)
-    if metrics.frequency and assigned:
+    if metrics.frequency and assigned and not without_stats:
         frequencies, cosines = frequency_points(pairs)
         report.extras["matched_cosine_vs_firing_frequency"] = spearman(frequencies, cosines)
     if metrics.subspaces:
@@ -254,7 +268,7 @@ def analyse_group(
             "null_values": report.baseline.null_values(statistic).tolist(),
         }
         timings["baseline_s"] = time.perf_counter() - start
-    if assigned:
+    if assigned and not without_stats:
         report.examples = example_pairs(pairs, report.headline, cfg.report.examples_per_feature)
     return report
 

@@ -1,4 +1,10 @@
-"""Grouping runs into conditions: runs whose configs are equal apart from seed and output paths.
+"""Grouping runs into conditions: runs whose configs are equal apart from seed and output paths,
+and that were trained on the same data.
+
+The data is part of a run's identity: two runs of one config whose recorded data identity
+(:func:`saeseeds.contract.data_identity`: the activation file's hash, the cache key, the model's
+weight hash, ...) differs, e.g. because the activation file was overwritten between them, are two
+groups, each noting the other with the facts that differ; never seeds of one condition.
 
 A group is analysable when it has at least two distinct seeds and its runs agree on every field
 of cfg.json but the seed (architecture, sizes, k, model, hook, normalisation, ...). Groups that
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saeseeds.analysis.loading import RunFolder, SkippedRun
-from saeseeds.contract import flatten
+from saeseeds.contract import describe_identity_differences, differing_keys, flatten
 
 # cfg.json fields that may differ inside a group; every other one must agree.
 PER_RUN_FIELDS = ("seed",)
@@ -34,6 +40,8 @@ class Group:
     """One line per seed of this condition that is not analysed, with the reason."""
     missing: list[SkippedRun] = field(default_factory=list)
     """The skipped folders behind ``notes``."""
+    data_identity: dict[str, Any] = field(default_factory=dict)
+    """What identifies the data every run of the group was trained on."""
 
     @property
     def seeds(self) -> list[int]:
@@ -88,9 +96,42 @@ def _config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def _distinguish_by_data(groups: list[Group]) -> None:
+    """Groups of one config trained on different data: their labels gain the first fact of the
+    data that differs (``file_sha256=3f2a1b4c5d6e``), and each notes the others."""
+    by_config: dict[str, list[Group]] = {}
+    for group in groups:
+        by_config.setdefault(_config_key(group.config), []).append(group)
+    for same_config in by_config.values():
+        if len(same_config) < 2:
+            continue
+        for group in same_config:
+            others = [other for other in same_config if other is not group]
+            keys = differing_keys(group.data_identity, others[0].data_identity)
+            value = flatten(group.data_identity).get(keys[0], "unrecorded") if keys else "?"
+            shown = f"{value[:12]}" if isinstance(value, str) and len(value) > 16 else value
+            group.label = f"{group.label},{keys[0] if keys else 'data'}={shown}"
+        for group in same_config:
+            for other in same_config:
+                if other is group:
+                    continue
+                folders = ", ".join(run.path.name for run in other.runs)
+                line = (
+                    f"the same config was also trained on other data: group {other.label} "
+                    f"(seeds {other.seeds}: {folders}) differs in "
+                    f"{describe_identity_differences(group.data_identity, other.data_identity)} "
+                    "(this group vs that one), so its runs are not seeds of this condition."
+                )
+                group.notes.append(line)
+                if group.problem is not None:
+                    group.problem = f"{group.problem} Note: {line}"
+
+
 def attach_missing_seeds(groups: list[Group], skipped: list[SkippedRun]) -> None:
     """Note in each group the seeds of its condition that were skipped, with the reason."""
-    by_key = {_config_key(group.config): group for group in groups}
+    by_key: dict[str, Group] = {}
+    for group in groups:  # of several groups of one config (other data), the first
+        by_key.setdefault(_config_key(group.config), group)
     for entry in skipped:
         if entry.condition is None:
             continue
@@ -110,7 +151,7 @@ def group_runs(runs: list[RunFolder], skipped: list[SkippedRun] | None = None) -
     by_key: dict[str, list[RunFolder]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for run in runs:
-        key = _config_key(run.comparable_config)
+        key = _config_key({"config": run.comparable_config, "data": run.data_identity})
         by_key.setdefault(key, []).append(run)
         configs.setdefault(key, run.comparable_config)
     keys = list(by_key)
@@ -126,6 +167,7 @@ def group_runs(runs: list[RunFolder], skipped: list[SkippedRun] | None = None) -
             else:
                 unique[run.seed] = run
         group = Group(label, list(unique.values()), configs[key], duplicates=duplicates)
+        group.data_identity = by_key[key][0].data_identity
         group.problem = _consistency_problem(group.runs)
         if group.problem is None and len(group.runs) < 2:
             group.problem = (
@@ -133,5 +175,6 @@ def group_runs(runs: list[RunFolder], skipped: list[SkippedRun] | None = None) -
                 "config. Train more seeds, e.g. python train.py -m seed=1,2,3 ..."
             )
         groups.append(group)
+    _distinguish_by_data(groups)
     attach_missing_seeds(groups, list(skipped or []))
     return groups

@@ -9,23 +9,25 @@ The config recorded at completion (environment.json's ``config``) is what a run 
 whose ``.hydra/config.yaml`` no longer agrees with it was re-used or edited after it finished
 (**relabelled**) and is not analysed: its two records disagree, and which one the user meant
 cannot be known, so it is named with the differing keys instead of being counted under either.
-Optional inputs (top_examples.json) that are malformed are dropped entry by entry, never the run.
+A folder whose files are no longer those its ``COMPLETE`` recorded (sizes and sha256) is
+**corrupt**, with the file named. JSON is read with :func:`saeseeds.io.read_json`, so a file
+nested too deeply or holding a number no float can hold is a reason, never a crash. Optional
+inputs (top_examples.json) that are malformed are dropped entry by entry, never the run.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 
 from saeseeds import contract
 from saeseeds.analysis.errors import RunFolderError
-from saeseeds.io import read_config_file
+from saeseeds.analysis.imported import imported_from
+from saeseeds.io import damaged_file, read_config_file, read_json
 
 
 @dataclass
@@ -57,10 +59,14 @@ class RunFolder:
     """The composed config without seed and output paths: equal within a group."""
     decoder_directions: np.ndarray  # [n_features, d_in], unit rows of W_dec
     encoder_directions: np.ndarray  # [n_features, d_in], unit columns of W_enc
-    fire_counts: np.ndarray  # [n_features] int64, on held-out tokens
-    n_tokens: int
+    fire_counts: np.ndarray | None  # [n_features] int64, on held-out tokens
+    """None for an imported run without held-out statistics (:mod:`.imported`)."""
+    n_tokens: int | None
     metrics: dict[str, Any] = field(default_factory=dict)
     wandb_group: str | None = None
+    data_identity: dict[str, Any] = field(default_factory=dict)
+    """What identifies the data it was trained on (environment.json's provenance): equal within
+    a group; ``{}`` when the folder does not record it."""
     _top_examples: dict[int, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     @property
@@ -76,7 +82,9 @@ class RunFolder:
         return str(self.cfg.get("hook_name"))
 
     @property
-    def firing_frequency(self) -> np.ndarray:  # [n_features]
+    def firing_frequency(self) -> np.ndarray:  # [n_features]; NaN without held-out statistics
+        if self.fire_counts is None or self.n_tokens is None:
+            return np.full(self.n_features, np.nan)
         return self.fire_counts.astype(np.float64) / max(self.n_tokens, 1)
 
     @property
@@ -101,8 +109,8 @@ def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise RunFolderError("corrupt", f"missing {path.name} ({what})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return read_json(path)
+    except (OSError, ValueError) as error:
         raise RunFolderError("corrupt", f"{path.name} is unreadable: {error}") from error
 
 
@@ -156,7 +164,7 @@ def run_identity(run_path: Path) -> tuple[int | None, dict[str, Any] | None]:
     environment = run_path / contract.ENVIRONMENT_FILE
     config = None
     try:
-        recorded = json.loads(environment.read_text(encoding="utf-8")).get("config")
+        recorded = read_json(environment).get("config")
         config = recorded if isinstance(recorded, dict) else None
     except (OSError, ValueError, AttributeError):
         pass
@@ -173,19 +181,25 @@ def run_identity(run_path: Path) -> tuple[int | None, dict[str, Any] | None]:
 
 def comparable_config(run_path: Path, environment: Any) -> dict[str, Any]:
     """The run's condition: the config it recorded at completion (environment.json) without the
-    seed; for runs written before that record, .hydra/config.yaml without the same keys."""
+    seed; for runs written before that record, .hydra/config.yaml, resolved as the trainer
+    resolved it (``hook.name: blocks.${.layer}.hook_${.point}`` is ``blocks.6.hook_resid_pre``),
+    without the same keys."""
     recorded = environment.get("config") if isinstance(environment, dict) else None
     if isinstance(recorded, dict):
         return contract.condition_config(recorded)
-    hydra_config = run_path / ".hydra" / "config.yaml"
+    hydra_config = run_path / contract.HYDRA_CONFIG
     if not hydra_config.is_file():
-        raise RunFolderError("corrupt", "neither environment.json nor .hydra/ records its config")
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
-    except Exception as error:  # OmegaConf raises several yaml/omegaconf error types
-        raise RunFolderError("corrupt", f".hydra/config.yaml is unreadable: {error}") from error
-    if not isinstance(config, dict):
-        raise RunFolderError("corrupt", ".hydra/config.yaml is not a mapping")
+        raise RunFolderError(
+            "corrupt",
+            f"neither {contract.ENVIRONMENT_FILE} nor {contract.HYDRA_DIR}/ records its config",
+        )
+    config = read_config_file(hydra_config)
+    if config is None:
+        raise RunFolderError(
+            "corrupt",
+            f"{contract.ENVIRONMENT_FILE} has no config record and {contract.HYDRA_CONFIG} is "
+            "not a readable config whose interpolations resolve",
+        )
     return contract.condition_config(config)
 
 
@@ -193,6 +207,9 @@ def load_run(run_path: Path) -> RunFolder:
     """Read and validate one run folder; raises :class:`RunFolderError` with the reason."""
     if not (run_path / contract.COMPLETE_MARKER).is_file():
         raise RunFolderError("incomplete", "no COMPLETE marker (training unfinished or crashed)")
+    damaged = damaged_file(run_path, check_hashes=True)
+    if damaged is not None:
+        raise RunFolderError("corrupt", f"{damaged}; re-run its training command to restore it")
     cfg = _read_json(run_path / contract.CFG_FILE, "the run's SAE config")
     if not isinstance(cfg, dict):
         raise RunFolderError("corrupt", "cfg.json is not a JSON object")
@@ -205,7 +222,7 @@ def load_run(run_path: Path) -> RunFolder:
         )
     try:
         d_in, n_features, seed = int(cfg["d_in"]), int(cfg["n_features"]), int(cfg["seed"])
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise RunFolderError(
             "corrupt", f"cfg.json lacks a valid d_in/n_features/seed ({error})"
         ) from error
@@ -223,15 +240,17 @@ def load_run(run_path: Path) -> RunFolder:
     decoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_dec"), dtype=np.float32))
     encoder_directions = unit_rows(np.ascontiguousarray(weights.pop("W_enc").T, dtype=np.float32))
 
-    stats, metadata = _read_tensors(run_path / contract.FEATURE_STATS_FILE, ("fire_count",))
-    fire_counts = stats["fire_count"].astype(np.int64)
-    _check_shape(fire_counts, (n_features,), "fire_count")
-    try:
-        n_tokens = int(metadata["n_tokens"])
-    except (KeyError, ValueError) as error:
-        raise RunFolderError(
-            "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
-        ) from error
+    fire_counts, n_tokens = None, None  # an import without --activations has no stats file
+    if (run_path / contract.FEATURE_STATS_FILE).is_file() or imported_from(cfg) is None:
+        stats, metadata = _read_tensors(run_path / contract.FEATURE_STATS_FILE, ("fire_count",))
+        fire_counts = stats["fire_count"].astype(np.int64)
+        _check_shape(fire_counts, (n_features,), "fire_count")
+        try:
+            n_tokens = int(metadata["n_tokens"])
+        except (KeyError, ValueError) as error:
+            raise RunFolderError(
+                "corrupt", "feature_stats.safetensors lacks n_tokens metadata"
+            ) from error
 
     metrics_path = run_path / contract.METRICS_FILE
     environment_path = run_path / contract.ENVIRONMENT_FILE
@@ -246,6 +265,7 @@ def load_run(run_path: Path) -> RunFolder:
         seed=seed,
         cfg=cfg,
         comparable_config=comparable_config(run_path, environment),
+        data_identity=contract.recorded_data_identity(environment),
         decoder_directions=decoder_directions,
         encoder_directions=encoder_directions,
         fire_counts=fire_counts,
@@ -265,7 +285,7 @@ def read_top_examples(run_path: Path) -> dict[int, list[dict[str, Any]]]:
     if not path.is_file():
         return {}
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = read_json(path)
     except (OSError, ValueError):
         return {}
     features = payload.get("features") if isinstance(payload, dict) else None

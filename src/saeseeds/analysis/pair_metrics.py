@@ -186,7 +186,9 @@ def compare_pair(run_a: RunFolder, run_b: RunFolder, settings: ComputeSettings) 
     if settings.matching == ARGMAX:
         return _argmax_pair(run_a, run_b, settings)
     timings: dict[str, float] = {}
-    live_a, live_b = np.flatnonzero(run_a.live_mask), np.flatnonzero(run_b.live_mask)
+    live_a = live_b = np.zeros(0, dtype=np.int64)  # no held-out statistics needed without it
+    if settings.live_only:
+        live_a, live_b = np.flatnonzero(run_a.live_mask), np.flatnonzero(run_b.live_mask)
     all_live = len(live_a) == run_a.n_features and len(live_b) == run_b.n_features
 
     def live_only(full: Matching, rows: np.ndarray, columns: np.ndarray) -> Matching:

@@ -90,7 +90,12 @@ def reappearance_summary(
 ) -> dict[str, object]:
     """Stable / unstable shares, the distribution of p, and p against firing frequency."""
     all_p = np.concatenate([reappearance[seed] for seed in group.seeds])
-    frequencies = np.concatenate([group.run(seed).firing_frequency for seed in group.seeds])
+    with_stats = all(group.run(seed).fire_counts is not None for seed in group.seeds)
+    frequencies = (  # NaN (no correlation) for imported runs without held-out statistics
+        np.concatenate([group.run(seed).firing_frequency for seed in group.seeds])
+        if with_stats
+        else np.full(len(all_p), np.nan)
+    )
     values, counts = np.unique(np.round(all_p, 6), return_counts=True)
     stable = all_p >= 1.0 - epsilon
     unstable = all_p <= epsilon

@@ -47,14 +47,20 @@ def nearest_neighbour_cosines(
     return nearest
 
 
+def compared_features(run: Any) -> np.ndarray:  # [n_features] bool
+    """The live features of a run; every feature of an imported run without held-out
+    statistics (nothing says which are dead)."""
+    return run.live_mask if run.fire_counts is not None else np.ones(run.n_features, bool)
+
+
 def nearest_by_seed(
     group: GroupPairs, *, block_size: int = 2048, device: str = "cpu"
 ) -> dict[int, np.ndarray]:
     """{seed: [n_features]}: each live feature's nearest-neighbour cosine among the live features
-    of its own dictionary; NaN for dead features."""
+    of its own dictionary (:func:`compared_features`); NaN for dead features."""
     result = {}
     for run in group.runs:
-        live = run.live_mask  # [n_features]
+        live = compared_features(run)  # [n_features]
         nearest = np.full(run.n_features, np.nan, dtype=np.float32)
         nearest[live] = nearest_neighbour_cosines(
             run.decoder_directions[live], block_size=block_size, device=device
@@ -79,7 +85,7 @@ def redundancy(
         nearest = nearest_by_seed(group, block_size=block_size, device=device)
     per_seed, distinct = {}, {}
     for run in group.runs:
-        live = run.live_mask  # [n_features]
+        live = compared_features(run)  # [n_features]
         nearest_live = nearest[run.seed][live]  # [n_live]
         distinct[run.seed] = live.copy()
         distinct[run.seed][live] = nearest_live < threshold

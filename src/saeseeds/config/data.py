@@ -1,9 +1,9 @@
 """Schemas of the ``data`` group: where the activations an SAE trains on come from.
 
-Text options (pydocs, text_files, hf_dataset) read a model's activations on a corpus; synthetic
-data has a known ground truth; ``activations`` is a user's own matrix. Each is a ``_target_`` that
-Hydra instantiates into an :class:`saeseeds.activations.base.ActivationSource`. Nothing here reads
-files or loads models.
+Text options (pydocs, pysource, text_files, hf_dataset) read a model's activations on a corpus
+through the activation store; synthetic data has a known ground truth; ``activations`` is a user's
+own matrix or a store folder. Each is a ``_target_`` that Hydra instantiates into an
+:class:`saeseeds.activations.base.ActivationSource`. Nothing here reads files or loads models.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ class DataConfig:
     covariance instead of the activations (the geometry control; CE-loss is then skipped)."""
     control_seed: int = 0
     """Seed of the control's samples; independent of the SAE seed."""
+    heldout_tokens: int = 8192
+    """Held-out tokens, never trained on; a fixed number, independent of n_tokens (text: whole
+    sequences, at least eval_sequences of them)."""
+    shard_tokens: int = 65_536
+    """Rows per shard of the training data (a store's file, a block of a user's file, a generated
+    shard). Part of the store key and of the batch order."""
+    window_shards: int = 4
+    """Shards whose rows are shuffled together while training (memory: two windows, about
+    2 x window_shards x shard_tokens rows); the shard order is shuffled every epoch."""
 
 
 @dataclass
@@ -33,6 +42,15 @@ class PythonDocsCorpusConfig:
     _target_: str = "saeseeds.activations.corpora.PythonDocsCorpus"
     docstrings: bool = True
     """After the pydoc topics (~465k characters), add standard-library docstrings (~690k)."""
+
+
+@dataclass
+class PythonSourceCorpusConfig:
+    """A second embedded corpus: the .py files of the running Python's standard library."""
+
+    _target_: str = "saeseeds.activations.corpora.PythonSourceCorpus"
+    site_packages: bool = False
+    """Also read the .py files of the installed packages (site-packages), after the library."""
 
 
 @dataclass
@@ -77,9 +95,7 @@ class TextDataConfig(DataConfig):
     seq_len: int = 128
     """Tokens per sequence fed to the model (BOS included)."""
     n_tokens: int = 131_072
-    """Training token budget: activations in the train split."""
-    heldout_fraction: float = 0.05
-    """Held-out tokens, as a fraction of n_tokens (whole sequences, never trained on)."""
+    """Training token budget: the first n_tokens rows of the store (a larger budget extends it)."""
     batch_size: int = 1024
     """SAE training tokens per optimisation step."""
     prepend_bos: bool = True
@@ -94,8 +110,13 @@ class TextDataConfig(DataConfig):
     """Tokens of context before the firing token in top_examples.json."""
     context_after: int = 4
     """Tokens of context after the firing token in top_examples.json."""
+    store_dtype: str = "float16"
+    """Dtype of the activations in the store (float16, bfloat16 or float32); part of its key."""
+    store: bool = True
+    """Write the activations to a store and train from it; false: compute each shard in memory
+    when training reads it (the same batches and SAEs, no disk, forward passes every epoch)."""
     cache_dir: str = "${paths.cache_dir}"
-    """Root of the shared activation caches."""
+    """Root of the shared activation stores."""
     model_cache_dir: str = "${paths.model_cache_dir}"
     """Root of converted model weights (the de-quantised embedded model)."""
 
@@ -105,6 +126,13 @@ class PythonDocsDataConfig(TextDataConfig):
     """Text of the embedded Python documentation (no download)."""
 
     corpus: PythonDocsCorpusConfig = field(default_factory=PythonDocsCorpusConfig)
+
+
+@dataclass
+class PythonSourceDataConfig(TextDataConfig):
+    """Text of the Python standard library's source files (no download; ~9M SmolLM2 tokens)."""
+
+    corpus: PythonSourceCorpusConfig = field(default_factory=PythonSourceCorpusConfig)
 
 
 @dataclass
@@ -143,8 +171,6 @@ class SyntheticDataConfig(DataConfig):
     max_magnitude: float = 1.5
     n_tokens: int = 65_536
     """Training token budget."""
-    heldout_fraction: float = 0.05
-    """Extra held-out tokens, as a fraction of n_tokens."""
     batch_size: int = 1024
     """Tokens per optimisation step."""
     data_seed: int = 0
@@ -154,25 +180,26 @@ class SyntheticDataConfig(DataConfig):
 
 @dataclass
 class ActivationFileConfig(DataConfig):
-    """A user's own [N, d_in] activations (.safetensors or .npy)."""
+    """A user's own [N, d_in] activations (.safetensors or .npy), or an activation store folder."""
 
     _target_: str = "saeseeds.activations.file.ActivationFileSource"
     path: str = MISSING
-    """The activations file."""
+    """The activations file (read in its own dtype, a block at a time), or a store folder."""
     key: str | None = None
     """Tensor name inside a .safetensors file; ``null`` takes the only tensor."""
     n_tokens: int | None = None
     """Training token budget; ``null`` uses every row not held out."""
-    heldout_fraction: float = 0.05
-    """Fraction of rows held out (chosen by a fixed permutation)."""
     batch_size: int = 1024
     """Tokens per optimisation step."""
     split_seed: int = 0
-    """Seed of the held-out split; independent of the SAE seed."""
+    """Seed of which rows are held out (heldout_tokens of them); independent of the SAE seed."""
+    cache_dir: str = "${paths.cache_dir}"
+    """Where the file's sha256 is remembered (by path, size, modification time and inode)."""
 
 
 def register(store: ConfigStore) -> None:
     store.store(group="schema/data", name="pydocs", node=PythonDocsDataConfig)
+    store.store(group="schema/data", name="pysource", node=PythonSourceDataConfig)
     store.store(group="schema/data", name="text_files", node=TextFilesDataConfig)
     store.store(group="schema/data", name="hf_dataset", node=HFDatasetDataConfig)
     store.store(group="schema/data", name="synthetic", node=SyntheticDataConfig)

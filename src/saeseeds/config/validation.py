@@ -1,16 +1,21 @@
 """Checks of values that a typed schema cannot express. Run before any data is read or trained.
 
-Every failure raises :class:`ConfigError` naming the bad value and what would be valid. The SAE
-group is checked by its architecture's own config dataclass (its ``__post_init__``), built here
-from the composed config, so each architecture owns its checks. The checks that need no torch run
-first and torch is imported only after them, so a typo fails in well under a second.
+Every failure raises :class:`ConfigError` naming the bad value and what would be valid. Two
+checks cover every group, whatever its schema: no number may be NaN or infinite (``sae.lr=inf``
+would train a NaN SAE, and comparisons such as ``lr > 0`` let NaN through), and every seed (a key
+named ``seed`` or ``*_seed``) is an integer in [0, 2^32). The SAE group is then checked by its
+architecture's own config dataclass (its ``__post_init__``), built here from the composed config,
+so each architecture owns its checks. The checks that need no torch run first and torch is
+imported only after them, so a typo fails in well under a second.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from saeseeds.config.trainer import check_saved_extras
 from saeseeds.errors import ConfigError
@@ -20,7 +25,12 @@ if TYPE_CHECKING:
     from saeseeds.sae import SAEConfig
 
 VALID_PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
+# One range for every seed: Lightning's seed_everything (``seed``) and numpy's legacy seeding take
+# 32-bit seeds; torch generators (the data, control, split and model seeds) take up to 2^64 - 1
+# and overflow past it. 2^32 seeds are plenty, and one rule is easier to keep in mind.
 MAX_SEED = 2**32
+# Seeds whose null has a meaning: order_seed=null lets the batch order follow ``seed``.
+NULLABLE_SEEDS = ("order_seed",)
 # trainer.accelerator values Lightning accepts without a plugin. CUDA and MPS are checked here;
 # Lightning checks TPUs (xla) itself when the Trainer is built.
 KNOWN_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla")
@@ -37,12 +47,7 @@ REQUIRED_HINTS = {
 def validate_train_config(cfg: DictConfig) -> SAEConfig:
     """Check the composed training config; return the SAE's typed config."""
     check_required(cfg)
-    seed = cfg.get("seed")
-    if not is_seed(seed):
-        raise ConfigError(
-            f"seed={seed!r} is not valid; use an integer in [0, 2^32), e.g. seed=0 or "
-            "-m seed=1,2,3."
-        )
+    check_numbers(cfg)
     check_seeds(cfg)
     precision = cfg.trainer.precision
     if precision is not None and str(precision) not in VALID_PRECISIONS:
@@ -70,14 +75,9 @@ def is_seed(value: Any) -> bool:
 
 
 def check_seeds(cfg: DictConfig) -> None:
-    """``order_seed``: null or a seed. ``seeds``: null, or distinct seeds with an ``order_seed``
-    (one job trains them on one batch stream) on one device."""
+    """``seeds``: null, or distinct seeds with an ``order_seed`` (one job trains them on one
+    batch stream) on one device."""
     order_seed = cfg.get("order_seed")
-    if order_seed is not None and not is_seed(order_seed):
-        raise ConfigError(
-            f"order_seed={order_seed!r} is not valid; use an integer in [0, 2^32), or null for a "
-            "data order that follows seed."
-        )
     seeds = cfg.get("seeds")
     if seeds is None:
         return
@@ -108,22 +108,50 @@ def check_seeds(cfg: DictConfig) -> None:
         )
 
 
-def missing_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted keys still set to ``???``, found without resolving any interpolation."""
-    found: list[str] = []
+def config_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, without resolving any interpolation: a missing value
+    (``???``) is yielded as :data:`omegaconf.MISSING`, an interpolation (``data.model:
+    ${model}``, a copy checked where it is defined) is skipped."""
     if isinstance(node, DictConfig):
         keys: list[Any] = list(node.keys())
     elif isinstance(node, ListConfig):
         keys = list(range(len(node)))
     else:
-        return found
+        return
     for key in keys:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if OmegaConf.is_missing(node, key):
-            found.append(dotted)
-        else:
-            found.extend(missing_keys(node._get_node(key), dotted))
-    return found
+            yield dotted, MISSING
+        elif not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig | ListConfig):
+                yield from config_leaves(child, dotted)
+            else:
+                yield dotted, child._value()
+
+
+def missing_keys(node: Any) -> list[str]:
+    """Dotted keys still set to ``???``."""
+    return [key for key, value in config_leaves(node) if value is MISSING]
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """No number of any group is NaN or infinite, and every seed is in [0, 2^32)."""
+    for key, value in config_leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{key}={value} is not valid: every number must be finite (NaN and infinity "
+                "would train an SAE of NaN weights); give a finite value."
+            )
+        name = key.rsplit(".", 1)[-1]
+        if (name == "seed" or name.endswith("_seed")) and not is_seed(value):
+            if key in NULLABLE_SEEDS and value is None:
+                continue
+            example = "seed=0 or -m seed=1,2,3" if key == "seed" else f"{key}=0"
+            raise ConfigError(
+                f"{key}={value!r} is not valid; every seed is an integer in [0, 2^32), e.g. "
+                f"{example}."
+            )
 
 
 def check_required(cfg: DictConfig) -> None:

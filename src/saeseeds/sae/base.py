@@ -11,7 +11,11 @@ evaluation, the run-folder writer and the benchmarks use only this interface:
 - ``set_progress`` (schedules such as a coefficient warm-up), and the decoder constraint around
   each optimiser step (``before_optimizer_step``, ``after_optimizer_step``);
 - ``folded_state``: the weights that act on raw activations, any extra tensors included;
-- ``cfg_fields``: what the architecture adds to ``cfg.json``.
+- ``cfg_fields``: what the architecture adds to ``cfg.json``;
+- ``trained_decoder``: the decoder rows as the training loss sees them (W_dec, unless an
+  architecture computes it from other parameters);
+- ``weight_penalty``: the optional L2 penalty on the weights (``sae.weight_l2``), the same for
+  every architecture.
 
 Every architecture shares the contract's parameters: pre = W_encᵀ(x − b_dec) + b_enc and
 x̂ = W_decᵀ z + b_dec. This package imports nothing of the project but :mod:`saeseeds.errors`.
@@ -63,6 +67,10 @@ class SAEConfig:
     """``scalar``: scale inputs so E‖x‖² = d_in while training (folded out on save); ``none``."""
     init_sample_size: int = 8192
     """Training activations used to initialise (e.g. the geometric-median b_dec)."""
+    weight_l2: float = 0.0
+    """λ of an L2 penalty λ(‖W_enc‖²_F + ‖W_dec‖²_F) added to the loss (Jedryszek & Crook 2026),
+    on the scale of a loss ‖x − x̂‖² per token with inputs normalised to E‖x‖² = d_in; 0: off.
+    A unit-norm decoder makes the decoder term constant, so only W_enc is then penalised."""
 
     def __post_init__(self) -> None:
         if self.n_features <= 0:
@@ -84,6 +92,8 @@ class SAEConfig:
                 raise ConfigError(f"sae.{name}={getattr(self, name)} must be >= 1.")
         if not self.grad_clip > 0:
             raise ConfigError(f"sae.grad_clip={self.grad_clip} must be > 0.")
+        if not self.weight_l2 >= 0:
+            raise ConfigError(f"sae.weight_l2={self.weight_l2} must be >= 0.")
 
 
 class SAE(nn.Module):
@@ -137,6 +147,21 @@ class SAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:  # [batch, d_in]
         return z @ self.W_dec + self.b_dec
 
+    def trained_decoder(self) -> Tensor:  # [n_features, d_in]
+        """The decoder rows the training loss sees, with their gradient: W_dec itself, except for
+        an architecture whose W_dec is computed from other parameters."""
+        return self.W_dec
+
+    def weight_penalty(self) -> dict[str, Tensor]:
+        """The named loss term of ``sae.weight_l2`` (none when it is 0), which the trainer adds to
+        the forward's terms. Jedryszek & Crook (2026) penalise the encoder and decoder weights,
+        not the biases, with an explicit term under Adam (not a decoupled AdamW decay); divided
+        by d_in like the mse term."""
+        if self.config.weight_l2 == 0:
+            return {}
+        squared_norms = self.W_enc.pow(2).sum() + self.trained_decoder().pow(2).sum()
+        return {"weight_l2": self.config.weight_l2 * squared_norms / self.d_in}
+
     @torch.no_grad()
     def folded_state(self, input_scale: float) -> dict[str, Tensor]:
         """Weights that act on raw activations when training saw ``x * input_scale``.
@@ -166,6 +191,13 @@ class SAE(nn.Module):
         squared_error = (x - reconstruction).pow(2)
         total_variance = (x - x.mean(0)).pow(2).sum()
         return squared_error.mean(), squared_error.sum() / total_variance.clamp_min(1e-12)
+
+
+def warmup_scale(step: int, total_steps: int, warmup_fraction: float) -> float:
+    """A penalty coefficient's share at ``step``: rising linearly from 1/warm-up steps to 1 over
+    the first ``warmup_fraction`` of training, then 1."""
+    warmup_steps = warmup_fraction * total_steps
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
 REGISTRY: dict[str, type[SAE]] = {}

@@ -6,7 +6,7 @@ threshold θ instead: z = pre · 1[pre > θ] (a JumpReLU with one threshold for 
 estimated during training as a running average of the smallest activation each batch kept
 (exponential, ``threshold_decay`` per step, starting from the first batch's value), and saved
 with the weights as the extra tensor ``threshold`` [n_features] (every entry equal). Unit-norm
-decoder rows, initialisation and AuxK are those of the Top-K SAE.
+decoder rows (``sae.unit_norm_decoder``), initialisation and AuxK are those of the Top-K SAE.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from saeseeds.sae.kernels import (
     auxk_k,
     auxk_loss,
     encoder_pre_activations,
-    normalize_rows,
-    remove_parallel_grad,
     sparse_decode,
     tied_init,
 )
-from saeseeds.sae.topk import TopKConfig
+from saeseeds.sae.topk import TopKConfig, UnitNormDecoder
 
 
 @dataclass
@@ -47,7 +45,7 @@ class BatchTopKConfig(TopKConfig):
 
 
 @register
-class BatchTopKSAE(SAE):
+class BatchTopKSAE(UnitNormDecoder, SAE):
     architecture = "batchtopk"
     Config = BatchTopKConfig
     config: BatchTopKConfig
@@ -112,9 +110,3 @@ class BatchTopKSAE(SAE):
         decay = self.config.threshold_decay if self.threshold_steps > 0 else 0.0
         self.threshold.mul_(decay).add_((1.0 - decay) * smallest)
         self.threshold_steps += 1
-
-    def before_optimizer_step(self) -> None:
-        remove_parallel_grad(self.W_dec)
-
-    def after_optimizer_step(self) -> None:
-        normalize_rows(self.W_dec)

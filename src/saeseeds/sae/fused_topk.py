@@ -1,25 +1,28 @@
 """The Top-K SAE's training forward (encoder, Top-K, ReLU, AuxK selection, decoders) as one
-autograd function with a hand-written backward, dense or sparse by size.
+autograd function with a hand-written backward that touches only the chosen entries.
 
 The chosen latents come in two groups: the k per token and (AuxK) the k_aux per token among the
-dead latents. A *sparse* group decodes by gathering its chosen decoder rows (``embedding_bag``,
-batch·width·d_in gathers); a *dense* group scatters its values into a [batch, columns] code
-that one matmul decodes (batch·columns·d_in multiply-adds, each far cheaper than a gather).
-Dense pays for small dictionaries, and for AuxK when few latents are dead; sparse for large
-ones. The maths is the same either way.
+dead latents. A *dense* group scatters its values into a [batch, columns] code, and matmuls over
+that code decode it and give its gradients (batch·columns·d_in multiply-adds each). A *sparse*
+group gathers its chosen decoder rows (``embedding_bag``), computes each entry's ∂x̂_b · W_dec[j]
+by a sampled matmul, and sums the weight gradients latent by latent (batch·width·d_in
+multiply-adds each, but memory-bound: several times dearer than a matmul's). Dense pays for small
+dictionaries, and for AuxK when few latents are dead; sparse for large ones. The maths is the
+same either way.
 
-The backward touches only the chosen entries. For values v = ReLU(p) at latents j of token b:
-∂v = ∂v_out + ∂x̂_b · W_dec[j], ∂p = ∂v · 1[p > 0], ∂W_dec[j] += v · ∂x̂_b,
-∂W_enc[:, j] += ∂p · (x_b − b_dec), ∂b_enc[j] += ∂p, ∂b_dec = Σ_b ∂x̂_b − W_enc ∂b_enc,
-∂x_b = Σ ∂p · W_enc[:, j]. The sparse groups' entries are sorted by latent once, and both weight
-gradients are summed in that order by ``embedding_bag`` (deterministic: no scatter atomics).
-The dense [batch, n_features] pre-activations are freed after the forward. The sparse encoder
+For values v = ReLU(p) at latents j of token b: ∂v = ∂v_out + ∂x̂_b · W_dec[j],
+∂p = ∂v · 1[p > 0], ∂W_dec[j] += v · ∂x̂_b, ∂W_enc[:, j] += ∂p · (x_b − b_dec), ∂b_enc[j] += ∂p,
+∂b_dec = Σ_b ∂x̂_b − W_enc ∂b_enc, ∂x_b = Σ ∂p · W_enc[:, j]. Sparse sums run in latent order,
+each latent's in a fixed order (deterministic: no scatter atomics), and the value gradients of
+those entries are computed in the same order, so each decoder row is read once. The dense
+[batch, n_features] pre-activations exist only a block of rows at a time. The sparse encoder
 backward is EleutherAI sparsify's idea; here it also covers the decoder and the AuxK encoder
 gradient, which sparsify drops.
 
 Autocast: the forward runs under the caller's autocast state (the encoder matmul, and a dense
-decode, in bf16 as in plain autograd); the backward has autocast off and returns gradients in
-the parameters' dtype.
+decode, in bf16 as in plain autograd). The backward runs its dense matmuls in the forward's
+autocast dtype too, as plain autograd's backward would; its sparse work stays in the parameters'
+dtype, and it returns gradients in that dtype.
 """
 
 from __future__ import annotations
@@ -31,12 +34,23 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from saeseeds.sae.kernels import encoder_pre_activations
+from saeseeds.sae.kernels import (
+    LatentOrder,
+    encoder_pre_activations,
+    sampled_dots,
+    sort_by_latent,
+    sum_rows_by_latent,
+)
 
-# A group decodes densely when it has at most this many columns per chosen entry: a dense
-# multiply-add costs roughly a tenth of an embedding_bag gather on CPU (scripts/
-# bench_train_step.py times both paths).
+# A group is dense when it has at most this many columns per chosen entry: a dense multiply-add
+# costs roughly a tenth of a sparse one on CPU (scripts/bench_train_step.py times both paths;
+# a mixed rule, sparse decode with dense sums, measured no faster at 4096 and 128 latents).
 DENSE_COLUMNS_PER_ENTRY = 8
+# The forward computes the [batch, n_features] pre-activations in equal blocks of rows of at most
+# this size: under glibc's largest mmap threshold (32 MiB), so a block freed in one step is reused
+# by the next instead of being faulted in again; few enough that the per-call costs of the
+# matmul (packing W_enc) and of each parallel region stay small.
+PRE_ACTIVATION_BLOCK_BYTES = 30 * 2**20
 
 
 class Group(NamedTuple):
@@ -45,7 +59,7 @@ class Group(NamedTuple):
     values: Tensor  # [batch, width], after ReLU
     latents: Tensor  # [batch, width], latent ids
     slots: Tensor  # [batch, width], positions among ``columns``
-    columns: Tensor | None  # [n_columns] latent ids of a dense code's columns; None: all
+    columns: Tensor | None  # [n_columns] latent ids of the group's columns; None: all
     n_columns: int
     dense: bool
 
@@ -57,29 +71,53 @@ def use_dense(n_columns: int, width: int, sparse: bool | None) -> bool:
     return n_columns <= DENSE_COLUMNS_PER_ENTRY * width
 
 
-def select(pre: Tensor, k: int, dead_latents: Tensor | None, k_aux: int, sparse: bool | None):
-    """The main group (top k of each row) and, when k_aux > 0, the AuxK group (top k_aux among
-    the dead latents' columns: the same latents as masking the live ones with −inf, without a
-    second [batch, n_features] tensor)."""
-    n_features = pre.shape[1]
-    top_pre, indices = pre.topk(k, dim=-1, sorted=False)  # [batch, k]
+def select(
+    x: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor],
+    k: int,
+    dead_latents: Tensor | None,
+    k_aux: int,
+    sparse: bool | None,
+) -> tuple[Group, Group | None]:
+    """The main group (top k of each row of the pre-activations) and, when k_aux > 0, the AuxK
+    group (top k_aux among the dead latents' columns: the same latents as masking the live ones
+    with −inf, without a second [batch, n_features] tensor).
+
+    The pre-activations are computed and searched a block of rows at a time, never as a fresh
+    [batch, n_features] allocation (a fresh 256 MB buffer costs the operating system ~70 ms of
+    page faults per step at 4096 × 16384). Each row is searched alone, so the blocks do not
+    change which latents are chosen.
+    """
+    W_enc, b_enc, b_dec = weights
+    n_features = W_enc.shape[1]
+    n_blocks = -(-len(x) * 4 * n_features // PRE_ACTIVATION_BLOCK_BYTES)  # ceiling
+    tops, auxes = [], []
+    for block in x.tensor_split(max(1, min(n_blocks, len(x)))):
+        pre = encoder_pre_activations(block, W_enc, b_enc, b_dec)  # [rows, n_features]
+        tops.append(pre.topk(k, dim=-1, sorted=False))
+        if k_aux > 0:
+            auxes.append(pre.index_select(1, dead_latents).topk(k_aux, sorted=False))
+    top_pre, indices = (torch.cat(parts) for parts in zip(*tops, strict=True))  # [batch, k]
     main = Group(
         F.relu(top_pre), indices, indices, None, n_features, use_dense(n_features, k, sparse)
     )
     if k_aux == 0:
         return main, None
-    aux_pre, dead_slots = pre.index_select(1, dead_latents).topk(k_aux, sorted=False)
+    aux_pre, slots = (torch.cat(parts) for parts in zip(*auxes, strict=True))
+    latents = dead_latents.take(slots)
     n_dead = len(dead_latents)
     dense = use_dense(n_dead, k_aux, sparse)
-    aux = Group(F.relu(aux_pre), dead_latents[dead_slots], dead_slots, dead_latents, n_dead, dense)
-    return main, aux
+    return main, Group(F.relu(aux_pre), latents, slots, dead_latents, n_dead, dense)
 
 
 def decode(group: Group, W_dec: Tensor) -> Tensor:  # [batch, d_in], no b_dec
+    # AuxK decodes from a compact copy of the dead latents' rows: the same sums, but fewer
+    # pages to walk than rows scattered over the whole decoder (~15% faster at 16384 latents).
+    rows = decoder_rows(group, W_dec)
     if group.dense:
-        return dense_code(group, group.values) @ decoder_rows(group, W_dec)
+        return dense_code(group, group.values) @ rows
     values = group.values.to(W_dec.dtype)
-    return F.embedding_bag(group.latents, W_dec, per_sample_weights=values, mode="sum")
+    return F.embedding_bag(group.slots, rows, per_sample_weights=values, mode="sum")
 
 
 def dense_code(group: Group, entries: Tensor) -> Tensor:  # [batch, n_columns]
@@ -91,21 +129,6 @@ def decoder_rows(group: Group, W_dec: Tensor) -> Tensor:  # [n_columns, d_in]
     return W_dec if group.columns is None else W_dec.index_select(0, group.columns)
 
 
-def value_grads(group: Group, grad_out: Tensor, W_dec: Tensor) -> Tensor:  # [batch, width]
-    """∂x̂_b · W_dec[j] for each chosen entry."""
-    if group.dense:
-        return (grad_out @ decoder_rows(group, W_dec).T).gather(1, group.slots)
-    batch, width = group.latents.shape
-    # The per-entry dot products embedding_bag's own backward computes, without its dense
-    # weight gradient (which sorts the indices again).
-    offsets = torch.arange(0, batch * width, width, device=grad_out.device)
-    bags = torch.arange(batch, device=grad_out.device).repeat_interleave(width)
-    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        grad_out, W_dec, group.latents.flatten(), offsets, bags, 0, -1
-    )
-    return dots.view(batch, width)
-
-
 def accumulate(total: Tensor | None, part: Tensor, columns: Tensor | None, n: int) -> Tensor:
     """total[columns] += part (every row when columns is None), total of n rows, zero at first."""
     if columns is None:
@@ -113,20 +136,6 @@ def accumulate(total: Tensor | None, part: Tensor, columns: Tensor | None, n: in
     if total is None:
         total = part.new_zeros(n, *part.shape[1:])
     return total.index_add_(0, columns, part)
-
-
-def sum_rows_by_latent(
-    latents: Tensor, n_features: int, terms: list[tuple[Tensor, Tensor, Tensor]]
-) -> list[Tensor]:  # each [n_features, d]
-    """For each (rows, row_ids, weights) term: out[j] = Σ_{e: latents[e] = j} weights[e] ·
-    rows[row_ids[e]]. One stable sort groups the entries by latent for every term;
-    ``embedding_bag`` then sums each latent's rows in that fixed order (deterministic)."""
-    sorted_latents, order = latents.sort(stable=True)
-    starts = torch.searchsorted(sorted_latents, torch.arange(n_features, device=latents.device))
-    return [
-        F.embedding_bag(ids[order], rows, starts, per_sample_weights=weights[order], mode="sum")
-        for rows, ids, weights in terms
-    ]
 
 
 class TopKAutoencoder(torch.autograd.Function):
@@ -146,11 +155,14 @@ class TopKAutoencoder(torch.autograd.Function):
         k_aux: int,
         sparse: bool | None,  # None: by size
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        pre = encoder_pre_activations(x, W_enc, b_enc, b_dec)  # [batch, n_features]
-        groups = [g for g in select(pre, k, dead_latents, k_aux, sparse) if g is not None]
-        del pre
+        main, aux = select(x, (W_enc, b_enc, b_dec), k, dead_latents, k_aux, sparse)
+        groups = [main] if aux is None else [main, aux]
         reconstruction = decode(groups[0], W_dec) + b_dec
         aux_reconstruction = decode(groups[1], W_dec) if len(groups) > 1 else x.new_zeros(0)
+        device = x.device.type
+        ctx.autocast_dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        )
         ctx.layout = [(g.columns is not None, g.n_columns, g.dense) for g in groups]
         saved = [
             t for g in groups for t in (g.values, g.latents, g.slots, g.columns) if t is not None
@@ -175,9 +187,8 @@ class TopKAutoencoder(torch.autograd.Function):
             )
         need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec = ctx.needs_input_grad[:5]
         with torch.autocast(x.device.type, enabled=False):
-            grads = _backward(
-                groups, [grad_recon, grad_aux], grad_values, x, W_enc, W_dec, b_dec, need_x
-            )
+            backward = Backward(x, W_enc, W_dec, b_dec, ctx.autocast_dtype)
+            grads = backward(groups, [grad_recon, grad_aux], grad_values, need_x)
         grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec = grads
         return (
             grad_x.to(x.dtype) if need_x and grad_x is not None else None,
@@ -192,72 +203,120 @@ class TopKAutoencoder(torch.autograd.Function):
         )
 
 
-def _backward(
-    groups: list[Group],
-    grad_outs: list[Tensor | None],
-    grad_values: Tensor | None,
-    x: Tensor,
-    W_enc: Tensor,
-    W_dec: Tensor,
-    b_dec: Tensor,
-    need_x: bool,
-) -> tuple[Tensor | None, ...]:
-    batch, n_features = x.shape[0], W_enc.shape[1]
-    centered = (x - b_dec).to(W_enc.dtype)  # [batch, d_in]
-    # Accumulated as one row per latent: [n_features, d_in] (W_enc's gradient transposed).
-    grad_W_enc_rows = grad_W_dec = grad_b_enc = None
-    sparse_terms, pre_grads = [], []
-    for number, (group, grad_out) in enumerate(zip(groups, grad_outs, strict=False)):
-        extra = grad_values if number == 0 else None
-        if grad_out is None and extra is None:
-            continue
-        grad_out = torch.zeros_like(x, dtype=W_dec.dtype) if grad_out is None else grad_out
-        grad_out = grad_out.to(W_dec.dtype)
-        value_grad = value_grads(group, grad_out, W_dec)
+class SparseEntries(NamedTuple):
+    """The sparse groups' entries, concatenated, in latent order."""
+
+    order: LatentOrder
+    tokens: Tensor  # [entries] token (row of x) of each sorted entry
+    grad_rows: Tensor  # [entries] row of the stacked ∂x̂ of each sorted entry
+    values: Tensor  # [entries] sorted values after ReLU
+
+
+class Backward:
+    """The gradients of one TopKAutoencoder call, group by group."""
+
+    def __init__(self, x, W_enc, W_dec, b_dec, autocast_dtype: torch.dtype | None):
+        self.x, self.W_enc, self.W_dec, self.b_dec = x, W_enc, W_dec, b_dec
+        self.n_features = W_enc.shape[1]
+        self.centered = (x - b_dec).to(W_enc.dtype)  # [batch, d_in]
+        self.matmul_dtype = autocast_dtype or W_dec.dtype
+        # Accumulated as one row per latent: [n_features, d_in] (W_enc's gradient transposed).
+        self.grad_W_enc_rows = self.grad_W_dec = self.grad_b_enc = None
+        self.pre_grads: list[tuple[Group, Tensor]] = []  # for ∂x
+
+    def matmul(self, a: Tensor, b: Tensor) -> Tensor:
+        dtype = self.matmul_dtype
+        return (a.to(dtype) @ b.to(dtype)).to(self.W_dec.dtype)
+
+    def __call__(
+        self,
+        groups: list[Group],
+        grad_outs: list[Tensor | None],
+        grad_values: Tensor | None,
+        need_x: bool,
+    ) -> tuple[Tensor | None, ...]:
+        sparse_parts = []
+        for number, (group, grad_out) in enumerate(zip(groups, grad_outs, strict=False)):
+            extra = grad_values if number == 0 else None
+            if grad_out is None and extra is None:
+                continue
+            grad_out = torch.zeros_like(self.x) if grad_out is None else grad_out
+            grad_out = grad_out.to(self.W_dec.dtype)
+            if group.dense:
+                self.dense_group(group, grad_out, extra)
+            else:
+                sparse_parts.append((group, grad_out, extra))
+        if sparse_parts:
+            self.sparse_groups(sparse_parts, need_x)
+        if self.grad_b_enc is None:
+            return (None,) * 5
+        grad_b_dec = -(self.W_enc @ self.grad_b_enc)
+        if grad_outs[0] is not None:
+            grad_b_dec = grad_b_dec + grad_outs[0].sum(0)
+        grad_x = None
+        if need_x:
+            W_enc_rows = self.W_enc.T.contiguous()  # [n_features, d_in]
+            grad_x = sum(
+                F.embedding_bag(g.latents, W_enc_rows, per_sample_weights=gp, mode="sum")
+                for g, gp in self.pre_grads
+            )
+        grad_W_enc = self.grad_W_enc_rows.T
+        return grad_x, grad_W_enc, self.grad_b_enc, self.grad_W_dec, grad_b_dec.to(self.b_dec.dtype)
+
+    def dense_group(self, group: Group, grad_out: Tensor, extra: Tensor | None) -> None:
+        rows = decoder_rows(group, self.W_dec)
+        value_grad = self.matmul(grad_out, rows.T).gather(1, group.slots)
         if extra is not None:
             value_grad = value_grad + extra.to(value_grad.dtype)
         grad_pre = value_grad * (group.values > 0)  # [batch, width], through the ReLU
-        pre_grads.append((group, grad_pre))
-        if group.dense:
-            code, grad_code = dense_code(group, group.values), dense_code(group, grad_pre)
-            columns = group.columns
-            grad_W_dec = accumulate(grad_W_dec, code.T @ grad_out, columns, n_features)
-            grad_W_enc_rows = accumulate(
-                grad_W_enc_rows, grad_code.T @ centered, columns, n_features
-            )
-            grad_b_enc = accumulate(grad_b_enc, grad_code.sum(0), columns, n_features)
-        else:
-            sparse_terms.append((group, grad_out, grad_pre, number))
-    if sparse_terms:
-        latents = torch.cat([g.latents.flatten() for g, *_ in sparse_terms])
-        width_rows = [
-            torch.arange(batch, device=x.device).repeat_interleave(g.latents.shape[1])
-            for g, *_ in sparse_terms
-        ]
-        token_rows = torch.cat(width_rows)
-        output_rows = torch.cat([rows + i * batch for i, rows in enumerate(width_rows)])
-        grad_pre_flat = torch.cat([grad_pre.flatten() for _, _, grad_pre, _ in sparse_terms])
-        values_flat = torch.cat([g.values.flatten().to(W_dec.dtype) for g, *_ in sparse_terms])
-        grad_rows = torch.cat([grad_out for _, grad_out, _, _ in sparse_terms])
-        enc_rows, dec_rows = sum_rows_by_latent(
-            latents,
-            n_features,
-            [(centered, token_rows, grad_pre_flat), (grad_rows, output_rows, values_flat)],
-        )
-        grad_W_enc_rows = accumulate(grad_W_enc_rows, enc_rows, None, n_features)
-        grad_W_dec = accumulate(grad_W_dec, dec_rows, None, n_features)
-        sparse_b_enc = torch.zeros_like(W_enc[0]).index_add_(0, latents, grad_pre_flat)
-        grad_b_enc = accumulate(grad_b_enc, sparse_b_enc, None, n_features)
-    if grad_b_enc is None:
-        return (None,) * 5
-    grad_b_dec = -(W_enc @ grad_b_enc)
-    if grad_outs[0] is not None:
-        grad_b_dec = grad_b_dec + grad_outs[0].sum(0)
-    grad_x = None
-    if need_x:
-        W_enc_rows = W_enc.T.contiguous()  # [n_features, d_in]
-        grad_x = sum(
-            F.embedding_bag(g.latents, W_enc_rows, per_sample_weights=gp, mode="sum")
-            for g, gp in pre_grads
-        )
-    return grad_x, grad_W_enc_rows.T, grad_b_enc, grad_W_dec, grad_b_dec.to(b_dec.dtype)
+        self.pre_grads.append((group, grad_pre))
+        code, grad_code = dense_code(group, group.values), dense_code(group, grad_pre)
+        columns, n = group.columns, self.n_features
+        self.grad_W_dec = accumulate(self.grad_W_dec, self.matmul(code.T, grad_out), columns, n)
+        grad_enc = self.matmul(grad_code.T, self.centered)
+        self.grad_W_enc_rows = accumulate(self.grad_W_enc_rows, grad_enc, columns, n)
+        self.grad_b_enc = accumulate(self.grad_b_enc, grad_code.sum(0), columns, n)
+
+    def sparse_groups(self, parts: list[tuple[Group, Tensor, Tensor | None]], need_x: bool) -> None:
+        groups = [group for group, _, _ in parts]
+        entries = sort_entries(groups, self.n_features, self.W_dec.dtype)
+        grad_outs = torch.cat([grad_out for _, grad_out, _ in parts])  # [groups · batch, d_in]
+        # ∂x̂_b · W_dec[j] per entry, latent by latent: each decoder row is read once.
+        order = entries.order
+        dots = sampled_dots(order.crow, entries.grad_rows, self.W_dec, grad_outs)
+        if any(extra is not None for *_, extra in parts):
+            extras = [torch.zeros_like(g.values) if e is None else e for g, _, e in parts]
+            extra = torch.cat([e.flatten() for e in extras]).to(dots.dtype)
+            dots = dots + extra.index_select(0, order.order)
+        grad_pre = dots * (entries.values > 0)  # through the ReLU, in latent order
+        enc_rows = sum_rows_by_latent(order, self.centered, entries.tokens, grad_pre)
+        dec_rows = sum_rows_by_latent(order, grad_outs, entries.grad_rows, entries.values)
+        grad_b_enc = grad_pre.new_zeros(self.n_features).index_add_(0, order.latents, grad_pre)
+        n = self.n_features
+        self.grad_W_enc_rows = accumulate(self.grad_W_enc_rows, enc_rows, None, n)
+        self.grad_W_dec = accumulate(self.grad_W_dec, dec_rows, None, n)
+        self.grad_b_enc = accumulate(self.grad_b_enc, grad_b_enc, None, n)
+        if need_x:
+            unsorted = torch.empty_like(grad_pre).index_copy_(0, order.order, grad_pre)
+            sizes = [g.latents.numel() for g in groups]
+            for group, part in zip(groups, unsorted.split(sizes), strict=True):
+                self.pre_grads.append((group, part.view(group.latents.shape)))
+
+
+def sort_entries(groups: list[Group], n_features: int, dtype: torch.dtype) -> SparseEntries:
+    """Every entry of the groups in latent order; equal latents in the concatenation's order."""
+    batch = groups[0].latents.shape[0]
+    order = sort_by_latent(torch.cat([g.latents.flatten() for g in groups]), n_features)
+    token_rows = torch.arange(batch, device=groups[0].latents.device)
+    widths = [g.latents.shape[1] for g in groups]
+    tokens = torch.cat([token_rows.repeat_interleave(w) for w in widths])
+    grad_rows = torch.cat(
+        [(token_rows + i * batch).repeat_interleave(w) for i, w in enumerate(widths)]
+    )
+    values = torch.cat([g.values.flatten() for g in groups]).to(dtype)
+    return SparseEntries(
+        order,
+        tokens.index_select(0, order.order),
+        grad_rows.index_select(0, order.order),
+        values.index_select(0, order.order),
+    )

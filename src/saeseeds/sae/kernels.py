@@ -1,12 +1,16 @@
-"""Kernels the architectures share: the encoder pre-activations, the sparse decoder, AuxK, the
-unit-norm decoder constraint, and the geometric median (the fused Top-K forward and backward
-are :mod:`saeseeds.sae.fused_topk`).
+"""Kernels the architectures share: the encoder pre-activations, the sparse decoder, the sparse
+sums and dot products of a backward that touches only chosen latents, AuxK, the unit-norm
+decoder constraint, and the geometric median (the fused Top-K forward and backward are
+:mod:`saeseeds.sae.fused_topk`).
 
 Each is one implementation used by every architecture that needs it. Pure torch; it imports
 nothing of the project.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +24,9 @@ def encoder_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tens
     choose the same latents bit for bit."""
     pre = (x - b_dec) @ W_enc
     if pre.dtype != torch.promote_types(pre.dtype, b_enc.dtype):
-        return pre + b_enc  # autocast: bf16 product + fp32 bias gives fp32 pre-activations
+        # Autocast: bf16 product + fp32 bias gives fp32 pre-activations. Converting first, then
+        # adding in place, is the same arithmetic as the promoting add and ~25% faster on CPU.
+        pre = pre.to(b_enc.dtype)
     # In place: a second [batch, n_features] buffer costs ~15% of the matmul's time on CPU.
     return pre.add_(b_enc)
 
@@ -57,13 +63,21 @@ def auxk_loss(aux_reconstruction: Tensor, residual: Tensor, n_dead: int, d_in: i
 
 
 # ---- unit-norm decoder rows (Gao et al. §A.1; also Bricken et al. 2023) ----
+# Row-wise updates of a whole decoder run a block of rows at a time: the block's temporaries
+# stay in cache and are reused from the heap, where whole-matrix temporaries (37 MB at
+# 16384 × 576) would be fresh pages every step. Each row's arithmetic is unchanged.
+ROW_BLOCK_BYTES = 2**20
+
+
 @torch.no_grad()
 def remove_parallel_grad(rows: torch.nn.Parameter) -> None:
     """Project out the gradient component parallel to each (unit-norm) row."""
     if rows.grad is None:
         return
-    parallel = (rows.grad * rows.data).sum(dim=1, keepdim=True)
-    rows.grad.sub_(parallel * rows.data)
+    block = max(1, ROW_BLOCK_BYTES // (rows.shape[1] * rows.element_size()))
+    for grad, data in zip(rows.grad.split(block), rows.data.split(block), strict=True):
+        parallel = (grad * data).sum(dim=1, keepdim=True)
+        grad.sub_(parallel * data)
 
 
 @torch.no_grad()
@@ -87,3 +101,46 @@ def tied_init(
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:  # [batch, d_in]
     """Σ_s values[b, s] · W_dec[indices[b, s]]: dense-decode maths, gathering only k rows."""
     return F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+
+
+# ---- sparse sums and dot products over chosen (token, latent) entries ----
+class LatentOrder(NamedTuple):
+    """Entries sorted by latent (stable: equal latents keep their order)."""
+
+    order: Tensor  # [entries] positions of the entries, in latent order
+    latents: Tensor  # [entries] sorted latent ids
+    crow: Tensor  # [n_features + 1] where each latent's entries start, then the total
+
+
+def sort_by_latent(latents: Tensor, n_features: int) -> LatentOrder:
+    # int32 keys sort ~2× faster than int64 (half the memory traffic); the order is the same.
+    key_dtype = torch.int32 if n_features < 2**31 else torch.int64
+    keys, order = latents.to(key_dtype).sort(stable=True)
+    bounds = torch.arange(n_features + 1, device=latents.device, dtype=key_dtype)
+    return LatentOrder(order, keys.long(), torch.searchsorted(keys, bounds))
+
+
+def sum_rows_by_latent(
+    order: LatentOrder, rows: Tensor, row_ids: Tensor, weights: Tensor
+) -> Tensor:
+    """out[j] = Σ_e weights[e] · rows[row_ids[e]] over latent j's entries (sorted; [n_features,
+    d]), in the entries' order: deterministic, with no scatter atomics."""
+    starts = order.crow[:-1]
+    return F.embedding_bag(row_ids, rows, starts, per_sample_weights=weights, mode="sum")
+
+
+def sampled_dots(crow: Tensor, columns: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """left[i] · right[columns[e]] for each entry e of row i (rows given as CSR offsets
+    ``crow``): a sampled matmul, one vectorised reduction per entry (several times faster than
+    a BLAS dot call per entry). Rows with many entries read ``left[i]`` once for all of them."""
+    n_entries = columns.numel()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(
+            crow,
+            columns,
+            left.new_zeros(n_entries),
+            size=(left.shape[0], right.shape[0]),
+            check_invariants=False,  # sorted and in range by construction
+        )
+        return torch.sparse.sampled_addmm(pattern, left, right.T, beta=0.0).values()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register
+from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register, warmup_scale
 from saeseeds.sae.kernels import encoder_pre_activations, tied_init
 
 
@@ -32,7 +32,7 @@ class ReluL1Config(SAEConfig):
     architecture: str = "relu_l1"
     l1_coefficient: float = 5.0
     """λ of the sparsity penalty, on the April update's scale; larger gives a smaller L0. Use
-    ``scripts/calibrate_l1.py`` to find the λ that reaches a target L0."""
+    ``scripts/sweep_architectures.py`` to find the λ that reaches a target L0."""
     l1_warmup_fraction: float = 0.05
     """λ rises linearly from 0 to l1_coefficient over this fraction of training."""
     init_decoder_norm: float = 0.1
@@ -67,8 +67,7 @@ class ReluL1SAE(SAE):
         return {"l1_coefficient": self.config.l1_coefficient}
 
     def set_progress(self, step: int, total_steps: int) -> None:
-        warmup_steps = self.config.l1_warmup_fraction * total_steps
-        self.l1_scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        self.l1_scale = warmup_scale(step, total_steps, self.config.l1_warmup_fraction)
 
     def encode(self, x: Tensor) -> Tensor:  # [batch, n_features]
         return F.relu(encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec))

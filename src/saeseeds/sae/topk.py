@@ -45,6 +45,9 @@ class TopKConfig(SAEConfig):
     """Decode by gathering the chosen decoder rows (true) or by a matmul over the scattered
     [batch, n_features] code (false); null picks by size (dense for small dictionaries). The
     maths is the same; only the speed differs."""
+    unit_norm_decoder: bool = True
+    """Keep decoder rows at unit norm (Gao et al. §A.1); false leaves them free, as Jedryszek &
+    Crook (2026) do with ``sae.weight_l2`` so that the penalty acts on the decoder too."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,8 +64,24 @@ def check_k(k: int, n_features: int) -> None:
         )
 
 
+class UnitNormDecoder:
+    """The decoder constraint of the architectures with ``sae.unit_norm_decoder`` (a mixin
+    listed before :class:`SAE`): unit-norm rows, the gradient's parallel part removed first."""
+
+    W_dec: torch.nn.Parameter
+    config: Any
+
+    def before_optimizer_step(self) -> None:
+        if self.config.unit_norm_decoder:
+            remove_parallel_grad(self.W_dec)
+
+    def after_optimizer_step(self) -> None:
+        if self.config.unit_norm_decoder:
+            normalize_rows(self.W_dec)
+
+
 @register
-class TopKSAE(SAE):
+class TopKSAE(UnitNormDecoder, SAE):
     architecture = "topk"
     Config = TopKConfig
     config: TopKConfig
@@ -70,7 +89,7 @@ class TopKSAE(SAE):
     def __init__(self, d_in: int, config: TopKConfig, fused_encoder: bool = True):
         super().__init__(d_in, config)
         self.k = config.k
-        # Encoder + Top-K as one autograd function whose backward is sparse (TopKEncoder);
+        # The training forward as one autograd function with a sparse backward (TopKAutoencoder);
         # False keeps plain autograd through the dense pre-activations, the reference path.
         self.fused_encoder = fused_encoder
 
@@ -84,14 +103,16 @@ class TopKSAE(SAE):
     def pre_activations(self, x: Tensor) -> Tensor:  # [batch, n_features]
         return encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
 
-    def decode_latents(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
+    def decode_latents(
+        self, values: Tensor, indices: Tensor, decoder: Tensor, bias: bool = True
+    ) -> Tensor:
         if not use_dense(self.n_features, values.shape[1], self.config.sparse_decoder):
-            out = sparse_decode(values, indices, self.W_dec)
+            out = sparse_decode(values, indices, decoder)
         else:
             dense = torch.zeros(
                 values.shape[0], self.n_features, dtype=values.dtype, device=values.device
             ).scatter_(-1, indices, values)
-            out = dense @ self.W_dec
+            out = dense @ decoder
         return out + self.b_dec if bias else out
 
     def encode(self, x: Tensor) -> Tensor:
@@ -103,17 +124,19 @@ class TopKSAE(SAE):
         dead_latents = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None  # [n_dead]
         n_dead = len(dead_latents) if dead_latents is not None else 0
         k_aux = auxk_k(self.d_in, n_dead)
+        decoder = self.trained_decoder()  # [n_features, d_in]
         if self.fused_encoder:
             values, indices, reconstruction, aux_reconstruction = TopKAutoencoder.apply(
-                x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, dead_latents, k_aux,
+                x, self.W_enc, self.b_enc, decoder, self.b_dec, self.k, dead_latents, k_aux,
                 self.config.sparse_decoder,
             )  # fmt: skip
         else:
             top_pre, indices, aux_pre, aux_indices = self.select_with_autograd(x, dead_mask, k_aux)
             values = F.relu(top_pre)  # [batch, k]
-            reconstruction = self.decode_latents(values, indices)
+            reconstruction = self.decode_latents(values, indices, decoder)
             if n_dead > 0:
-                aux_reconstruction = self.decode_latents(F.relu(aux_pre), aux_indices, bias=False)
+                aux_values = F.relu(aux_pre)
+                aux_reconstruction = self.decode_latents(aux_values, aux_indices, decoder, False)
         mse, fvu = self.fvu(x, reconstruction)
         aux = x.new_zeros(())
         if n_dead > 0:
@@ -125,17 +148,10 @@ class TopKSAE(SAE):
     def select_with_autograd(
         self, x: Tensor, dead_mask: Tensor | None, k_aux: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """TopKEncoder's outputs by plain autograd: its backward is dense in n_features."""
+        """TopKAutoencoder's selection by plain autograd: its backward is dense in n_features."""
         pre = self.pre_activations(x)  # [batch, n_features]
         top_pre, indices = pre.topk(self.k, dim=-1, sorted=False)
         if k_aux == 0:
             return top_pre, indices, top_pre[:, :0], indices[:, :0]
         aux_pre, aux_indices = pre.masked_fill(~dead_mask, -math.inf).topk(k_aux, sorted=False)
         return top_pre, indices, aux_pre, aux_indices
-
-    # ---- unit-norm decoder rows ----
-    def before_optimizer_step(self) -> None:
-        remove_parallel_grad(self.W_dec)
-
-    def after_optimizer_step(self) -> None:
-        normalize_rows(self.W_dec)

@@ -2,7 +2,8 @@
 
 :class:`HeldoutCurve` measures the held-out FVU at 25%, 50%, 75% and 100% of training, so that
 metrics.json says whether a run was still improving at the end (the analysis flags groups that
-were). It only reads the SAE; no RNG is touched, so runs with and without it are identical.
+were). :class:`StopOnNonFinite` stops a run whose loss or weights become NaN or infinite. Both
+only read; no RNG is touched, so runs with and without them are identical.
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from saeseeds.errors import DataError
 from saeseeds.training.metrics import evaluate_heldout
 
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+DIVERGED_HINT = (
+    "Lower sae.lr, or check the activations for NaN/inf values and their scale "
+    "(sae.normalize=scalar rescales them)."
+)
+
+
+class Diverged(DataError):
+    """The training loss or the SAE's weights became NaN or infinite."""
 
 
 class HeldoutCurve(Callback):
@@ -62,3 +72,62 @@ class HeldoutCurve(Callback):
         if curves is None:  # a checkpoint written before several SAEs per module
             curves = [state_dict.get("points", {})]
         self.curves = [dict(curve) for curve in curves]
+
+
+class StopOnNonFinite(Callback):
+    """Stops training with :class:`Diverged` once the loss or the weights are NaN or infinite, so
+    such a run never writes a checkpoint past the last finite step, nor weights, nor COMPLETE.
+
+    On the CPU the loss is checked every step (free). On an accelerator a check is a host sync,
+    so each step only folds its loss into a flag kept on the device, and the flag is read every
+    ``trainer.log_every_n_steps`` steps (when Lightning logs, and syncs, anyway), before every
+    checkpoint and at the end; the weights are checked before every checkpoint and at the end.
+    """
+
+    def __init__(self) -> None:
+        self._finite: Tensor | None = None  # all losses since the last check were finite
+        self._since = 0  # the first step folded into the flag
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        finite = torch.isfinite(loss.detach()).all()
+        if self._finite is None:
+            self._finite, self._since = finite, trainer.global_step
+        else:
+            self._finite = self._finite & finite
+        every = max(1, int(trainer.log_every_n_steps or 1))
+        if loss.device.type == "cpu" or trainer.global_step % every == 0:
+            self._check_loss(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: Any, checkpoint: Any) -> None:
+        self._check_loss(trainer)
+        self._check_weights(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self._check_loss(trainer)
+        self._check_weights(trainer, module)
+
+    def _check_loss(self, trainer: L.Trainer) -> None:
+        finite, self._finite = self._finite, None
+        if finite is not None and not bool(finite):
+            steps = f"step {trainer.global_step}"
+            if trainer.global_step > self._since:
+                steps = f"steps {self._since} to {trainer.global_step}"
+            raise Diverged(
+                f"the training loss became NaN or infinite (in {steps}): the SAE diverged, so no "
+                f"checkpoint, weights or COMPLETE were written past it. {DIVERGED_HINT}"
+            )
+
+    def _check_weights(self, trainer: L.Trainer, module: Any) -> None:
+        seeds = getattr(module, "seeds", None)  # a multi-seed module names its SAEs by seed
+        for index, sae in enumerate(module.trained_saes):
+            for name, weight in sae.named_parameters():
+                if not bool(torch.isfinite(weight.detach()).all()):
+                    which = f"seed {seeds[index]}'s " if seeds else "the SAE's "
+                    raise Diverged(
+                        f"{which}{name} became NaN or infinite by step {trainer.global_step}: the "
+                        f"SAE diverged, so no checkpoint, weights or COMPLETE were written past "
+                        f"it. {DIVERGED_HINT}"
+                    )

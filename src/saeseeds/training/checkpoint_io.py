@@ -4,16 +4,16 @@ Every read goes through :func:`read_checkpoint`, which passes ``weights_only=Tru
 rather than relying on torch's default (``pyproject.toml`` allows torch releases where the
 default is False), and turns a missing, corrupt, truncated, unsafe or foreign file into a
 :class:`ConfigError` naming it. Every checkpoint carries the run's config under
-:data:`RECORD_KEY` (written by :class:`saeseeds.training.lightning_plugins.RunRecord`);
-:func:`check_config` and :func:`check_shapes` refuse to resume a run whose config, or whose SAE's
-shapes, differ from the checkpoint's. Writing is :mod:`saeseeds.training.lightning_plugins`'s.
+:data:`RECORD_KEY` (written by :class:`saeseeds.training.lightning_plugins.RunRecord`), and
+the identity of its training data; :func:`check_config`, :func:`check_shapes` and
+:func:`check_data` refuse to resume a run whose config, SAE shapes or data differ from the
+checkpoint's. Writing is :mod:`saeseeds.training.lightning_plugins`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ def read_checkpoint(path: Path, what: str | None = None) -> dict[str, Any]:
             f"beyond tensors and plain values ({_first_line(error)}). Resume only from "
             "checkpoints/last.ckpt of a saeseeds run."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # noqa: BLE001 - garbage makes the unpickler raise anything
+        # (RuntimeError, EOFError, OSError, ValueError, BadZipFile, and KeyError from a memo
+        # reference to nothing, IndexError, ... for random bytes).
         raise ConfigError(
             f"{what} is truncated, corrupt or not a torch checkpoint ({_first_line(error)}). "
             "Resume from an intact checkpoints/last.ckpt, or start the run again in a new folder."
@@ -115,3 +117,30 @@ def check_shapes(checkpoint: dict[str, Any], module: torch.nn.Module, what: str)
                 f"{what} holds an SAE of another size: {name} is {shape} there and "
                 f"{list(tensor.shape)} here. " + SAME_RUN_HINT
             )
+
+
+def check_data(checkpoint: dict[str, Any], provenance: dict[str, Any], what: str) -> None:
+    """Refuse a checkpoint trained on other data than this run loaded (a replaced activation file,
+    an edited corpus, other model weights): resuming would mix two datasets in one SAE.
+
+    Only the facts both records hold are compared, so a checkpoint whose record names its data
+    differently (written by another version) is not refused for that alone.
+    """
+    record = checkpoint.get(RECORD_KEY)
+    recorded = record.get("data_identity") if isinstance(record, dict) else None
+    if not isinstance(recorded, dict):
+        log.warning("%s does not record its data (written before saeseeds did); not checked.", what)
+        return
+    current = contract.data_identity(provenance)
+    shared = sorted(set(recorded) & set(current))
+    if not shared and recorded and current:
+        log.warning("%s records its data by other facts than this version; not checked.", what)
+    before = {key: recorded[key] for key in shared}
+    now = {key: current[key] for key in shared}
+    if contract.differing_keys(before, now):
+        raise ConfigError(
+            f"{what} was trained on other data than this run loaded "
+            f"({contract.describe_identity_differences(before, now)}; checkpoint vs now): the "
+            "data changed since it was written. Restore the data it was trained on to resume, or "
+            "start a new run folder for the new data."
+        )

@@ -1,15 +1,19 @@
 """Batches of activations for Lightning, in an order fixed by the order seed and the global step.
 
-The order seed is ``order_seed``, or ``seed`` when that is null (:func:`order_seed`). The order of
-epoch e is ``randperm(N, seed=hash(order seed, e))``. Because the batch served at global step s
-depends only on (order seed, s), a run resumed from a mid-epoch checkpoint continues with exactly
+The order seed is ``order_seed``, or ``seed`` when that is null (:func:`order_seed`); which rows
+make each batch is :mod:`saeseeds.training.batch_order`'s. Because the batch served at global step
+s depends only on (order seed, s), a run resumed from a mid-epoch checkpoint continues with exactly
 the batches the uninterrupted run would have seen, and runs that share an order seed see the same
-batch stream whatever their SAE seed. It does not compute activations.
+batch stream whatever their SAE seed. :class:`WindowedRows` holds at most two windows of training
+rows in their storage dtype (the one being read and the next, loaded in a background thread) and
+converts each batch to float32. It does not compute activations.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import lightning as L
@@ -17,13 +21,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from saeseeds.activations.shards import TrainingRows
 from saeseeds.errors import ConfigError
+from saeseeds.training.batch_order import BatchOrder, Window, batches_from
 
 
 def order_seed(cfg: Any) -> int:
     """The seed of the batch order: ``order_seed``, or the run's ``seed`` when it is null."""
     chosen = cfg.get("order_seed")
     return int(cfg.seed if chosen is None else chosen)
+
+
+def window_shards(cfg: Any) -> int:
+    return int(cfg.data.get("window_shards", 4))
 
 
 class RowBatches(Dataset):
@@ -39,43 +49,77 @@ class RowBatches(Dataset):
         return self.rows[indices]
 
 
-class SeededBatchSampler(Sampler[Tensor]):
-    """The seeded batches of ``batch_size`` rows from ``start_step()`` on. With several processes
-    (DDP), each batch is the global one and process ``rank`` of ``world_size`` takes its own
-    contiguous, disjoint shard of it, so N devices train on the batches of one device."""
+class WindowedRows(Dataset):
+    """The training batch at (epoch, batch index), read from a window of shards in memory.
 
-    def __init__(
-        self,
-        n_rows: int,
-        batch_size: int,
-        seed: int,
-        start_step: Callable[[], int] = lambda: 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={batch_size} must be a multiple of the {world_size} training "
-                "processes (trainer.devices x trainer.num_nodes): each takes an equal share of "
-                "every batch."
-            )
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
-        self.start_step = start_step
-        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
+    A window is loaded whole (its shards concatenated, in their storage dtype) and kept with its
+    row permutation until the batches have moved past it; the next one is loaded in a background
+    thread meanwhile (``prefetch``). ``peak_rows`` records the most training rows ever held (or
+    being loaded) at once, for tests of bounded memory.
+    """
+
+    def __init__(self, train: TrainingRows, order: BatchOrder, prefetch: bool = True):
+        self.train, self.order, self.prefetch = train, order, prefetch
+        self.part = slice(None)  # this process's share of every batch (DDP)
+        self._loaded: dict[tuple[int, int], tuple[Future, int]] = {}  # (future, rows) by window
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saeseeds-window")
+        self.peak_rows = 0
 
     def __len__(self) -> int:
-        return self.n_rows // self.batch_size  # drop the ragged tail: equal-size steps
+        return self.order.steps_per_epoch
 
-    def epoch_order(self, epoch: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_rows, generator=generator)
+    def __getitem__(self, position: tuple[int, int]) -> Tensor:  # [batch, d_in] float32
+        epoch, batch = position
+        pieces = self.order.pieces(epoch, batch, self.part)
+        rows = []
+        for window, start, stop in pieces:
+            held, permutation = self.window(epoch, window)
+            rows.append(held[permutation[start:stop]])
+        # Batches come in order, so no later batch reads a window before this one's last.
+        self._forget_before(epoch, pieces[-1][0].index)
+        if self.prefetch:
+            self._start(*self.order.next_window(epoch, pieces[-1][0]))
+        return torch.cat(rows).float() if len(rows) > 1 else rows[0].float()
 
-    def __iter__(self) -> Iterator[Tensor]:
-        epoch, offset = divmod(self.start_step(), len(self))
-        order = self.epoch_order(epoch)
-        for batch_index in range(offset, len(self)):
-            batch = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-            yield batch[self.shard]
+    def window(self, epoch: int, window: Window) -> tuple[Tensor, Tensor]:
+        """The window's rows [rows, d_in] (storage dtype) and their permutation."""
+        return self._start(epoch, window).result()
+
+    def _start(self, epoch: int, window: Window) -> Future:
+        with self._lock:
+            key = (epoch, window.index)
+            if key not in self._loaded:
+                self._loaded[key] = (self._pool.submit(self._load, epoch, window), window.rows)
+                self.peak_rows = max(self.peak_rows, sum(rows for _, rows in self._loaded.values()))
+            return self._loaded[key][0]
+
+    def _load(self, epoch: int, window: Window) -> tuple[Tensor, Tensor]:
+        shards = [self.train.read(index) for index in window.shards]
+        rows = torch.cat(shards) if len(shards) > 1 else shards[0]
+        return rows, self.order.row_order(epoch, window)
+
+    def _forget_before(self, epoch: int, index: int) -> None:
+        with self._lock:
+            for key in [key for key in self._loaded if key < (epoch, index)]:
+                del self._loaded[key]
+
+    def close(self) -> None:
+        self._loaded.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class SeededBatchSampler(Sampler[tuple[int, int]]):
+    """(epoch, batch) of every step from ``start_step()`` on, to the end of that epoch."""
+
+    def __init__(self, order: BatchOrder, start_step: Callable[[], int] = lambda: 0):
+        self.order, self.start_step = order, start_step
+
+    def __len__(self) -> int:
+        return self.order.steps_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        yield from batches_from(self.order, self.start_step())
 
 
 def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
@@ -89,28 +133,38 @@ def check_same_order(saved: dict[str, int], current: dict[str, int]) -> None:
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader whose checkpointed state is what fixes its order: seed, rows, batch size.
+    """A DataLoader whose checkpointed state is what fixes its order (:meth:`BatchOrder.state`).
 
     The position inside an epoch needs no saving (it is the global step). Being stateful tells
     Lightning that resuming mid-epoch is exact.
     """
 
     def state_dict(self) -> dict[str, int]:
-        sampler = self.sampler
-        return {"seed": sampler.seed, "n_rows": sampler.n_rows, "batch_size": sampler.batch_size}
+        return self.sampler.order.state()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         check_same_order(state, self.state_dict())
 
 
+def process_share(batch_size: int, rank: int, world_size: int) -> slice:
+    """The rows of every global batch that process ``rank`` of ``world_size`` trains on (DDP)."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} must be a multiple of the {world_size} training "
+            "processes (trainer.devices x trainer.num_nodes): each takes an equal share of "
+            "every batch."
+        )
+    share = batch_size // world_size
+    return slice(rank * share, (rank + 1) * share)
+
+
 class ActivationDataModule(L.LightningDataModule):
-    def __init__(self, train: Tensor, heldout: Tensor, batch_size: int, seed: int):
+    def __init__(self, rows: WindowedRows, heldout: Tensor, batch_size: int):
         super().__init__()
-        self.train_rows, self.heldout_rows = train, heldout
-        self.batch_size, self.seed = batch_size, seed
+        self.rows, self.heldout_rows, self.batch_size = rows, heldout, batch_size
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "n_rows": len(self.train_rows), "batch_size": self.batch_size}
+        return self.rows.order.state()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         # Restored from every checkpoint, so resuming with another seed or other data is refused.
@@ -121,14 +175,15 @@ class ActivationDataModule(L.LightningDataModule):
         return self.trainer.global_step if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        # The Trainer is built with use_distributed_sampler=False: sharding is done here.
+        # The Trainer is built with use_distributed_sampler=False: each process takes its own
+        # contiguous, disjoint share of every global batch here, so N devices train on the
+        # batches of one device.
         rank, world_size = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
-        sampler = SeededBatchSampler(
-            len(self.train_rows), self.batch_size, self.seed, self._global_step, rank, world_size
-        )
-        return ResumableLoader(RowBatches(self.train_rows), sampler=sampler, batch_size=None)
+        self.rows.part = process_share(self.batch_size, rank, world_size)
+        sampler = SeededBatchSampler(self.rows.order, self._global_step)
+        return ResumableLoader(self.rows, sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         n_rows = len(self.heldout_rows)
@@ -137,3 +192,22 @@ class ActivationDataModule(L.LightningDataModule):
             for start in range(0, n_rows, self.batch_size)
         ]
         return DataLoader(RowBatches(self.heldout_rows), sampler=batches, batch_size=None)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self.rows.close()
+
+
+def training_rows(
+    train: TrainingRows, batch_size: int, window: int, seed: int, prefetch: bool = True
+) -> WindowedRows:
+    """The windowed reader of ``train`` in the seeded order of ``seed``."""
+    return WindowedRows(train, BatchOrder(train.used_rows, batch_size, window, seed), prefetch)
+
+
+def init_sample(rows: WindowedRows, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` rows (float32) drawn with ``generator`` from the first window of epoch 0: the rows
+    training reads first, a bounded sample of the whole prefix (its shards in random order)."""
+    held, _ = rows.window(0, rows.order.windows(0)[0])
+    picked = torch.randperm(len(held), generator=generator)[:size]
+    return held[picked].float()

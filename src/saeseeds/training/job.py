@@ -2,9 +2,11 @@
 
 In order: check the config (before the heavy imports, so a typo fails in about two seconds);
 decide from the job's folder whether to start, resume, skip or refuse
-(:mod:`saeseeds.training.resume`); write ``.hydra/`` only once the job is accepted (Hydra's own
-writing is turned off in ``conf/hydra/default.yaml``, so a refused command never rewrites a
-finished folder's record); train; and record the outcome.
+(:mod:`saeseeds.training.resume`); take ownership of the folder (:func:`saeseeds.io.job_lock`,
+held until the job ends, so a second process on the same job is refused with the owner's PID and
+host, and a lock left by a killed process is taken over); write ``.hydra/`` only once the job is
+accepted (Hydra's own writing is turned off in ``conf/hydra/default.yaml``, so a refused command
+never rewrites a finished folder's record); train; and record the outcome.
 
 Inside a multirun every job writes a record into ``<sweep>/.saeseeds_jobs/`` (atomically) when it
 starts and when it ends, which :mod:`saeseeds.training.sweep` turns into the sweep's summary and
@@ -14,6 +16,7 @@ log file and nothing else), so bad input leaves no half-made run folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -26,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from saeseeds import contract
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
-from saeseeds.io import atomic_write_json, atomic_write_text, remove_folder_if_only
-from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
+from saeseeds.io import atomic_write_json, atomic_write_text, job_lock, remove_folder_if_only
+from saeseeds.training.resume import RESUME, SKIP, JobPlan, folder_state, plan_job
 from saeseeds.training.sweep import LAUNCH_ENV
 
 log = logging.getLogger("saeseeds")
@@ -35,6 +38,8 @@ log = logging.getLogger("saeseeds")
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 # What Hydra itself puts into a job folder before the job runs.
 HYDRA_LEFTOVERS = {"train.log"}
+# What a job that failed in a folder it created leaves (taken back with the folder).
+ACCEPTED_LEFTOVERS = HYDRA_LEFTOVERS | {contract.HYDRA_DIR, contract.LOCK_FILE}
 
 
 def hydra_config() -> Any | None:
@@ -115,7 +120,7 @@ class JobRecord:
         self.payload.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         try:
             atomic_write_json(self.path, self.payload)
-        except OSError as error:  # the summary loses one line; the job itself goes on
+        except (OSError, ValueError) as error:  # the summary loses one line; the job goes on
             log.warning("Could not write the job record %s: %s", self.path, error)
 
 
@@ -165,22 +170,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if record is not None:
             sha = contract.config_sha256(run_config)
             record.write(config=run_config, config_sha256=sha)
+        state = folder_state(run_dir)
         plan = plan_job(cfg, run_dir, run_config, auto_resume=multirun)
-        if record is not None:
-            record.write(action=plan.action)
+        if plan.action != SKIP:
+            with job_lock(run_dir) if rank_zero else contextlib.nullcontext():
+                if folder_state(run_dir) != state:  # another process changed it meanwhile
+                    plan = plan_job(cfg, run_dir, run_config, auto_resume=multirun)
+                if plan.action != SKIP:
+                    metrics = run_accepted(cfg, plan, hydra_cfg, record, rank_zero)
         if plan.action == SKIP:
             log.info("Skipped %s: %s.", run_dir, plan.message)
             if record is not None:
-                record.write(outcome="skipped")
+                record.write(action=SKIP, outcome="skipped")
             return None
-        if plan.action == RESUME:
-            log.info("Resuming %s %s.", run_dir, plan.message)
-        if rank_zero:
-            remove_stale_temporaries(run_dir)
-            write_hydra_files(run_dir, cfg, hydra_cfg)
-        from saeseeds.training.run import train  # Lightning: imported only for accepted jobs
-
-        metrics = train(cfg, plan=plan)
     except SystemExit as stop:  # a stop signal (Preempted), or Lightning's exit after Ctrl-C
         if record is not None:
             preempted = getattr(stop, "signum", None) is not None
@@ -191,11 +193,32 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if record is not None:
             record.write(outcome="failed", reason=describe_error(error))
         if fresh:  # nothing in it predates this command
-            remove_folder_if_only(run_dir, HYDRA_LEFTOVERS | {contract.HYDRA_DIR})
+            remove_folder_if_only(run_dir, ACCEPTED_LEFTOVERS)
         raise
     if record is not None:
         record.write(outcome="resumed" if plan.action == RESUME else "started")
     return metrics
+
+
+def run_accepted(
+    cfg: DictConfig, plan: JobPlan, hydra_cfg: Any, record: JobRecord | None, rank_zero: bool
+) -> dict[str, Any]:
+    """Train a job the plan accepted, in the folder this process owns."""
+    run_dir = plan.run_dir
+    if record is not None:
+        record.write(action=plan.action)
+    if plan.action == RESUME:
+        log.info("Resuming %s %s.", run_dir, plan.message)
+    if plan.damaged is not None:
+        log.warning("%s is not complete: %s; training it again.", run_dir, plan.damaged)
+    if rank_zero:
+        if plan.damaged is not None:  # no longer complete, whatever happens next
+            (run_dir / contract.COMPLETE_MARKER).unlink(missing_ok=True)
+        remove_stale_temporaries(run_dir)
+        write_hydra_files(run_dir, cfg, hydra_cfg)
+    from saeseeds.training.run import train  # Lightning: imported only for accepted jobs
+
+    return train(cfg, plan=plan)
 
 
 def describe_error(error: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""The Trainer's checkpoint plugin and the callback that records the run in every checkpoint.
+"""The Trainer's checkpoint plugin and the callback that records the run (its config and the
+identity of its data) in every checkpoint.
 
 :class:`AtomicCheckpointIO` serialises a checkpoint in memory and writes it with
 :func:`saeseeds.io.atomic_write_bytes` (temporary file in the same folder, fsync, rename), so a
@@ -50,10 +51,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunRecord(Callback):
-    """Stores the run's config in every checkpoint, for :func:`check_config`."""
+    """Stores the run's config, and once the data is loaded its identity, in every checkpoint,
+    for :func:`check_config` and :func:`check_data`."""
 
     def __init__(self, run_config: dict[str, Any]):
         self.record = {"config": run_config, "config_sha256": contract.config_sha256(run_config)}
+
+    def note_data(self, provenance: dict[str, Any]) -> None:
+        """Record the identity of the data the run trains on (its source's provenance)."""
+        self.record = {**self.record, "data_identity": contract.data_identity(provenance)}
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

@@ -3,7 +3,7 @@ the reconstruction spliced in at the hook, and each feature's top activating hel
 
 Works from a :class:`saeseeds.activations.base.TextContext`; a source without one (synthetic
 data, an activation file, a control) skips both. The clean logits and the zero-ablation CE do not
-depend on the SAE, so they are computed once per (cache, model) in a process and reused by the
+depend on the SAE, so they are computed once per (store, model) in a process and reused by the
 next job of a sweep.
 """
 
@@ -52,7 +52,7 @@ def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor
 
 
 def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
-    memo_key = (context.cache_key, context.eval_sequences, context.model.weight_hash)
+    memo_key = (context.store_key, context.eval_sequences, context.model.weight_hash)
     if memo_key not in _BASELINE_MEMORY:
         clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
         ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None)

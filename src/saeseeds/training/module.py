@@ -44,11 +44,12 @@ def sae_step(
     (``tokens_since_fired``, [n_features], in place)."""
     dead_mask = tokens_since_fired >= dead_tokens_threshold
     output = sae(x, dead_mask)
-    loss = sum(output.losses.values())
+    losses = {**output.losses, **sae.weight_penalty()}  # the penalty, if any, for every SAE
+    loss = sum(losses.values())
     update_dead_tracker(tokens_since_fired, output.latent_indices, output.latent_values, len(x))
     metrics = {
         "train/loss": loss,
-        **{f"train/{name}": term for name, term in output.losses.items()},
+        **{f"train/{name}": term for name, term in losses.items()},
         "train/fvu": output.fvu,
         "train/l0": (output.latent_values > 0).sum(-1).float().mean(),
         "train/dead_fraction": dead_mask.float().mean(),

@@ -25,8 +25,13 @@ from omegaconf import DictConfig, open_dict
 from saeseeds.config.validation import validate_train_config
 from saeseeds.sae import SAEConfig
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
-from saeseeds.training.checkpoint_io import RECORD_KEY, check_shapes
-from saeseeds.training.datamodule import ActivationDataModule, order_seed
+from saeseeds.training.checkpoint_io import RECORD_KEY, check_data, check_shapes
+from saeseeds.training.datamodule import (
+    ActivationDataModule,
+    order_seed,
+    training_rows,
+    window_shards,
+)
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.module import MultiSeedModule, seed_prefix
 from saeseeds.training.preemption import StopSignals
@@ -150,15 +155,15 @@ def _train_seeds(
     seeds = plan.train_seeds
     L.seed_everything(seeds[0], workers=True)  # nothing in training draws from it (see above)
     source, splits, input_scale = load_activations(cfg, sae_config)
-    saes = [initialised_sae(sae_config, splits, input_scale, seed) for seed in seeds]
+    rows = training_rows(splits.train, source.batch_size, window_shards(cfg), order_seed(cfg))
+    saes = [initialised_sae(sae_config, rows, input_scale, seed) for seed in seeds]
     module = MultiSeedModule(saes, seeds, **module_arguments(sae_config, saes[0], input_scale))
-    datamodule = ActivationDataModule(
-        splits.train, splits.heldout, source.batch_size, order_seed(cfg)
-    )
+    datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     if plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
+        check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)
 

@@ -4,6 +4,8 @@ The decision is made from the folder's own records, never from Hydra's ``.hydra/
 
 - a folder with ``COMPLETE`` whose completion record (``environment.json``'s ``config``) equals
   this job's run config is **skipped**; with another config it is **refused** and left as it is;
+  one whose files are no longer those ``COMPLETE`` recorded (a file deleted, truncated or grown:
+  sizes are compared, which costs one ``stat`` each) is not complete, and is **started** again;
 - a folder with ``checkpoints/last.ckpt`` and no ``COMPLETE`` is **resumed** when asked
   (``resume=true``, or automatically inside a multirun, so that re-running a sweep or a SLURM
   requeue continues it), after the checkpoint's recorded config and shapes are checked; outside
@@ -16,7 +18,6 @@ so where outputs go or how a job is logged never blocks a resume or a skip.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 
 from saeseeds import contract
 from saeseeds.errors import ConfigError
-from saeseeds.io import read_config_file
+from saeseeds.io import damaged_file, read_config_file, read_json
 
 START, RESUME, SKIP = "start", "resume", "skip"
 
@@ -39,6 +40,9 @@ class JobPlan:
     ckpt_path: Path | None = None
     checkpoint: dict[str, Any] | None = None
     message: str = ""
+    damaged: str | None = None
+    """Why a folder marked COMPLETE is not (``sae_weights.safetensors is missing ...``): the
+    job trains it again, and the stale marker goes once the job owns the folder."""
 
     @property
     def step(self) -> int:
@@ -50,7 +54,7 @@ def completed_config(run_dir: Path) -> dict[str, Any] | None:
     environment.json had one."""
     environment = run_dir / contract.ENVIRONMENT_FILE
     try:
-        recorded = json.loads(environment.read_text(encoding="utf-8")).get("config")
+        recorded = read_json(environment).get("config")
     except (OSError, ValueError, AttributeError):
         recorded = None
     if isinstance(recorded, dict):
@@ -110,4 +114,28 @@ def plan_complete(run_dir: Path, run_config: dict[str, Any]) -> JobPlan:
             "run vs this command); it is left as it is. Choose a new output folder "
             "(hydra.run.dir=... or hydra.sweep.dir=...) for this config."
         )
+    damaged = damaged_file(run_dir, check_hashes=False)
+    if damaged is not None:
+        return JobPlan(
+            START,
+            run_dir,
+            message=f"marked complete, but {damaged}; training it again",
+            damaged=damaged,
+        )
     return JobPlan(SKIP, run_dir, message="already complete with this config")
+
+
+def folder_state(run_dir: Path) -> tuple[Any, ...]:
+    """What a plan depends on, cheaply (size and time of COMPLETE and of the last checkpoint):
+    if it changed while the job waited for its folder, the plan is made again."""
+    state = []
+    for path in (
+        run_dir / contract.COMPLETE_MARKER,
+        run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT,
+    ):
+        try:
+            stat = path.stat()
+            state.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        except OSError:
+            state.append(None)
+    return tuple(state)

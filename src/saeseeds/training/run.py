@@ -32,15 +32,23 @@ from omegaconf import DictConfig, OmegaConf
 from saeseeds import contract
 from saeseeds.activations.base import ActivationSource, ActivationSplits
 from saeseeds.activations.controls import with_control
+from saeseeds.activations.shards import TrainingRows
 from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
 from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
 from saeseeds.training import lm_eval, run_folder
-from saeseeds.training.callbacks import HeldoutCurve
-from saeseeds.training.checkpoint_io import check_shapes
-from saeseeds.training.datamodule import ActivationDataModule, order_seed
+from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
+from saeseeds.training.checkpoint_io import check_data, check_shapes
+from saeseeds.training.datamodule import (
+    ActivationDataModule,
+    WindowedRows,
+    init_sample,
+    order_seed,
+    training_rows,
+    window_shards,
+)
 from saeseeds.training.heldout_codes import write_heldout_codes
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
 from saeseeds.training.metrics import evaluate_heldout
@@ -87,15 +95,15 @@ def _train(
 ) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     source, splits, input_scale = load_activations(cfg, sae_config)
-    sae = initialised_sae(sae_config, splits, input_scale, cfg.seed)
+    rows = training_rows(splits.train, source.batch_size, window_shards(cfg), order_seed(cfg))
+    sae = initialised_sae(sae_config, rows, input_scale, cfg.seed)
     module = SAETrainingModule(sae, **module_arguments(sae_config, sae, input_scale))
-    datamodule = ActivationDataModule(
-        splits.train, splits.heldout, source.batch_size, order_seed(cfg)
-    )
+    datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
+        check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
@@ -168,6 +176,10 @@ def load_activations(
     return source, splits, normalisation_scale(splits.train, sae_config.normalize)
 
 
+# Fields of the data group that say how training reads the rows, not what the source gives.
+READER_FIELDS = ("control", "control_seed", "window_shards")
+
+
 def module_arguments(sae_config: SAEConfig, sae: SAE, input_scale: float) -> dict[str, Any]:
     return dict(
         lr=sae_config.lr if sae_config.lr is not None else sae.default_lr(),
@@ -187,9 +199,10 @@ def training_callbacks(
     record: RunRecord,
     snapshot_dirs: list[Path | None] | None = None,
 ) -> list[Callback]:
-    """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record in
-    every checkpoint, the snapshots (into ``snapshot_dirs``, one folder per SAE; ``run_dir``
-    for one SAE) and the checkpoint on SIGTERM/SIGINT."""
+    """Periodic checkpoints into ``run_dir/checkpoints``, the held-out curve, the run's record
+    (with its data's identity) in every checkpoint, the snapshots (into ``snapshot_dirs``, one
+    folder per SAE; ``run_dir`` for one SAE), the stop on a non-finite loss or weight, and the
+    checkpoint on SIGTERM/SIGINT."""
     checkpoint_dir = run_dir / contract.CHECKPOINT_DIR
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -205,8 +218,10 @@ def training_callbacks(
         checkpoint_dir / contract.LAST_CHECKPOINT,
         "Re-run the same command with resume=true (a multirun resumes by itself) to continue.",
     )
+    record.note_data(splits.provenance)
+    curve = HeldoutCurve(splits.heldout, batch_size)
     snapshots = snapshot_writer(cfg.trainer, snapshot_dirs or [run_dir], batch_size)
-    return [checkpoints, HeldoutCurve(splits.heldout, batch_size), record, snapshots, on_signal]
+    return [checkpoints, curve, record, snapshots, StopOnNonFinite(), on_signal]
 
 
 def build_trainer(
@@ -291,7 +306,12 @@ def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
 def build_source(cfg: DictConfig) -> ActivationSource:
     """The ``data`` option's source, wrapped in its control when ``data.control`` is set."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    control, control_seed = data.pop("control", "none"), data.pop("control_seed", 0)
+    control, control_seed = data.get("control", "none"), data.get("control_seed", 0)
+    window = data.get("window_shards", 1)
+    if not isinstance(window, int) or window < 1:
+        raise ConfigError(f"data.window_shards={window!r} must be a positive integer.")
+    for name in READER_FIELDS:
+        data.pop(name, None)
     try:
         return with_control(instantiate(data, _convert_="all"), control, control_seed)
     except InstantiationException as error:
@@ -309,24 +329,25 @@ def cluster_plugins() -> list[Any]:
     return []
 
 
-def normalisation_scale(train: torch.Tensor, method: str) -> float:
-    """s with E‖s·x‖² = d_in over the whole training set (seed-independent), or 1."""
+def normalisation_scale(train: TrainingRows, method: str) -> float:
+    """s with E‖s·x‖² = d_in over the whole training prefix (exact, from its per-shard
+    statistics; seed-independent), or 1."""
     if method == "none":
         return 1.0
-    mean_squared_norm = float(train.double().pow(2).sum(1).mean())
+    mean_squared_norm = train.mean_squared_norm()
     if not math.isfinite(mean_squared_norm) or mean_squared_norm <= 0:
         raise DataError("The activations are all zero or not finite; cannot normalise them.")
-    return math.sqrt(train.shape[1] / mean_squared_norm)
+    return math.sqrt(train.d_in / mean_squared_norm)
 
 
 def initialised_sae(
-    sae_config: SAEConfig, splits: ActivationSplits, input_scale: float, seed: int
+    sae_config: SAEConfig, rows: WindowedRows, input_scale: float, seed: int
 ) -> SAE:
+    """The SAE of ``seed``, initialised from a sample of the rows training reads first."""
     generator = torch.Generator().manual_seed(seed)
-    sample_rows = torch.randperm(len(splits.train), generator=generator)
-    sample_rows = sample_rows[: sae_config.init_sample_size]
-    sae = build_sae(splits.d_in, sae_config)
-    sae.initialize(splits.train[sample_rows] * input_scale, generator)
+    sample = init_sample(rows, sae_config.init_sample_size, generator)
+    sae = build_sae(rows.train.d_in, sae_config)
+    sae.initialize(sample * input_scale, generator)
     return sae
 
 
@@ -391,7 +412,7 @@ def finish_run(
         contract.CFG_FILE,
         run_folder.sae_cfg(trained.sae, splits.provenance, trained.input_scale, cfg.seed),
     )
-    run_folder.write_json(run_dir, contract.METRICS_FILE, metrics)
+    run_folder.write_metrics(run_dir, metrics)
     if top_examples is not None:
         run_folder.write_json(run_dir, contract.TOP_EXAMPLES_FILE, top_examples)
     source.write_artifacts(run_dir)

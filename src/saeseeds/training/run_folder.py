@@ -1,14 +1,17 @@
 """Writes a training run folder (the contract of :mod:`saeseeds.contract`, documented in
 ``docs/contract.md``) and the record of what produced it.
 
-Every file is written atomically; ``COMPLETE`` is written last by :func:`mark_complete`. This module
-does not train or evaluate; it only serialises what it is given.
+Every file is written atomically, JSON strictly; ``COMPLETE`` is written last by
+:func:`mark_complete`, with the size and sha256 of every file it vouches for. Weights or metrics
+that are not finite are refused before they are written: a diverged run is an error, never a
+result. This module does not train or evaluate; it only serialises what it is given.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import math
 import platform
 import subprocess
 import sys
@@ -19,8 +22,18 @@ from typing import Any
 import torch
 
 from saeseeds import contract
-from saeseeds.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from saeseeds.errors import DataError
+from saeseeds.io import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    file_manifest,
+    json_text,
+)
 
+# Metrics that are undefined, not wrong, in some runs: the CE-loss score when zero ablation costs
+# nothing (CE_zero = CE_clean), and the KL without a clean baseline. metrics.json says null.
+MAY_BE_UNDEFINED = ("ce_loss_score", "kl_div")
 RECORDED_PACKAGES = (
     "torch",
     "numpy",
@@ -35,7 +48,22 @@ RECORDED_PACKAGES = (
 )
 
 
+class NonFiniteResult(DataError):
+    """The trained SAE or its held-out metrics are NaN or infinite; nothing is marked complete."""
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteResult(
+                f"the SAE's {name} holds NaN or infinite values {where}, so it was not saved and "
+                "the run is not complete. Training diverged: lower sae.lr, check the activations "
+                "for NaN/inf values and their scale (sae.normalize=scalar rescales them)."
+            )
+
+
 def write_weights(run_dir: Path, folded_state: dict[str, torch.Tensor]) -> None:
+    check_finite_weights(folded_state, "at the end of training")
     atomic_save_safetensors(
         run_dir / contract.WEIGHTS_FILE,
         folded_state,
@@ -59,9 +87,34 @@ def write_json(run_dir: Path, name: str, payload: dict[str, Any]) -> None:
     atomic_write_json(run_dir / name, payload)
 
 
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json: undefined metrics (:data:`MAY_BE_UNDEFINED`) as null; a run with any other
+    value that is not finite (the held-out FVU, the curve, ...) is refused."""
+    record = {
+        name: None if name in MAY_BE_UNDEFINED and _not_finite(value) else value
+        for name, value in metrics.items()
+    }
+    try:
+        text = json_text(record)
+    except ValueError as error:
+        raise NonFiniteResult(
+            f"{contract.METRICS_FILE}: {error}, so the run is not complete. The held-out "
+            "activations hold NaN or infinite values, or the SAE's output overflows; check the "
+            "data and its scale (sae.normalize=scalar rescales it)."
+        ) from None
+    atomic_write_text(run_dir / contract.METRICS_FILE, text)
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def mark_complete(run_dir: Path) -> None:
-    atomic_write_text(
-        run_dir / contract.COMPLETE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n"
+    """COMPLETE, last: the completion time and the size and sha256 of each contract file."""
+    completed = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    files = file_manifest(run_dir, contract.RECORDED_FILES)
+    atomic_write_json(
+        run_dir / contract.COMPLETE_MARKER, contract.completion_record(files, completed)
     )
 
 
@@ -113,7 +166,7 @@ def environment(
         "installed_packages_sha256": installed_packages_hash(),
         "seed": seed,
         "model_weight_hash": provenance.get("model_weight_hash"),
-        "activation_cache_key": provenance.get("activation_cache_key"),
+        "activation_store_key": provenance.get("activation_store_key"),
         "data_provenance": provenance,
         "config_sha256": contract.config_sha256(run_config),
         "condition_sha256": contract.config_sha256(contract.condition_config(resolved_config)),

@@ -19,7 +19,9 @@ This module imports neither torch nor Lightning until a job is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,9 @@ from saeseeds import contract
 from saeseeds.config import job_subdir
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
-from saeseeds.io import atomic_write_text, remove_folder_if_only
+from saeseeds.io import atomic_write_text, job_lock, remove_folder_if_only
 from saeseeds.training.job import (
+    ACCEPTED_LEFTOVERS,
     HYDRA_LEFTOVERS,
     JobRecord,
     describe_error,
@@ -41,6 +44,8 @@ from saeseeds.training.job import (
     resolved_run_config,
 )
 from saeseeds.training.resume import RESUME, SKIP, START, plan_complete
+
+log = logging.getLogger("saeseeds")
 
 
 @dataclass
@@ -152,7 +157,12 @@ def plan_seeds(cfg: DictConfig, runs: list[SeedRun], auto_resume: bool) -> Seeds
     plan = SeedsPlan(job_dir, job_config, runs)
     for run in runs:
         if (run.run_dir / contract.COMPLETE_MARKER).exists():
-            run.action = plan_complete(run.run_dir, run.run_config).action
+            complete = plan_complete(run.run_dir, run.run_config)
+            run.action = complete.action
+            if complete.damaged is not None:
+                log.warning(
+                    "%s is not complete: %s; training it again.", run.run_dir, complete.damaged
+                )
         elif (run.run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT).is_file():
             raise ConfigError(
                 f"{run.run_dir} holds an interrupted run of seed {run.seed} trained by its own "
@@ -256,13 +266,18 @@ def run_seeds_job(
                     records[run.seed].write(outcome="skipped")
         if not plan.train_seeds:
             return {}
-        remove_stale_temporaries(job_dir)
-        for run in plan.to_write:
-            remove_stale_temporaries(run.run_dir)
-            write_seed_hydra_files(run, cfg, hydra_cfg)
-        from saeseeds.training.multiseed import train_seeds  # Lightning: accepted jobs only
+        with contextlib.ExitStack() as owned:  # the job's folder and each folder it writes
+            for folder in [job_dir, *(run.run_dir for run in plan.to_write)]:
+                owned.enter_context(job_lock(folder))
+            remove_stale_temporaries(job_dir)
+            for run in plan.to_write:
+                if run.action == START:  # a damaged complete folder is no longer complete
+                    (run.run_dir / contract.COMPLETE_MARKER).unlink(missing_ok=True)
+                remove_stale_temporaries(run.run_dir)
+                write_seed_hydra_files(run, cfg, hydra_cfg)
+            from saeseeds.training.multiseed import train_seeds  # Lightning: accepted jobs only
 
-        metrics = train_seeds(cfg, plan, extra_callbacks)
+            metrics = train_seeds(cfg, plan, extra_callbacks)
     except SystemExit as stop:  # a stop signal (Preempted), or Lightning's exit after Ctrl-C
         preempted = getattr(stop, "signum", None) is not None
         reason = str(stop) if preempted else f"interrupted (exit status {stop.code})"
@@ -277,9 +292,9 @@ def run_seeds_job(
             if run.action != SKIP and run.seed in records:
                 records[run.seed].write(outcome="failed", reason=describe_error(error))
             if run.seed in fresh:  # nothing in it predates this command
-                remove_folder_if_only(run.run_dir, {contract.HYDRA_DIR})
+                remove_folder_if_only(run.run_dir, ACCEPTED_LEFTOVERS)
         if fresh_job:
-            remove_folder_if_only(job_dir, HYDRA_LEFTOVERS)
+            remove_folder_if_only(job_dir, ACCEPTED_LEFTOVERS)
         raise
     for run in plan.to_write:
         if run.seed in records:

@@ -17,7 +17,6 @@ Lightning (torch only to set ``threads``).
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from saeseeds import contract
 from saeseeds.errors import ConfigError
-from saeseeds.io import writable_folder_problem
+from saeseeds.io import read_json, writable_folder_problem
 
 log = logging.getLogger("saeseeds")
 
@@ -132,7 +131,7 @@ def launch_records(sweep_dir: Path, launch: str | None, since: float) -> list[di
     records = []
     for path in sorted((sweep_dir / contract.JOB_RECORDS_DIR).glob("*.json")):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = read_json(path)
             recent = path.stat().st_mtime >= since
         except (OSError, ValueError):
             continue

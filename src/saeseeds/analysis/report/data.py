@@ -152,7 +152,8 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
         p = report.reappearance.get(run.seed)
         best_match = report.best_match.get(run.seed)
         beyond = report.beyond_geometry.get(run.seed)
-        frequency = run.firing_frequency
+        stats = run.fire_counts is not None  # else an import without held-out statistics
+        frequency = run.firing_frequency if stats else None
         for feature in range(run.n_features):
             reappearance = "" if p is None else round(float(p[feature]), 5)
             best = "" if best_match is None else round(float(best_match[feature]), 5)
@@ -162,9 +163,9 @@ def _feature_rows(report: GroupReport, all_seeds: list[int]) -> list[list[Any]]:
                     report.label,
                     run.seed,
                     feature,
-                    int(run.fire_counts[feature]),
-                    f"{frequency[feature]:.6g}",
-                    int(run.live_mask[feature]),
+                    int(run.fire_counts[feature]) if stats else "",
+                    f"{frequency[feature]:.6g}" if stats else "",
+                    int(run.live_mask[feature]) if stats else "",
                     reappearance,
                     best,
                     beyond_geometry,

@@ -281,7 +281,7 @@ def write_figures(reports: list[GroupReport], figures_dir: Path) -> dict[str, di
             paths["shared_heatmap"] = seed_heatmap(
                 report, "shared", "Shared fraction", figures_dir / f"{name}_shared.png"
             )
-        if report.reappearance:
+        if report.reappearance and "heldout_statistics" not in report.extras:  # imports lack it
             paths["reappearance_vs_frequency"] = reappearance_vs_frequency(
                 report, figures_dir / f"{name}_reappearance.png"
             )

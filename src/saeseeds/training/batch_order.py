@@ -1,0 +1,98 @@
+"""Which training rows make the batch at each step: a function of (order seed, step) only.
+
+Epoch e reads the shards of the training prefix in the order ``randperm(n_shards)`` drawn from
+(order seed, e). Consecutive shards of that order form windows of ``window_shards`` shards; the
+rows of window w are permuted by a generator seeded with (order seed, e, w), and the epoch's row
+order is the windows' orders one after another. Batch b of the epoch is positions
+[b·B, (b+1)·B) of it (a batch may straddle two windows), and an epoch has ``n_rows // B`` batches.
+So memory holds a window or two, never the training set, and a run resumed at any step, or
+another seed trained on the same order seed, sees exactly the same batches. This module knows
+neither files nor Lightning.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from saeseeds.activations.shards import seeded_generator
+from saeseeds.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Window:
+    """Window ``index`` of an epoch: its shards (in reading order) and its rows' positions."""
+
+    index: int
+    shards: tuple[int, ...]
+    start: int  # position of its first row in the epoch's order
+    rows: int
+
+
+class BatchOrder:
+    """The seeded batch order over shards of ``shard_rows`` rows each."""
+
+    def __init__(self, shard_rows: list[int], batch_size: int, window_shards: int, seed: int):
+        if window_shards < 1:
+            raise ConfigError(f"data.window_shards={window_shards} must be a positive integer.")
+        self.shard_rows, self.batch_size = list(shard_rows), batch_size
+        self.window_shards, self.seed = window_shards, seed
+        self.n_rows = sum(self.shard_rows)
+        self.steps_per_epoch = self.n_rows // batch_size  # the ragged tail is dropped
+        self.windows = lru_cache(maxsize=2)(self._windows)
+
+    def _windows(self, epoch: int) -> tuple[Window, ...]:
+        shard_order = torch.randperm(
+            len(self.shard_rows), generator=seeded_generator(self.seed, "shards", epoch)
+        ).tolist()
+        windows, start = [], 0
+        for index, first in enumerate(range(0, len(shard_order), self.window_shards)):
+            shards = tuple(shard_order[first : first + self.window_shards])
+            rows = sum(self.shard_rows[shard] for shard in shards)
+            windows.append(Window(index, shards, start, rows))
+            start += rows
+        return tuple(windows)
+
+    def row_order(self, epoch: int, window: Window) -> Tensor:
+        """The permutation of the window's rows (positions in its concatenated shards)."""
+        generator = seeded_generator(self.seed, "rows", epoch, window.index)
+        return torch.randperm(window.rows, generator=generator)
+
+    def pieces(self, epoch: int, batch: int, part: slice) -> list[tuple[Window, int, int]]:
+        """The windows that batch ``batch`` of ``epoch`` (its rows ``part``: a DDP process's
+        share) reads, each with the [start, stop) of its positions inside that window."""
+        first = batch * self.batch_size + (part.start or 0)
+        stop = batch * self.batch_size + (part.stop if part.stop is not None else self.batch_size)
+        found = []
+        for window in self.windows(epoch):
+            lo, hi = max(first, window.start), min(stop, window.start + window.rows)
+            if lo < hi:
+                found.append((window, lo - window.start, hi - window.start))
+        return found
+
+    def next_window(self, epoch: int, window: Window) -> tuple[int, Window]:
+        """The window read after ``window`` (the next epoch's first after the last)."""
+        windows = self.windows(epoch)
+        if window.index + 1 < len(windows):
+            return epoch, windows[window.index + 1]
+        return epoch + 1, self.windows(epoch + 1)[0]
+
+    def state(self) -> dict[str, int]:
+        """What fixes the order, for checkpoints: resuming with anything else is refused."""
+        return {
+            "seed": self.seed,
+            "n_rows": self.n_rows,
+            "batch_size": self.batch_size,
+            "shards": len(self.shard_rows),
+            "window_shards": self.window_shards,
+        }
+
+
+def batches_from(order: BatchOrder, start_step: int) -> itertools.product:
+    """(epoch, batch) of every step of the epoch that ``start_step`` falls in, from it on."""
+    epoch, offset = divmod(start_step, order.steps_per_epoch)
+    return itertools.product([epoch], range(offset, order.steps_per_epoch))

@@ -1,0 +1,134 @@
+"""The batch order over shards: every row once per epoch, a batch that depends only on (order
+seed, step), DDP shares that make up the batch, and memory bounded by two windows of shards
+however many tokens there are; through real training, a run interrupted across windows resumes to
+the same weights."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from saeseeds.activations.shards import GeneratedShards, TrainingRows
+from saeseeds.training.batch_order import BatchOrder
+from saeseeds.training.datamodule import SeededBatchSampler, WindowedRows, training_rows
+from saeseeds.training.run import train
+from tests.training.test_run import InterruptAtStep
+
+ROWS_PER_SHARD = 64
+
+
+class RecordingShards(GeneratedShards):
+    """Shards whose row r holds its global index in every column; records each read's size."""
+
+    def __init__(self) -> None:
+        super().__init__(self._make, 3, ROWS_PER_SHARD, torch.float16, "indexed rows")
+        self.largest_read = 0
+
+    def _make(self, index: int, rows: int) -> torch.Tensor:
+        self.largest_read = max(self.largest_read, rows)
+        first = index * ROWS_PER_SHARD
+        return torch.arange(first, first + rows, dtype=torch.float32)[:, None].expand(rows, 3)
+
+
+def epoch_rows(order: BatchOrder, rows: WindowedRows, epoch: int) -> list[int]:
+    return [
+        int(value)
+        for batch in range(order.steps_per_epoch)
+        for value in rows[(epoch, batch)][:, 0].tolist()
+    ]
+
+
+def reader(n_rows: int, batch: int, window: int, seed: int, **kwargs) -> WindowedRows:
+    return training_rows(TrainingRows(RecordingShards(), n_rows), batch, window, seed, **kwargs)
+
+
+def test_every_row_is_read_once_per_epoch_in_an_order_fixed_by_the_seed():
+    rows = reader(n_rows=1000, batch=48, window=3, seed=5)  # batches straddle windows
+    order = rows.order
+    assert order.steps_per_epoch == 1000 // 48 and rows.train.n_shards == 16
+    first = epoch_rows(order, rows, 0)
+    assert len(first) == len(set(first)) == 20 * 48 and set(first) <= set(range(1000))
+    second = epoch_rows(order, rows, 1)
+    assert second != first  # a new order every epoch
+    assert epoch_rows(order, reader(1000, 48, 3, seed=5), 0) == first
+    assert epoch_rows(order, reader(1000, 48, 3, seed=5, prefetch=False), 0) == first
+    assert epoch_rows(order, reader(1000, 48, 3, seed=6), 0) != first
+    # Rows are shuffled across the shards of a window, not only within one shard.
+    shards_in_first_batch = {value // ROWS_PER_SHARD for value in first[:48]}
+    assert len(shards_in_first_batch) > 1
+
+
+def test_the_batch_at_a_step_depends_only_on_the_seed_and_the_step():
+    rows = reader(n_rows=700, batch=50, window=2, seed=1)
+    order = rows.order
+    everything = [(e, b) for e in range(3) for b in range(order.steps_per_epoch)]
+    expected = {position: rows[position].clone() for position in everything}
+    for start in (0, 5, order.steps_per_epoch + 3):  # mid-epoch, and in the second epoch
+        resumed = reader(n_rows=700, batch=50, window=2, seed=1)
+        sampler = SeededBatchSampler(resumed.order, lambda start=start: start)
+        served = list(sampler)
+        assert served[0] == everything[start]
+        assert all(torch.equal(resumed[position], expected[position]) for position in served)
+
+
+def test_ddp_shares_make_up_each_batch():
+    whole = reader(n_rows=640, batch=60, window=2, seed=3)
+    shares = []
+    for rank in range(3):
+        share = reader(n_rows=640, batch=60, window=2, seed=3)
+        share.part = slice(rank * 20, (rank + 1) * 20)
+        shares.append(share)
+    for batch in range(whole.order.steps_per_epoch):
+        parts = torch.cat([share[(0, batch)] for share in shares])
+        assert torch.equal(parts, whole[(0, batch)])
+
+
+def test_memory_holds_at_most_two_windows_whatever_the_token_count():
+    shards = RecordingShards()
+    rows = training_rows(TrainingRows(shards, 64 * ROWS_PER_SHARD), 100, 2, seed=0)
+    for epoch in range(2):
+        epoch_rows(rows.order, rows, epoch)
+    window_rows = 2 * ROWS_PER_SHARD
+    assert shards.largest_read == ROWS_PER_SHARD  # shards are read one at a time
+    assert rows.peak_rows <= 2 * window_rows  # the window being read and the next one
+    assert rows.peak_rows < 64 * ROWS_PER_SHARD / 10
+    rows.close()
+
+
+@pytest.fixture
+def windowed(train_config):
+    """Synthetic data of 32 shards of 128 rows in windows of 2 shards (batches straddle them)."""
+
+    def make(*overrides, output_dir):
+        return train_config(
+            "data.n_tokens=4096",
+            "data.batch_size=192",
+            "data.shard_tokens=128",
+            "data.window_shards=2",
+            "logger=none",
+            "trainer.checkpoint_every_n_steps=5",
+            *overrides,
+            output_dir=output_dir,
+        )
+
+    return make
+
+
+class PeakRows(L.Callback):
+    def on_train_end(self, trainer, module) -> None:
+        self.peak = trainer.datamodule.rows.peak_rows
+
+
+def test_training_reads_a_bounded_window_and_resumes_across_windows(windowed, tmp_path):
+    peak = PeakRows()
+    metrics = train(windowed("seed=3", output_dir=tmp_path / "straight"), [peak])
+    assert metrics["steps"] == 2 * (4096 // 192)
+    assert peak.peak <= 2 * 2 * 128  # two windows of two shards, of 4096 training rows
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):  # checkpoint at step 20 (epoch 0), stopped at step 23
+        train(windowed("seed=3", output_dir=interrupted), [InterruptAtStep(23)])
+    train(windowed("seed=3", "resume=true", output_dir=interrupted))
+    weights = "sae_weights.safetensors"
+    assert (interrupted / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
