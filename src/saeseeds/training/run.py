@@ -221,7 +221,8 @@ def training_callbacks(
     record.note_data(splits.provenance)
     curve = HeldoutCurve(splits.heldout, batch_size)
     snapshots = snapshot_writer(cfg.trainer, snapshot_dirs or [run_dir], batch_size)
-    return [checkpoints, curve, record, snapshots, StopOnNonFinite(), on_signal]
+    # The non-finite stop first: no callback after it (the curve, a snapshot) sees a NaN step.
+    return [StopOnNonFinite(), checkpoints, curve, record, snapshots, on_signal]
 
 
 def build_trainer(
