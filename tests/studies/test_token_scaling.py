@@ -2,7 +2,7 @@
 a trend the geometry control shows as much is "not beyond geometry"; Song et al.'s 0.80 is judged
 on the PW-MCC interval and against the control's PW-MCC.
 
-The study end to end (train, analyse, PW-MCC from the run folders, page) is
+The study end to end (train, analyse, page) is
 ``test_token_scaling_study_end_to_end`` (slow: ``pytest -m slow tests/studies``)."""
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from saeseeds.studies.claims import NOT_BEYOND_GEOMETRY, NOT_REPRODUCED, REPRODUCED
+from saeseeds.studies.claims import (
+    INCONCLUSIVE,
+    NOT_BEYOND_GEOMETRY,
+    NOT_REPRODUCED,
+    REPRODUCED,
+)
 from saeseeds.studies.summaries import Groups
 from saeseeds.studies.token_scaling import token_scaling_claims, token_scaling_section
 from tests.helpers import REPO_ROOT
@@ -85,6 +90,15 @@ def test_song_et_al_pwmcc_is_judged_on_its_interval_and_against_the_control():
     assert all(f.control["verdict"] == REPRODUCED for f in above.findings)
 
 
+def test_an_analysis_without_pwmcc_says_how_to_get_it():
+    groups = constructed_groups(0.05, 0.05, pwmcc=0.5)
+    for entry in groups.entries.values():
+        entry["statistics"].pop("pwmcc")
+    claim = by_key(groups)["pwmcc_080"]
+    assert claim.verdict == INCONCLUSIVE and not claim.findings
+    assert "--only token_scaling --stages analyze,page" in claim.note
+
+
 def test_the_section_shows_condition_and_control_with_intervals(tmp_path):
     study = {"groups": constructed_groups(0.05, 0.05, pwmcc=0.5)}
     lines = token_scaling_section(study, None, tmp_path / "results.md")
@@ -98,8 +112,8 @@ def test_the_section_shows_condition_and_control_with_intervals(tmp_path):
 @pytest.mark.slow
 def test_token_scaling_study_end_to_end(tmp_path):
     """--tiny --only token_scaling on synthetic data: 3 budgets x 2 sizes x 2 kinds, 3 seeds per
-    job; the page gets the section, its verdicts and the figure; PW-MCC is at least the mean
-    signed matched cosine of the same matching."""
+    job; the page gets the section, its verdicts and the figure, with the analysis's PW-MCC (at
+    least the mean signed matched cosine of the same matching)."""
     out = tmp_path / "studies"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "run_studies.py"), "--tiny", "--only",
@@ -121,13 +135,11 @@ def test_token_scaling_study_end_to_end(tmp_path):
     ):
         assert text in page  # fmt: skip
     assert (out / "page" / "results_token_scaling.png").stat().st_size > 1000
-    # The summary on disk stays the analysis's; PW-MCC is the page's, from the same matching.
-    from saeseeds.studies.summaries import add_pwmcc, read_summary
-
-    summary = read_summary(out / "token_scaling" / "analysis")
-    add_pwmcc(summary)
+    # PW-MCC is the analysis's, on the page for every trained-model group.
+    summary = json.loads((out / "token_scaling" / "analysis" / "summary.json").read_text())
     for entry in summary["groups"].values():
         for pair in entry["pairs"]:
             assert pair["decoder_mean"] - 1e-6 <= pair["pwmcc"] <= 1.0
+    assert page.count("| PW-MCC |") == 3 and "No group has PW-MCC" not in page
     timings = json.loads(Path(out / "token_scaling" / "timings.json").read_text())
     assert timings["train"] > 0 and "token_scaling:" in result.stdout

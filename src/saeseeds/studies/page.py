@@ -42,7 +42,6 @@ from saeseeds.studies.published import (
 )
 from saeseeds.studies.summaries import (
     Groups,
-    add_pwmcc,
     mean_run_metric,
     read_summary,
     statistic,
@@ -431,7 +430,6 @@ def write_results_page(out_root: Path, page: Path, tiny: bool = False) -> Path:
         claims += [c for c in [subspace_claim(seed_study["groups"])] if c]
     if "token_scaling" in studies:
         study = studies["token_scaling"]
-        add_pwmcc(study["summary"])  # before Groups are read: they share the summary's dicts
         figure = token_scaling_figure(study["groups"], folder / "results_token_scaling.png")
         sections.append(token_scaling_section(study, figure, page))
         claims += token_scaling_claims(study["groups"])

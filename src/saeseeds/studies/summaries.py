@@ -3,9 +3,7 @@ its first run's environment.json), [S, S] pair matrices, and differences between
 the analysis's own jackknife-t machinery (:mod:`saeseeds.analysis.group_stats`).
 
 Fields that newer analyses add (e.g. the unstable-subspace overlap beside a control's) are read
-with ``.get``: an older summary.json gives ``None``, never an error. PW-MCC (Song et al. 2025) is
-one: where the analysis did not record it, :func:`add_pwmcc` computes it from the group's run
-folders with the analysis's own loading, cosine and Hungarian matching.
+with ``.get``: an older summary.json gives ``None``, never an error.
 """
 
 from __future__ import annotations
@@ -17,12 +15,7 @@ from typing import Any
 import numpy as np
 
 from saeseeds import contract
-from saeseeds.analysis.group_stats import (
-    aggregate,
-    bootstrap_interval,
-    contrast_of_groups,
-    difference_of_groups,
-)
+from saeseeds.analysis.group_stats import contrast_of_groups, difference_of_groups
 from saeseeds.errors import DataError
 
 CONFIDENCE = 0.95
@@ -88,41 +81,6 @@ def statistic(group: dict[str, Any] | None, metric: str) -> dict[str, float | No
     if entry is None and isinstance((group or {}).get(metric), int | float):
         entry = {"value": group[metric]}
     return {key: (entry or {}).get(key) for key in ("value", "ci_low", "ci_high")}
-
-
-PWMCC = "pwmcc"
-
-
-def add_pwmcc(summary: dict[str, Any]) -> None:
-    """Give each group of ``summary`` (in memory) PW-MCC, Song et al.'s mean |cosine| of the
-    Hungarian-matched decoder directions, per pair and as a group value with the analysis's
-    seed-bootstrap interval, where the analysis did not record it. The matching is the
-    analysis's full decoder matching (its solver), so PW-MCC is the mean |c_i| of the cosines
-    behind ``decoder_median``. Groups matched by argmax (no assignment) are left without it."""
-    from saeseeds.analysis.loading import load_run
-    from saeseeds.analysis.matching import match
-    from saeseeds.analysis.similarity import cosine_similarity
-
-    config = summary.get("config") or {}
-    bootstrap = config.get("bootstrap") or {}
-    for group in summary.get("groups", {}).values():
-        pairs = group.get("pairs", [])
-        if PWMCC in group.get("statistics", {}) or not all("decoder_median" in p for p in pairs):
-            continue
-        decoders = {seed: load_run(Path(path)).decoder_directions
-                    for seed, path in zip(group["seeds"], group["runs"], strict=True)}  # fmt: skip
-        for pair in pairs:
-            similarity = cosine_similarity(decoders[pair["seed_a"]], decoders[pair["seed_b"]])
-            matched = match(similarity, solver=config.get("solver", "lapjv"))
-            pair[PWMCC] = float(np.mean(np.abs(matched.cosines.astype(np.float64))))
-        matrix = pair_matrix(group, PWMCC)
-        low, high = bootstrap_interval(
-            matrix, PWMCC, int(bootstrap.get("n_samples", 1000)),
-            float(bootstrap.get("confidence", CONFIDENCE)),
-            np.random.default_rng(int(bootstrap.get("seed", 0))),
-        )  # fmt: skip
-        value = aggregate(matrix[np.triu_indices(len(group["seeds"]), k=1)], PWMCC)
-        group.setdefault("statistics", {})[PWMCC] = {"value": value, "ci_low": low, "ci_high": high}
 
 
 def pair_matrix(group: dict[str, Any], metric: str) -> np.ndarray:  # [S, S], NaN diagonal

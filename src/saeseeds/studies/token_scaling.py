@@ -1,7 +1,7 @@
 """The token-scaling study's part of the results page: its claims (stability grows with training
 tokens beyond geometry; Song et al.'s PW-MCC of 0.80; Paulo & Belrose's token trend), its table
-of statistics against tokens and its figure. Reads the study's groups (with PW-MCC, see
-:func:`saeseeds.studies.summaries.add_pwmcc`); judges with :mod:`saeseeds.studies.claims`'s rule.
+of statistics against tokens and its figure. Reads the study's groups as the analysis wrote them
+(PW-MCC is the analysis's ``pwmcc``); judges with :mod:`saeseeds.studies.claims`'s rule.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from saeseeds.studies.claims import (
     verdict,
 )
 from saeseeds.studies.published import PAULO_BELROSE, SONG
-from saeseeds.studies.summaries import PWMCC, Groups, difference, statistic
+from saeseeds.studies.summaries import Groups, difference, statistic
 
+PWMCC = "pwmcc"
 SONG_PWMCC = 0.80
 OPEN_QUESTION = "this project's open question (issue 16)"
 # Statistic, its name on the page; the first four have seed-bootstrap intervals.
@@ -47,7 +48,8 @@ def token_scaling_claims(groups: Groups) -> list[Claim]:
         "the geometry control's own token difference", 1,
     )  # fmt: skip
     add_token_findings(groups, shared, "shared")
-    return [claim for claim in (grows, pwmcc_claim(groups), shared) if claim.findings]
+    return [claim for claim in (grows, pwmcc_claim(groups), shared)
+            if claim.findings or claim.note]  # fmt: skip
 
 
 def pwmcc_claim(groups: Groups) -> Claim:
@@ -79,6 +81,11 @@ def pwmcc_claim(groups: Groups) -> Claim:
                     "verdict": verdict(beyond["difference_ci"], 1),
                 }
             claim.findings.append(found)
+    if not claim.findings and groups.entries:
+        claim.note = (
+            "No group has PW-MCC (`pwmcc`) in its summary.json: an analysis older than PW-MCC. "
+            "Re-run `python scripts/run_studies.py --only token_scaling --stages analyze,page`."
+        )
     return claim
 
 
