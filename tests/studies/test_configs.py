@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from saeseeds.config import register_configs
 from saeseeds.studies.experiments import EXPERIMENTS
@@ -20,17 +21,26 @@ def composed(*overrides: str, hydra: bool = False):
 
 
 def sweep_jobs(name: str) -> list[dict[str, str]]:
-    """The jobs Hydra's basic sweeper makes of the experiment's hydra.sweeper.params."""
+    """The jobs Hydra's basic sweeper makes of the experiment's hydra.sweeper.params (parsed by
+    Hydra's own override grammar, so that a list value such as ``seeds: "[1,2,3]"`` is one)."""
     params = composed(f"+experiment={name}", hydra=True).hydra.sweeper.params
-    keys = list(params)
-    values = [str(params[key]).split(",") for key in keys]
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    keys = [override.get_key_element() for override in parsed]
+    values = [
+        list(override.sweep_string_iterator())
+        if override.is_sweep_override()
+        else [override.get_value_element_as_str()]
+        for override in parsed
+    ]
     return [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*values)]
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_experiment_composes_with_its_header(name):
     cfg = composed(f"+experiment={name}")
-    assert cfg.trainer.max_epochs == 8 and cfg.hook.point == "resid_pre"
+    # The token-scaling study sees each token once; the others repeat their budget 8 times.
+    assert cfg.trainer.max_epochs == (1 if name == "token_scaling" else 8)
+    assert cfg.hook.point == "resid_pre"
     header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
     assert any("differs from the original" in line for line in header), name
@@ -67,3 +77,16 @@ def test_the_cli_prints_an_experiment_config():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "n_features: 512" in result.stdout and "k: 32" in result.stdout
+
+
+def test_token_scaling_sweeps_nested_budgets_with_three_seeds_per_job():
+    jobs = sweep_jobs("token_scaling")
+    assert len(jobs) == 3 * 2 * 2  # budgets x sizes x {condition, geometry control}
+    # Budgets first, growing: the store is extended once per budget, never rebuilt.
+    assert [job["data.n_tokens"] for job in jobs[::4]] == ["131072", "1048576", "4194304"]
+    assert {job["sae.n_features"] for job in jobs} == {"512", "4096"}
+    assert {job["data.control"] for job in jobs} == {"none", "gaussian"}
+    cfg = composed("+experiment=token_scaling", *[f"{k}={v}" for k, v in jobs[-1].items()])
+    assert list(cfg.seeds) == [1, 2, 3] and cfg.order_seed == 0
+    assert (cfg.sae.architecture, cfg.sae.k, cfg.hook.layer) == ("topk", 32, 6)
+    assert cfg.data.corpus._target_.endswith("PythonSourceCorpus")

@@ -1,16 +1,22 @@
-"""Each published directional claim judged on our numbers: reproduced, not reproduced or
-inconclusive, with the difference, its interval and the control it is judged against.
+"""Each published directional claim judged on our numbers, against its strongest control, with
+the raw difference beside it.
 
-Rule: a claim says a difference has a sign (e.g. layer 6 minus layer 0 < 0). It is
-**reproduced** where the 95% interval of our difference lies wholly on the claimed side, **not
-reproduced** where it lies wholly on the other side, and **inconclusive** where it contains 0 (or
-cannot be computed). Differences between groups use the analysis's jackknife-t over seeds;
-masking contrasts a Student-t over seeds. Where a geometry control exists, the same difference
-is also taken against it (difference-in-differences): a trend the featureless control shows as
-much is a property of the activations' geometry, not of reproducible features. A claim over
-several settings is reproduced when at least half of its settings are reproduced and none is
-not reproduced; not reproduced, symmetrically; inconclusive otherwise (too few settings decided,
-or settings that contradict each other).
+Rule: a claim says a difference has a sign (e.g. layer 6 minus layer 0 < 0). The **raw** verdict
+of a setting is reproduced where the 95% interval of our difference lies wholly on the claimed
+side, not reproduced where it lies wholly on the other side, and inconclusive where it contains 0
+(or cannot be computed). Differences between groups use the analysis's jackknife-t over seeds;
+masking contrasts a Student-t over seeds. Where a geometry control exists, the same difference is
+also taken against it (difference-in-differences): a trend the featureless control shows as much
+is a property of the activations' geometry, not of reproducible features.
+
+The **verdict** of a setting or a claim is the one against its strongest control (the geometry
+control where there is one, else the raw difference, whose comparison may itself be with a
+control): **reproduced** where both the raw and the controlled difference are; **not beyond
+geometry** where the raw difference is but the controlled one is not; **not reproduced** where
+either lies wholly on the other side; **inconclusive** otherwise. A claim over several settings
+aggregates each kind (raw, controlled) first: reproduced when at least half of its settings are
+reproduced and none is not reproduced; not reproduced, symmetrically; inconclusive otherwise
+(too few settings decided, or settings that contradict each other).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from saeseeds.studies.published import GERASIMOV, GPT2_STUDY, PAULO_BELROSE
 from saeseeds.studies.summaries import Groups, difference, difference_in_differences
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+NOT_BEYOND_GEOMETRY = "not beyond geometry"
 STUDY_BUDGET = 1024
 
 
@@ -34,6 +41,24 @@ def verdict(interval: Any, direction: int) -> str:
     if (low > 0 and direction > 0) or (high < 0 and direction < 0):
         return REPRODUCED
     if (low > 0 and direction < 0) or (high < 0 and direction > 0):
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def overall(verdicts: list[str]) -> str:
+    """Several settings' verdicts as one: at least half decided one way and none the other."""
+    counts = {v: sum(item == v for item in verdicts) for v in (REPRODUCED, NOT_REPRODUCED)}
+    for outcome, other in ((REPRODUCED, NOT_REPRODUCED), (NOT_REPRODUCED, REPRODUCED)):
+        if counts[other] == 0 and 2 * counts[outcome] >= max(len(verdicts), 1):
+            return outcome
+    return INCONCLUSIVE
+
+
+def against_control(raw: str, controlled: str) -> str:
+    """The verdict against the strongest control, from the raw one and the controlled one."""
+    if raw == REPRODUCED:
+        return REPRODUCED if controlled == REPRODUCED else NOT_BEYOND_GEOMETRY
+    if NOT_REPRODUCED in (raw, controlled):
         return NOT_REPRODUCED
     return INCONCLUSIVE
 
@@ -52,6 +77,16 @@ class Finding:
     """{name, difference, interval, verdict}: the difference-in-differences against it."""
     note: str | None = None
 
+    @property
+    def controlled_verdict(self) -> str:
+        """The verdict of the difference against the control, or the raw one without one."""
+        return self.control["verdict"] if self.control is not None else self.verdict
+
+    @property
+    def judged(self) -> str:
+        """This setting's verdict against its strongest control."""
+        return against_control(self.verdict, self.controlled_verdict)
+
 
 @dataclass
 class Claim:
@@ -67,14 +102,15 @@ class Claim:
     note: str | None = None
 
     @property
+    def raw_verdict(self) -> str:
+        """The verdict of the raw differences, without the geometry control."""
+        return overall([f.verdict for f in self.findings])
+
+    @property
     def verdict(self) -> str:
-        counts = {
-            v: sum(f.verdict == v for f in self.findings) for v in (REPRODUCED, NOT_REPRODUCED)
-        }
-        for outcome, other in ((REPRODUCED, NOT_REPRODUCED), (NOT_REPRODUCED, REPRODUCED)):
-            if counts[other] == 0 and 2 * counts[outcome] >= max(len(self.findings), 1):
-                return outcome
-        return INCONCLUSIVE
+        """The verdict against the strongest control (the module's rule)."""
+        controlled = overall([f.controlled_verdict for f in self.findings])
+        return against_control(self.raw_verdict, controlled)
 
     @property
     def beyond_control(self) -> str:
@@ -238,13 +274,22 @@ def add_size_and_token_findings(groups: Groups, size: Claim, tokens: Claim) -> N
         found = finding(f"{sizes[-1]} − {sizes[0]} features, {n_tokens:,} tokens", large, small,
                         size.statistic, -1, control)  # fmt: skip
         size.findings += [found] if found else []
+    add_token_findings(groups, tokens, tokens.statistic)
+
+
+def add_token_findings(groups: Groups, claim: Claim, metric: str, named: str = "") -> None:
+    """Most − fewest training tokens on ``metric``, per dictionary size, each against the same
+    difference in the geometry control; ``named`` is added to the setting's name."""
+    sizes = sorted(groups.values("sae.n_features"))
+    token_counts = sorted(groups.values("data.n_tokens"))
     for n_features in sizes if len(token_counts) > 1 else []:
         most, fewest = (real(groups, sae__n_features=n_features, data__n_tokens=n)
                         for n in (token_counts[-1], token_counts[0]))  # fmt: skip
         control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (most, fewest)))
         found = finding(f"{n_features} features, {token_counts[-1]:,} − {token_counts[0]:,} "
-                        "tokens", most, fewest, tokens.statistic, 1, control)  # fmt: skip
-        tokens.findings += [found] if found else []
+                        f"tokens{named}", most, fewest, metric, claim.direction,
+                        control)  # fmt: skip
+        claim.findings += [found] if found else []
 
 
 def architecture_claims(groups: Groups) -> list[Claim]:

@@ -19,6 +19,9 @@ CALIBRATED = "calibrated"  # python scripts/sweep_architectures.py ... +experime
 STUDY_BUDGET = ("data.n_tokens=1024", "data.batch_size=128")
 # Small enough for a smoke run of the whole pipeline on the embedded model in minutes.
 SMOKE_DATA = ("data.batch_size=512", "trainer.max_epochs=2")
+# The token-scaling study's smoke budgets: nested, each seen once, 8 to 32 steps of 256 tokens;
+# small shards, so that the smoke store holds a few thousand tokens, not one 65,536-token shard.
+SMOKE_BUDGETS = ("data.n_tokens=2048,4096,8192", "data.batch_size=256", "data.shard_tokens=4096")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ EXPERIMENTS: dict[str, Experiment] = {
                 "--control": "gaussian",
             },
             tiny=("sae.n_features=64", "data.n_tokens=4096", *SMOKE_DATA),
+        ),
+        Experiment(
+            name="token_scaling",
+            title="Stability against training tokens, each seen once (issue 16)",
+            passes=(Pass("131k, 1M and 4M tokens, with the geometry control"),),
+            tiny=("sae.n_features=64,256", "sae.k=8", *SMOKE_BUDGETS),
         ),
     )
 }

@@ -80,9 +80,7 @@ def size_tokens_figure(groups: Groups, path: Path) -> Path | None:
     panels = (("shared", "shared fraction (decoder and encoder cosine > 0.7)"),
               ("decoder_median", "median matched decoder cosine"))  # fmt: skip
     for axis, (metric, ylabel) in zip(axes, panels, strict=True):
-        for index, n_tokens in enumerate(groups.values("data.n_tokens")):
-            for kind, style in (("real", "-"), ("gaussian", "--")):
-                _size_line(axis, groups, sizes, n_tokens, kind, metric, style, f"C{index}")
+        _lines(axis, groups, metric, ("sae.n_features", sizes), "data.n_tokens", "{:,} tokens")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("dictionary size (features)")
         axis.set_ylabel(ylabel)
@@ -91,24 +89,61 @@ def size_tokens_figure(groups: Groups, path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def _size_line(
-    axis: Any, groups: Groups, sizes: list[int], n_tokens: int, kind: str, metric: str,
-    style: str, colour: str,
+def token_figure(
+    groups: Groups, statistics: tuple[tuple[str, str], ...], path: Path
+) -> Path | None:
+    """Each statistic against training tokens (log scale), one line per dictionary size, real
+    (solid) vs geometry control (dashed), seed-bootstrap intervals as bands."""
+    budgets = [n for n in groups.values("data.n_tokens") if isinstance(n, int)]
+    if not budgets:
+        return None
+    figure, axes = plt.subplots(1, len(statistics), figsize=(4.2 * len(statistics), 3.8),
+                                squeeze=False)  # fmt: skip
+    for axis, (metric, name) in zip(axes[0], statistics, strict=True):
+        _lines(axis, groups, metric, ("data.n_tokens", budgets), "sae.n_features", "{} features")
+        axis.set_xscale("log")
+        axis.set_xlabel("training tokens (each seen once)")
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _lines(
+    axis: Any, groups: Groups, metric: str, x: tuple[str, list[Any]], per: str, name: str
+) -> None:
+    """``metric`` over the values ``x[1]`` of the condition key ``x[0]``: one colour per value of
+    the key ``per`` (labelled ``name.format(value)``), the trained model solid, its geometry
+    control dashed."""
+    key, xs = x
+    for index, value in enumerate(groups.values(per)):
+        for kind, style in (("real", "-"), ("gaussian", "--")):
+            points = []
+            for x_value in xs:
+                values = {key.replace(".", "__"): x_value, per.replace(".", "__"): value}
+                group = real(groups, **values)
+                points.append((x_value, group if kind == "real" else
+                               control_group(groups, group, kind)))  # fmt: skip
+            label = f"{name.format(value)}, {NAMES[kind]}"
+            _line(axis, points, metric, style, f"C{index}", label)
+
+
+def _line(
+    axis: Any, points: list[tuple[float, dict | None]], metric: str, style: str, colour: str,
+    label: str,
 ) -> None:  # fmt: skip
+    """One line of a group statistic over x, with its interval as a band where it has one."""
     xs, ys, lows, highs = [], [], [], []
-    for n in sizes:
-        group = real(groups, sae__n_features=n, data__n_tokens=n_tokens)
-        group = group if kind == "real" else control_group(groups, group, kind)
+    for x, group in points:
         entry = statistic(group, metric)
         if entry["value"] is None:
             continue
-        xs.append(n)
+        xs.append(x)
         ys.append(entry["value"])
         lows.append(entry["ci_low"] if entry["ci_low"] is not None else entry["value"])
         highs.append(entry["ci_high"] if entry["ci_high"] is not None else entry["value"])
     if xs:
-        axis.plot(xs, ys, style, marker="o", color=colour,
-                  label=f"{n_tokens:,} tokens, {NAMES[kind]}")  # fmt: skip
+        axis.plot(xs, ys, style, marker="o", color=colour, label=label)
         axis.fill_between(xs, lows, highs, color=colour, alpha=0.15)
 
 

@@ -40,7 +40,17 @@ from saeseeds.studies.published import (
     OURS,
     SCALE,
 )
-from saeseeds.studies.summaries import Groups, mean_run_metric, read_summary, statistic
+from saeseeds.studies.summaries import (
+    Groups,
+    mean_run_metric,
+    read_summary,
+    statistic,
+)
+from saeseeds.studies.token_scaling import (
+    token_scaling_claims,
+    token_scaling_figure,
+    token_scaling_section,
+)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -141,8 +151,8 @@ def scale_section() -> list[str]:
     lines += [f"| {' | '.join(row)} |" for row in SCALE]
     lines += [
         f"| **ours** | {OURS['model']} | {OURS['data']} | ~1k and 131k (seed study), 32k and "
-        "131k (size × tokens), 131k (architectures), each × 8 epochs | 128–4096 | 5 (seed "
-        "study), 3 (others) |",
+        "131k (size × tokens), 131k (architectures), each × 8 epochs; 131k, 1M and 4M seen "
+        "once (token scaling) | 128–4096 | 5 (seed study), 3 (others) |",
         "",
         "Our model, corpus and budgets are small: a trend that needs scale to appear may not "
         "appear here, and an absent trend here does not refute one seen at scale. What this page "
@@ -162,15 +172,21 @@ def method_section() -> list[str]:
         "whose matched decoder and encoder cosines both exceed 0.7 (Paulo & Belrose). Group "
         "values carry a seed-bootstrap 95% interval.",
         "- A difference between two groups (layer 6 − layer 0, ...) has a jackknife-t 95% "
-        "interval over seeds (`analysis.group_stats`). A setting is **reproduced** where that "
-        "interval lies wholly on the claimed side of 0, **not reproduced** where it lies wholly "
-        "on the other side, **inconclusive** otherwise. A claim is reproduced when at least half "
-        "of its settings are and none is not reproduced (and symmetrically); otherwise it is "
-        "inconclusive.",
+        "interval over seeds (`analysis.group_stats`). Its **raw** verdict is reproduced where "
+        "that interval lies wholly on the claimed side of 0, not reproduced where it lies wholly "
+        "on the other side, inconclusive otherwise.",
         "- *Against the geometry control*: the same difference minus the geometry control's "
         "(difference-in-differences, jackknife-t). A trend that the featureless control shows as "
-        "much is a property of the activations' geometry, not evidence of reproducible features. "
-        "The verdict table's last column counts the settings whose difference-in-differences "
+        "much is a property of the activations' geometry, not evidence of reproducible features.",
+        "- **Every verdict is the verdict against the claim's strongest control** (the geometry "
+        "control where there is one; otherwise the raw difference, which for the random-model "
+        "and subspace claims is itself a comparison with a control): **reproduced** where the "
+        "raw and the controlled difference both are, **not beyond geometry** where the raw "
+        "difference is but the controlled one is not, **not reproduced** where either lies wholly "
+        "on the other side, **inconclusive** otherwise. Over several settings each kind is "
+        "aggregated first: reproduced when at least half of the settings are and none is not "
+        "reproduced (and symmetrically), otherwise inconclusive. The raw verdict stays beside it "
+        "in its own column; the last column counts the settings whose difference-in-differences "
         "lies wholly on the claimed side.",
         "- The masking experiment is defined in [masking.md](masking.md).",
     ]  # fmt: skip
@@ -178,20 +194,24 @@ def method_section() -> list[str]:
 
 def verdict_table(claims: list[Claim]) -> list[str]:
     lines = ["## Verdicts", "",
-             "| claim | source | verdict | settings | judged against | beyond it |",
+             "| claim | source | verdict (against its strongest control) | raw difference "
+             "(no control) | judged against | beyond it |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for claim in claims:
-        lines.append(f"| {claim.text} | {claim.source} | **{claim.verdict}** | {claim.summary} "
-                     f"| {claim.judged_against} | {claim.beyond_control} |")  # fmt: skip
+        lines.append(f"| {claim.text} | {claim.source} | **{claim.verdict}** | "
+                     f"{claim.raw_verdict} ({claim.summary}) | {claim.judged_against} | "
+                     f"{claim.beyond_control} |")  # fmt: skip
     return lines
 
 
 def claim_table(claim: Claim) -> list[str]:
     lines = [
-        f"**{claim.text}** ({claim.source}): **{claim.verdict}**. Statistic: `{claim.statistic}`;"
-        f" difference = {claim.compared}.", "",
-        "| setting | a | b | difference [95% CI] | verdict | against the control |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"**{claim.text}** ({claim.source}): **{claim.verdict}** (raw difference: "
+        f"{claim.raw_verdict}). Statistic: `{claim.statistic}`; difference = {claim.compared}.",
+        "",
+        "| setting | a | b | raw difference [95% CI] | raw verdict | against the control | "
+        "verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for finding in claim.findings:
         against = finding.note or ""
@@ -204,7 +224,7 @@ def claim_table(claim: Claim) -> list[str]:
         lines.append(
             f"| {finding.setting} | {fmt(finding.value_a)} | {fmt(finding.value_b)} | "
             f"{fmt(finding.difference)} {fmt_ci(finding.interval, signed=True)} | "
-            f"{finding.verdict} | {against} |"
+            f"{finding.verdict} | {against} | **{finding.judged}** |"
         )  # fmt: skip
     if claim.note:
         lines += ["", claim.note]
@@ -409,6 +429,11 @@ def write_results_page(out_root: Path, page: Path, tiny: bool = False) -> Path:
         claims += [c for c in [masking_claim(groups, seed_study["masking"])] if c]
     if seed_study:
         claims += [c for c in [subspace_claim(seed_study["groups"])] if c]
+    if "token_scaling" in studies:
+        study = studies["token_scaling"]
+        figure = token_scaling_figure(study["groups"], folder / "results_token_scaling.png")
+        sections.append(token_scaling_section(study, figure, page))
+        claims += token_scaling_claims(study["groups"])
     details = ["## Claim by claim", ""]
     for claim in claims:
         details += claim_table(claim) + [""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 GPT2_STUDY = "multi-seed GPT-2 study"
 PAULO_BELROSE = "Paulo & Belrose 2025"
 GERASIMOV = "Gerasimov et al. 2026"
+SONG = "Song et al. 2025"
 
 # The multi-seed GPT-2 study: Top-K SAEs on GPT-2 small, blocks.{0,6}.hook_resid_pre, 8 epochs,
 # 5 seeds, ~1k training tokens. (layer, n_features or None where not stated, statistic): value.
@@ -34,8 +35,11 @@ SCALE = [
      "orders of magnitude more than ours", "several sizes (see the paper)", "several"),
     (GERASIMOV, "several models and layers (see the paper)", "web-scale text (see the paper)",
      "orders of magnitude more than ours", "several sizes and SAE variants", "several"),
+    (SONG, "LLMs (see the paper); Top-K PW-MCC 0.80", "web-scale text (see the paper)",
+     "orders of magnitude more than ours", "several sizes (see the paper)", "several"),
 ]  # fmt: skip
 OURS = {
     "model": "SmolLM2-135M (30 layers, d_model 576), embedded",
-    "data": "Python's documentation (~300k tokens), embedded",
+    "data": "Python's documentation (~300k tokens), embedded; the Python standard library's "
+    "source (~9M tokens, token scaling)",
 }

@@ -75,9 +75,12 @@ class Groups:
 
 
 def statistic(group: dict[str, Any] | None, metric: str) -> dict[str, float | None]:
-    """{value, ci_low, ci_high} of a group statistic (None where absent)."""
-    entry = (group or {}).get("statistics", {}).get(metric) or {}
-    return {key: entry.get(key) for key in ("value", "ci_low", "ci_high")}
+    """{value, ci_low, ci_high} of a group statistic (None where absent). A group-level number
+    of summary.json that is no pair statistic (``beyond_geometry_fraction``) has no interval."""
+    entry = (group or {}).get("statistics", {}).get(metric)
+    if entry is None and isinstance((group or {}).get(metric), int | float):
+        entry = {"value": group[metric]}
+    return {key: (entry or {}).get(key) for key in ("value", "ci_low", "ci_high")}
 
 
 def pair_matrix(group: dict[str, Any], metric: str) -> np.ndarray:  # [S, S], NaN diagonal
