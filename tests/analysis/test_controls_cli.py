@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -43,6 +44,9 @@ def sweep_and_analyse(tmp_path: Path, data: list[str], seeds: str = "1,2,3") -> 
     return {"condition": condition, "report": report, "report_dir": report_dir}
 
 
+# Slow (half a minute): run with -m slow; the other side (features beat their control) runs by
+# default.
+@pytest.mark.slow
 def test_featureless_anisotropic_data_is_indistinguishable_from_its_control(tmp_path):
     generator = torch.Generator().manual_seed(0)
     d_in = 16

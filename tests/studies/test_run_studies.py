@@ -66,6 +66,8 @@ def check_outputs(result: subprocess.CompletedProcess, out: Path, n_seeds: int) 
     return {"summary": summary, "masking": masking, "page": page}
 
 
+# Slow (about a minute): run with -m slow; the claims, page and configs have fast tests.
+@pytest.mark.slow
 def test_seed_study_pipeline_on_synthetic_features(tmp_path):
     result, out = run_studies(tmp_path, *SYNTHETIC)
     outputs = check_outputs(result, out, n_seeds=2)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO_ROOT
 
 TINY = [
@@ -32,6 +34,9 @@ def sweep_architectures(sweep: Path, *flags: str) -> subprocess.CompletedProcess
     return result
 
 
+# Slow (about a minute): run with -m slow. The calibration and sweep logic it drives are also
+# covered by the architectures' own CLI tests.
+@pytest.mark.slow
 def test_each_architecture_gets_its_control_and_a_rerun_reuses_the_calibration(tmp_path):
     out = tmp_path / "studies"
     sweep = out / "architectures" / "sweep"  # where run_studies.py looks for it

@@ -99,6 +99,8 @@ def basic_weights(tiny_llama, tmp_path_factory) -> dict[str, bytes]:
     return found
 
 
+# Slow (half a minute): run with -m slow; racing builders are tested by default in test_store.
+@pytest.mark.slow
 def test_joblib_runs_the_sweep_in_parallel_with_one_store_build(
     tiny_llama, tmp_path, basic_weights
 ):

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO_ROOT, TINY_SAE, TINY_SYNTHETIC, run_app
 
 SWEEP = [
@@ -48,6 +50,8 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 300.0) -> None:
     process.communicate(timeout=60)
 
 
+# Slow (half a minute): run with -m slow; single-job resume is tested exactly by default.
+@pytest.mark.slow
 def test_killed_sweep_resumes_skips_and_reports_to_the_same_weights(tmp_path):
     straight = tmp_path / "straight"
     result = run_app("train.py", *SWEEP, f"hydra.sweep.dir={straight}", cwd=tmp_path)

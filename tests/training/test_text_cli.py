@@ -116,6 +116,8 @@ def test_defaults_train_on_embedded_smollm2_offline(tmp_path):
     assert top["features"]
 
 
+# Slow (half a minute): run with -m slow.
+@pytest.mark.slow
 def test_a_job_does_not_depend_on_the_jobs_that_ran_before_it(tiny_llama, tmp_path):
     """In a sweep the second job reuses the first one's model, activations and clean-logit
     baseline from memory; run alone in a fresh process it must write the same SAE and metrics."""
