@@ -1,13 +1,13 @@
 """Sweep efficiency: how much of a sweep's wall time is spent on anything but training.
 
 Runs a sweep through the real CLI (by default the mission command,
-``python train.py -m seed=1,2,3,4,5 sae.n_features=128,512``) on a cold activation cache of its
+``python train.py -m seed=1,2,3,4,5 sae.n_features=128,512``) on a cold activation store of its
 own, then reports
 
-    efficiency = (sweep wall time) / (cache build + sum over jobs of trainer.fit time)
+    efficiency = (sweep wall time) / (store build + sum over jobs of trainer.fit time)
 
-from the cache manifest's ``build_seconds`` and each run's ``metrics.json`` ``fit_time_s``. 1.0
-means no overhead at all; the rest is process start-up, model loading, W&B, held-out evaluation,
+from the store manifest's build seconds (held-out file and shards) and each run's
+``metrics.json`` ``fit_time_s``. 1.0 means no overhead at all; the rest is process start-up, model loading, W&B, held-out evaluation,
 CE-loss and top examples, and file writing. It also times W&B's start-up and finish on its own
 (offline), which every job pays once.
 
@@ -55,6 +55,13 @@ def wandb_startup_seconds(rounds: int = 3) -> list[float]:
     return [float(line) for line in result.stdout.split()]
 
 
+def store_build_seconds(manifest: dict) -> float:
+    """A store's build time: its held-out file plus every shard, as its manifest records them."""
+    shards = manifest.get("shards", {}).values()
+    held = manifest.get("provenance", {}).get("heldout_build_seconds", 0)
+    return held + sum(record.get("build_seconds", 0) for record in shards)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="train.py overrides (default: the mission)")
@@ -84,7 +91,7 @@ def main() -> None:
         raise SystemExit(f"the sweep failed:\n{result.stderr[-3000:]}")
 
     manifests = list(cache_dir.rglob("manifest.json"))
-    cache_build = sum(json.loads(m.read_text())["info"].get("build_seconds", 0) for m in manifests)
+    cache_build = sum(store_build_seconds(json.loads(m.read_text())) for m in manifests)
     runs = sorted(p.parent for p in sweep_dir.rglob("COMPLETE"))
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
     if any("fit_time_s" not in m for m in metrics):
@@ -93,15 +100,15 @@ def main() -> None:
     job = [m["wall_time_s"] for m in metrics]
     wandb_seconds = wandb_startup_seconds()
 
-    print(f"jobs: {len(runs)}; activation caches built: {len(manifests)}")
+    print(f"jobs: {len(runs)}; activation stores built: {len(manifests)}")
     print(f"sweep wall time:           {wall:8.1f} s")
-    print(f"activation cache build:    {cache_build:8.1f} s")
+    print(f"activation store build:    {cache_build:8.1f} s")
     print(f"sum of trainer.fit times:  {sum(fit):8.1f} s  (per job {min(fit):.1f}-{max(fit):.1f})")
     print(f"sum of job wall times:     {sum(job):8.1f} s  (train() from start to COMPLETE)")
     outside = wall - sum(job)
     print(f"outside jobs:              {outside:8.1f} s  (Python/Hydra start-up, model load)")
     print(f"W&B offline init+finish:   {statistics.median(wandb_seconds):8.2f} s per job (median)")
-    print(f"efficiency (wall / (cache + fit)): {wall / (cache_build + sum(fit)):.3f}")
+    print(f"efficiency (wall / (store build + fit)): {wall / (cache_build + sum(fit)):.3f}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
