@@ -8,8 +8,8 @@ own, then reports
 
 from the store manifest's build seconds (held-out file and shards) and each run's
 ``metrics.json`` ``fit_time_s``. 1.0 means no overhead at all; the rest is process start-up,
-model loading, W&B, held-out evaluation, CE-loss and top examples, and file writing. It also times W&B's start-up and finish on its own
-(offline), which every job pays once.
+model loading, W&B, held-out evaluation, CE-loss and top examples, and file writing. It also
+times W&B's start-up and finish on its own (offline), which every job pays once.
 
     python scripts/bench_sweep.py                                # the mission command, ~7 min
     python scripts/bench_sweep.py seed=1,2 sae.n_features=128 trainer.max_epochs=1   # quicker
