@@ -7,7 +7,7 @@ and one job at a time on every core (the basic launcher, threads=<cores>).
     python scripts/bench_launchers.py --tiny                 # a tiny local model, ~2 min
     python scripts/bench_launchers.py --cores 4 --repeats 3 --output bench.json
 
-A warm-up run builds the activation cache (and converts the model) first, so both sweeps read
+A warm-up run builds the activation store (and converts the model) first, so both sweeps read
 the same cache and time only what the launcher changes: process start, model load, training and
 evaluation. Each sweep writes into a fresh folder; the script checks that both trained the same
 SAEs (byte-identical weights) and prints, as JSON, each sweep's wall time and the ratio

@@ -4,7 +4,7 @@ Owns finding weights and tokenizer, loading them with ``transformers`` (the embe
 converted safetensors copy cached per GGUF hash), wrapping the model in a TransformerLens
 ``TransformerBridge``, the model-weight hash, and keeping the last loaded model in memory for the
 next job of the same process. Every source goes through a local folder, so nothing reaches the
-network once weights are on disk. It must not know about hooks, corpora or activation caches.
+network once weights are on disk. It must not know about hooks, corpora or activation stores.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def measure_group(group: GroupPairs) -> Measured:
         if codes[key[0]].identity != codes[key[1]].identity:
             notes.append(
                 f"seeds {key[0]} and {key[1]}: their codes are on different held-out activations "
-                "(heldout_identity differs: other data, or an activation cache rebuilt "
+                "(heldout_identity differs: other data, or an activation store rebuilt "
                 "differently), so they are not compared"
             )
             continue

@@ -83,7 +83,7 @@ class PathsConfig:
 
     output_dir: str = "${hydra:runtime.output_dir}"
     cache_dir: str = "outputs/cache"
-    """Shared activation caches (one per model/hook/data/...)."""
+    """Shared activation stores (one per model/hook/data/...), token blocks and file hashes."""
     model_cache_dir: str = "${oc.env:SAESEEDS_MODEL_CACHE,'~/.cache/saeseeds'}"
     """Converted model weights (e.g. the de-quantised embedded model)."""
 

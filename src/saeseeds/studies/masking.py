@@ -15,7 +15,7 @@ activation mass? Defined in docs/masking.md; in short, for each run of a group:
 
 Per group: the mean over seeds with a Student-t 95% interval. Reads run folders and the
 analysis's features.csv and summary.json; the activations come from the run's own recorded
-config through the training app's source (read-only: the activation cache is read, not written,
+config through the training app's source (read-only: the activation store is read, not written,
 once it exists).
 """
 
