@@ -100,7 +100,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         Experiment(
             name="token_scaling",
-            title="Stability against training tokens, each seen once (issue 16)",
+            title="Stability against training tokens, each seen once",
             passes=(Pass("131k, 1M and 4M tokens, with the geometry control"),),
             tiny=("sae.n_features=64,256", "sae.k=8", *SMOKE_BUDGETS),
         ),

@@ -123,9 +123,10 @@ def header(studies: dict[str, Any], out_root: Path, tiny: bool) -> list[str]:
                   if k.startswith("train pass")]  # fmt: skip
         stages += f" ({'; '.join(passes)})" if passes else ""
         jobs = timings.get("train_jobs")
+        side_by_side = "one job at a time" if jobs == 1 else f"{jobs} jobs side by side"
         runs = study["summary"].get("n_runs_used")
         lines.append(f"| {experiment.title} (`{name}`) | {runs} runs analysed | {stages}"
-                     f"{f' ({jobs} jobs side by side)' if jobs else ''} |")  # fmt: skip
+                     f"{f' ({side_by_side})' if jobs else ''} |")  # fmt: skip
     return lines
 
 

@@ -23,7 +23,7 @@ from saeseeds.studies.summaries import Groups, difference, statistic
 
 PWMCC = "pwmcc"
 SONG_PWMCC = 0.80
-OPEN_QUESTION = "this project's open question (issue 16)"
+OPEN_QUESTION = "this project's open question (README)"
 # Statistic, its name on the page; the first four have seed-bootstrap intervals.
 STATISTICS = (
     ("decoder_median", "median matched cosine"),
