@@ -102,6 +102,8 @@ def token_figure(
     for axis, (metric, name) in zip(axes[0], statistics, strict=True):
         _lines(axis, groups, metric, ("data.n_tokens", budgets), "sae.n_features", "{} features")
         axis.set_xscale("log")
+        axis.set_xticks(budgets, [f"{b:,}" for b in budgets])  # the budgets, not log-scale minors
+        axis.minorticks_off()
         axis.set_xlabel("training tokens (each seen once)")
         axis.set_title(name)
         axis.grid(alpha=0.3)
