@@ -110,3 +110,19 @@ def test_redundancy_can_be_switched_off(stable_sweep, tmp_path, analysis_config)
     cfg = analysis_config(str(stable_sweep), **{"metrics.redundancy": False})
     outcome = run_analysis(cfg, tmp_path / "report")
     assert all("redundancy" not in group for group in outcome.summary["groups"].values())
+
+
+def test_a_condition_without_a_trained_control_is_not_called_a_result(
+    tmp_path: Path, analysis_config
+):
+    """Beating random dictionaries alone is no result: the verdict says so and gives the command
+    that adds the geometry control to the same sweep folder."""
+    base = random_directions(40, D_IN, seed=40)
+    dictionaries = {(40, seed): noisy_permuted_copy(base, seed, 0.3) for seed in (1, 2, 3)}
+    sweep = write_sweep(tmp_path / "sweep", dictionaries)
+    run_analysis(analysis_config(str(sweep)), tmp_path / "report")
+    verdict = (tmp_path / "report" / "report.md").read_text().split("## Verdict")[1]
+    line = next(line for line in verdict.splitlines() if line.startswith("- **"))
+    assert "beats the isotropic null" in line
+    assert "No trained control yet" in line
+    assert f"data.control=gaussian hydra.sweep.dir={sweep.resolve()}" in line

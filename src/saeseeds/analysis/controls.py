@@ -246,6 +246,8 @@ def verdict(report: Any) -> str:
         sentence += ", with no control to judge it against (train one: data.control=gaussian)."
         return sentence + redundancy_warning(report)
     sentence += " " + "; it ".join(parts) + "." + imported
+    if not imported:  # an import's own sentence says what it can be judged against
+        sentence += untrained_controls_warning(report)
     if "beyond_geometry_fraction" in report.extras:
         sentence += (
             f" {report.extras['beyond_geometry_fraction']:.1%} of its features are reproduced "
@@ -263,6 +265,25 @@ def verdict(report: Any) -> str:
     if convergence.get("stability", {}).get("still_rising"):
         sentence += " Its stability was still rising over the last quarter (see Convergence)."
     return sentence + redundancy_warning(report)
+
+
+TRAINED_CONTROLS = ("gaussian", "random_model")
+
+
+def untrained_controls_warning(report: Any) -> str:
+    """When a condition is judged against random dictionaries only: say that this is no result
+    yet, and give the command that adds its geometry control to the same sweep folder."""
+    controls = report.extras.get("controls", {})
+    if any(name in controls for name in TRAINED_CONTROLS) or not report.group.runs:
+        return ""
+    folder = report.group.runs[0].path.parent
+    return (
+        " **No trained control yet**: anisotropic activations let any dictionary beat random "
+        "ones, so this is not evidence of reproducible features. Add its geometry control to "
+        "the same folder by running the same training command again with "
+        f"`data.control=gaussian hydra.sweep.dir={folder}` added (the existing jobs are "
+        "untouched), then run analyze.py again."
+    )
 
 
 DUPLICATE_WARNING_SHARE = 0.1
