@@ -14,25 +14,9 @@ from saeseeds import contract
 from saeseeds.training.job import run_job
 from saeseeds.training.run import train
 from tests.helpers import compose_train, store_folders
+from tests.training.test_text_cli import TINY_TEXT as TEXT_CLI_OPTIONS
 
-TINY_TEXT = [
-    "data=pydocs",
-    "data.seq_len=32",
-    "data.n_tokens=2048",
-    "data.batch_size=256",
-    "data.eval_sequences=2",
-    "data.heldout_tokens=256",
-    "data.shard_tokens=512",
-    "data.window_shards=2",
-    "hook.layer=1",
-    "sae.n_features=32",
-    "sae.k=4",
-    "sae.warmup_steps=2",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_epochs=2",
-    "order_seed=0",
-]
+TINY_TEXT = [*TEXT_CLI_OPTIONS, "trainer.max_epochs=2", "order_seed=0"]
 
 
 def text_config(tiny_llama: Path, tmp_path: Path, *overrides: str, output_dir: Path):
