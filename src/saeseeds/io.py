@@ -115,6 +115,20 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def fit_name(name: str, limit: int) -> str:
+    """``name`` if it fits in ``limit`` bytes, else its start plus a hash of all of it.
+
+    The hash keeps two long names apart whenever they differ anywhere, and gives a long name the
+    same short form in every process (a job number would not: it restarts in every sweep).
+    """
+    encoded = name.encode()
+    if len(encoded) <= limit:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    start = encoded[: limit - len(digest) - 3].decode(errors="ignore")
+    return f"{start}...{digest}"
+
+
 def name_too_long(path: Path, existing_ancestor: Path) -> str | None:
     """Which part of ``path`` (below ``existing_ancestor``) is longer than its file system takes."""
     try:

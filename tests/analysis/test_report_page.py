@@ -265,3 +265,14 @@ def test_page_size_and_first_render_at_5_seeds_by_4096_features(tmp_path, analys
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     assert size_mb < 40 and first_render_ms < 10_000
     assert np.sum(data["groups"][0]["full"]) == 1000
+
+
+def test_figure_names_of_long_group_labels_fit_a_file_name():
+    """Six architectures in one sweep give group labels past 255 bytes; their figures' names
+    are cut with a hash, so two such groups never share a figure."""
+    from saeseeds.analysis.report.plots import slug
+
+    label = "sae=matryoshka data.control=gaussian " + "sae.groups=[1,2,4] " * 20
+    assert len(slug(label).encode()) <= 120
+    assert slug(label) != slug(label.replace("matryoshka", "archetypal"))
+    assert slug("sae=topk / n=512") == "sae=topk_n=512"

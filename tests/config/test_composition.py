@@ -99,3 +99,17 @@ def test_validation_names_the_bad_value_and_the_valid_range(tmp_path, overrides,
     with pytest.raises(ConfigError) as raised:
         validate_train_config(cfg)
     assert message in str(raised.value)
+
+
+def test_long_job_folder_names_stay_unique_and_stable_across_sweeps():
+    """Two passes of one study share a sweep folder and both number their jobs from 0: a long
+    name is cut to fit the file system with a hash of the whole name, never the job number."""
+    from saeseeds.config import MAX_FOLDER_NAME, job_subdir
+
+    first = "sae=topk,data.n_tokens=4096," + "x" * 300 + ",seed=1"
+    second = first.replace("seed=1", "seed=2")
+    assert job_subdir(first, 0) == job_subdir(first, 7)
+    assert job_subdir(first, 0) != job_subdir(second, 0)
+    assert len(job_subdir("é" * 300, 0).encode()) <= MAX_FOLDER_NAME
+    assert job_subdir("model.name=org/model", 3) == "model.name=org%2Fmodel"
+    assert job_subdir("", 3) == "3"

@@ -8,21 +8,21 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from saeseeds.io import fit_name
+
 MAX_FOLDER_NAME = 200  # file systems allow 255 bytes per path component
 
 
-def job_subdir(override_dirname: str, job_number: int) -> str:
+def job_subdir(override_dirname: str, job_number: int | str) -> str:
     """Name a sweep's job folder from its overrides; fall back to the job number.
 
-    Names too long for a file system keep their start plus the job number, so they stay unique.
+    Names too long for a file system keep their start plus a hash of the whole name, so they stay
+    unique across the sweeps that share a folder (job numbers restart in every sweep).
     """
     if not override_dirname:
         return str(job_number)
     # A value such as model.path=/x/y or model.name=org/model must not nest folders.
-    override_dirname = override_dirname.replace("/", "%2F")
-    if len(override_dirname.encode()) > MAX_FOLDER_NAME:
-        return f"{override_dirname[: MAX_FOLDER_NAME - 12]}...job{job_number}"
-    return override_dirname
+    return fit_name(override_dirname.replace("/", "%2F"), MAX_FOLDER_NAME)
 
 
 def register_configs() -> None:

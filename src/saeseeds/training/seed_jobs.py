@@ -127,7 +127,6 @@ def seed_runs(cfg: DictConfig, hydra_cfg: Any | None) -> list[SeedRun]:
             name = override_dirname(
                 overrides, list(naming.exclude_keys), naming.item_sep, naming.kv_sep
             )
-            # The job number names a folder only when its name is too long; add the seed there.
             run_dir = Path(hydra_cfg.sweep.dir) / job_subdir(name, f"{hydra_cfg.job.num}.{seed}")
         else:
             run_dir = job_dir / f"seed={seed}"

@@ -22,13 +22,15 @@ import numpy as np  # noqa: E402
 from saeseeds.analysis.functional import scatter_points  # noqa: E402
 from saeseeds.analysis.group_analysis import GroupReport  # noqa: E402
 from saeseeds.analysis.group_stats import frequency_points, seed_matrix  # noqa: E402
+from saeseeds.io import fit_name  # noqa: E402
 
 STATISTIC_TITLES = {"decoder_median": "median matched cosine", "mmcs": "MMCS"}
 
 
 def slug(label: str) -> str:
-    """A file-name-safe form of a group label."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "group"
+    """A file-name-safe form of a group label, short enough for a file name with its suffix."""
+    safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "group"
+    return fit_name(safe, 120)
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
