@@ -4,6 +4,7 @@
     python scripts/run_studies.py --only seed_study      # one study (the page keeps the others')
     python scripts/run_studies.py --tiny                 # smoke version, minutes; its own page
     python scripts/run_studies.py --stages analyze,mask,page   # redo everything but training
+    python scripts/run_studies.py --only stability_methods data.n_tokens=262144  # other budget
 
 For each study (conf/experiment/<name>.yaml; see saeseeds.studies.experiments) it trains every
 pass into one sweep folder, <out>/<name>/sweep, runs analyze.py on it into <out>/<name>/analysis,

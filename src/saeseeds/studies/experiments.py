@@ -4,7 +4,8 @@ smoke (``--tiny``) version. Read by ``scripts/run_studies.py``; imports nothing 
 A pass is one command into the experiment's sweep folder: ``python train.py -m
 +experiment=NAME <pass overrides>`` (or, for the architectures, the calibration script
 ``scripts/sweep_architectures.py``). The overrides of a command are, in this order: the
-experiment, the smoke overrides (``--tiny`` only), the pass's own, the user's; a later one wins.
+experiment, the smoke overrides (``--tiny`` only), the pass's own, the pass's smoke overrides
+(``--tiny`` only), the user's; a later one wins.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ SMOKE_DATA = ("data.batch_size=512", "trainer.max_epochs=2")
 # small shards, so that the smoke store holds a few thousand tokens, not one 65,536-token shard.
 SMOKE_BUDGETS = ("data.n_tokens=2048,4096,8192", "data.batch_size=256", "data.shard_tokens=4096")
 
+# The stability-methods study's coefficients (conf/experiment/stability_methods.yaml says how
+# they were found): ReLU+L1's and JumpReLU's reach held-out L0 ≈ 32 on its data and budget.
+METHODS_L1 = "sae.l1_coefficient=5.0"
+METHODS_L0 = "sae.l0_coefficient=0.5"
+METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0.001")
+# Its smoke version: one epoch of 16 steps of 256 tokens, small shards (as token scaling's).
+SMOKE_METHODS = ("sae.n_features=64", "data.n_tokens=4096", "data.batch_size=256",
+                 "data.shard_tokens=4096")  # fmt: skip
+SMOKE_K = ("sae.k=8",)
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -30,6 +41,8 @@ class Pass:
 
     label: str
     overrides: tuple[str, ...] = ()
+    tiny: tuple[str, ...] = ()
+    """This pass's own overrides of the smoke version (after the experiment's)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,17 @@ EXPERIMENTS: dict[str, Experiment] = {
             passes=(Pass("131k, 1M and 4M tokens, with the geometry control"),),
             tiny=("sae.n_features=64,256", "sae.k=8", *SMOKE_BUDGETS),
         ),
+        Experiment(
+            name="stability_methods",
+            title="Stability by training method at matched L0, beyond geometry",
+            passes=(
+                Pass("Top-K, BatchTopK, Matryoshka, archetypal (k = 32)", tiny=SMOKE_K),
+                Pass("Top-K with an L2 weight penalty", METHODS_WEIGHT_L2, SMOKE_K),
+                Pass("ReLU+L1 at its calibrated coefficient", ("sae=relu_l1", METHODS_L1)),
+                Pass("JumpReLU at its calibrated coefficient", ("sae=jumprelu", METHODS_L0)),
+            ),
+            tiny=SMOKE_METHODS,
+        ),
     )
 }
 
@@ -116,5 +140,6 @@ def command_overrides(
         f"+experiment={experiment.name}",
         *(experiment.tiny if tiny else ()),
         *study_pass.overrides,
+        *(study_pass.tiny if tiny else ()),
         *user,
     ]
