@@ -82,6 +82,11 @@ def train(
         announce(f"{experiment.name}: pass {number}/{len(experiment.passes)}: {study_pass.label}")
         overrides = command_overrides(experiment, study_pass, args.tiny, common)
         overrides.append(f"hydra.sweep.dir={sweep_dir}")
+        if number > 1:
+            # A job folder's name too long for a file system keeps its start and the job's
+            # number, which restarts in every pass: the pass's number keeps passes apart.
+            overrides.append(f"hydra.sweep.subdir='${{job_subdir:${{hydra.job.override_dirname}},"
+                             f"pass{number}-${{hydra.job.num}}}}'")  # fmt: skip
         started = time.perf_counter()
         ok &= run([sys.executable, str(REPO / "train.py"), "-m", *overrides, *launch], env)
         seconds = round(time.perf_counter() - started, 1)

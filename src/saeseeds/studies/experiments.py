@@ -28,7 +28,10 @@ SMOKE_BUDGETS = ("data.n_tokens=2048,4096,8192", "data.batch_size=256", "data.sh
 # they were found): ReLU+L1's and JumpReLU's reach held-out L0 ≈ 32 on its data and budget.
 METHODS_L1 = "sae.l1_coefficient=5.0"
 METHODS_L0 = "sae.l0_coefficient=0.5"
-METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0.001")
+# Jedryszek & Crook's Top-K weight penalty, 1e-4 (their language-model grid: 0 and 1e-4): their
+# loss is ‖x − x̂‖² + λ(‖W_enc‖² + ‖W_dec‖²) on activations scaled to E‖x‖² = d_in; ours divides
+# both terms by d_in on the same scale, so the same λ weighs the same against the reconstruction.
+METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0.0001")
 # Its smoke version: one epoch of 16 steps of 256 tokens, small shards (as token scaling's).
 SMOKE_METHODS = ("sae.n_features=64", "data.n_tokens=4096", "data.batch_size=256",
                  "data.shard_tokens=4096")  # fmt: skip

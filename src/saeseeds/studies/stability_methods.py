@@ -238,8 +238,9 @@ def method_table(groups: Groups) -> list[str]:
     unmatched = [name for name, group in rows if off_target(groups, group)]
     if unmatched:
         lines += ["", f"Not at matched sparsity (held-out L0 more than {L0_TOLERANCE:.0%} from "
-                  f"k = {target_l0(groups)}): {', '.join(unmatched)}. Their coefficients were "
-                  "calibrated at the study's default budget; recalibrate for this one (the "
+                  f"k = {target_l0(groups)}): {', '.join(unmatched)}; their comparisons with "
+                  "Top-K are not at matched sparsity. ReLU+L1's and JumpReLU's coefficients were "
+                  "calibrated at the study's default budget: for another, recalibrate them (the "
                   "command is in `conf/experiment/stability_methods.yaml`)."]  # fmt: skip
     return lines
 
