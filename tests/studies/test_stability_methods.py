@@ -129,14 +129,14 @@ def test_the_figure_draws_every_method(tmp_path):
 def test_stability_methods_study_end_to_end(tmp_path):
     """--tiny --only stability_methods on synthetic data: 7 methods x 2 kinds, 3 seeds per job;
     the page gets the section with the budget the runs saw, the verdicts and the figure."""
-    _, out = run_tiny_study(tmp_path, "stability_methods", "sae.n_features=32",
-                            "data.n_tokens=2048", "sae.lr=0.01")  # fmt: skip
+    # Few overrides (see experiments.SMOKE_METHODS); the budget is the user's.
+    _, out = run_tiny_study(tmp_path, "stability_methods", "data.n_tokens=8192", synthetic=False)
     runs = sorted((out / "stability_methods").glob("sweep/*/COMPLETE"))
     assert len(runs) == 7 * 2 * 3
     page = (out / "page" / "results.md").read_text()
     assert "## 6. Stability by training method at matched L0, beyond geometry" in page
     # The user's budget, as the runs recorded it.
-    assert "2,048 training tokens per SAE as the runs recorded them" in page
+    assert "8,192 training tokens per SAE as the runs recorded them" in page
     for text in (
         "Archetypal SAEs are more stable than Top-K",
         "reduce feature absorption",
@@ -150,5 +150,10 @@ def test_stability_methods_study_end_to_end(tmp_path):
     ):
         assert text in page, text  # fmt: skip
     assert (out / "page" / "results_stability_methods.png").stat().st_size > 5000
+    # ReLU+L1's and JumpReLU's λ were searched on the study's data and budget, recorded, used.
+    record = json.loads((out / "stability_methods" / "calibration.json").read_text())
+    assert record["k"] == 8 and "data.n_tokens=8192" in record["overrides"]
+    assert f"ReLU+L1 λ = {record['l1_coefficient']:.4g}" in page
+    assert f"JumpReLU λ = {record['l0_coefficient']:.4g}" in page
     summary = json.loads((out / "stability_methods" / "analysis" / "summary.json").read_text())
     assert len(summary["groups"]) == 7 * 2

@@ -24,17 +24,14 @@ SMOKE_DATA = ("data.batch_size=512", "trainer.max_epochs=2")
 # small shards, so that the smoke store holds a few thousand tokens, not one 65,536-token shard.
 SMOKE_BUDGETS = ("data.n_tokens=2048,4096,8192", "data.batch_size=256", "data.shard_tokens=4096")
 
-# The stability-methods study's coefficients (conf/experiment/stability_methods.yaml says how
-# they were found): ReLU+L1's and JumpReLU's reach held-out L0 ≈ 32 on its data and budget.
-METHODS_L1 = "sae.l1_coefficient=5.0"
-METHODS_L0 = "sae.l0_coefficient=0.5"
 # Jedryszek & Crook's Top-K weight penalty, 1e-4 (their language-model grid: 0 and 1e-4): their
 # loss is ‖x − x̂‖² + λ(‖W_enc‖² + ‖W_dec‖²) on activations scaled to E‖x‖² = d_in; ours divides
 # both terms by d_in on the same scale, so the same λ weighs the same against the reconstruction.
 METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0.0001")
-# Its smoke version: one epoch of 16 steps of 256 tokens, small shards (as token scaling's).
-SMOKE_METHODS = ("sae.n_features=64", "data.n_tokens=4096", "data.batch_size=256",
-                 "data.shard_tokens=4096")  # fmt: skip
+# Its smoke version: one epoch of 16 steps, a store of one 16k-token shard. Few overrides: a job
+# folder's name longer than 200 characters is cut to its start and the job's number, which every
+# pass (train.py call) numbers from 0 again, so two passes' long names would share a folder.
+SMOKE_METHODS = ("data.n_tokens=16384", "data.shard_tokens=16384")
 SMOKE_K = ("sae.k=8",)
 
 
@@ -46,6 +43,10 @@ class Pass:
     overrides: tuple[str, ...] = ()
     tiny: tuple[str, ...] = ()
     """This pass's own overrides of the smoke version (after the experiment's)."""
+    calibrated: str | None = None
+    """An architecture without k (relu_l1, jumprelu) whose sparsity coefficient
+    ``scripts/run_studies.py`` first searches, on the pass's data and budget, for held-out L0 =
+    the experiment's ``calibration["--k"]``, and adds to the pass's overrides."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class Experiment:
     tiny: tuple[str, ...] = ()
     """Overrides of the smoke version, for every pass."""
     calibration: dict[str, str] = field(default_factory=dict)
-    """``--k``/``--seeds`` of sweep_architectures.py (``kind=calibrated``); ``tiny_calibration``
-    replaces them in the smoke version."""
+    """``--k``/``--seeds`` of sweep_architectures.py (``kind=calibrated``), or ``--k`` and
+    ``--max-probes`` of the calibrated passes' search; ``tiny_calibration`` replaces them in the
+    smoke version."""
     tiny_calibration: dict[str, str] = field(default_factory=dict)
     masking: bool = False
     """Run the masking experiment on its groups."""
@@ -124,11 +126,13 @@ EXPERIMENTS: dict[str, Experiment] = {
             name="stability_methods",
             title="Stability by training method at matched L0, beyond geometry",
             passes=(
-                Pass("Top-K, BatchTopK, Matryoshka, archetypal (k = 32)", tiny=SMOKE_K),
+                Pass("Top-K, BatchTopK, Matryoshka, archetypal (L0 = k)", tiny=SMOKE_K),
                 Pass("Top-K with an L2 weight penalty", METHODS_WEIGHT_L2, SMOKE_K),
-                Pass("ReLU+L1 at its calibrated coefficient", ("sae=relu_l1", METHODS_L1)),
-                Pass("JumpReLU at its calibrated coefficient", ("sae=jumprelu", METHODS_L0)),
+                Pass("ReLU+L1 at its calibrated λ", ("sae=relu_l1",), calibrated="relu_l1"),
+                Pass("JumpReLU at its calibrated λ", ("sae=jumprelu",), calibrated="jumprelu"),
             ),
+            calibration={"--k": "32", "--max-probes": "8"},
+            tiny_calibration={"--k": "8", "--max-probes": "2"},
             tiny=SMOKE_METHODS,
         ),
     )

@@ -39,6 +39,7 @@ NAMES = {
     "archetypal": "archetypal (RA-SAE)", "relu_l1": "ReLU+L1", "jumprelu": "JumpReLU",
 }  # fmt: skip
 WEIGHT_PENALTY = "Top-K + L2 weight penalty"
+COEFFICIENTS = (("relu_l1", "sae.l1_coefficient"), ("jumprelu", "sae.l0_coefficient"))
 # Held-out L0 further than this from k (relative) is not matched sparsity.
 L0_TOLERANCE = 0.1
 # Pair statistics of the table (with seed-bootstrap intervals), in its order.
@@ -239,10 +240,22 @@ def method_table(groups: Groups) -> list[str]:
     if unmatched:
         lines += ["", f"Not at matched sparsity (held-out L0 more than {L0_TOLERANCE:.0%} from "
                   f"k = {target_l0(groups)}): {', '.join(unmatched)}; their comparisons with "
-                  "Top-K are not at matched sparsity. ReLU+L1's and JumpReLU's coefficients were "
-                  "calibrated at the study's default budget: for another, recalibrate them (the "
-                  "command is in `conf/experiment/stability_methods.yaml`)."]  # fmt: skip
+                  "Top-K are not at matched sparsity. (A coefficient's search keeps its closest "
+                  "probe when it runs out of probes; the study's `calibration.json` records the "
+                  "λ used.)"]  # fmt: skip
     return lines
+
+
+def coefficients(groups: Groups) -> str:
+    """The sparsity coefficients the calibrated methods were trained with."""
+    parts = []
+    for architecture, key in COEFFICIENTS:
+        values = {condition.get(key) for condition in groups.conditions.values()
+                  if condition.get("sae.architecture") == architecture}  # fmt: skip
+        values = sorted(values - {None})
+        if values:
+            parts.append(f"{NAMES[architecture]} λ = {', '.join(f'{v:.4g}' for v in values)}")
+    return "; ".join(parts) or "no calibrated method"
 
 
 def stability_methods_section(study: dict[str, Any], figure: Path | None, page: Path) -> list[str]:
@@ -260,11 +273,12 @@ def stability_methods_section(study: dict[str, Any], figure: Path | None, page: 
         "embedded model, on the Python standard library's source (`data=pysource`): "
         f"{budget_sentence(groups)}{', every token seen once' if once else ''}; "
         f"{_seeds(groups)} seeds that share one batch order. Sparsity is matched on held-out L0 "
-        f"(k = {k if k else 'n/a'}; ReLU+L1's and JumpReLU's coefficients calibrated on this "
-        "data). Each cell: the method [95% CI: Student-t over seeds for the runs' held-out "
-        "metrics, seed bootstrap for the pair statistics]; below it, the same method trained on "
-        "its geometry control (Gaussian data with the activations' mean and covariance; it has "
-        "no CE-loss score). PW-MCC beyond geometry: the method's PW-MCC minus its control's "
+        f"(k = {k if k else 'n/a'}; {coefficients(groups)}, each searched by "
+        "`run_studies.py` for held-out L0 within 10% of k on this data and budget). Each "
+        "cell: the method [95% CI: Student-t over seeds for the runs' held-out metrics, seed "
+        "bootstrap for the pair statistics]; below it, the same method trained on its geometry "
+        "control (Gaussian data with the activations' mean and covariance; it has no CE-loss "
+        "score). PW-MCC beyond geometry: the method's PW-MCC minus its control's "
         "[jackknife-t]. Near-duplicates: share of live features with another of their own "
         "dictionary at decoder cosine ≥ 0.9; distinct features: shared and median matched "
         "cosine over the others.",
