@@ -221,7 +221,7 @@ def method_table(groups: Groups) -> list[str]:
         "| method | held-out L0 | held-out FVU | CE-loss score | "
         + " | ".join(name for _, name in STABILITY)
         + " | PW-MCC beyond geometry | near-duplicates | distinct features: shared, median |",
-        "| --- |" + " --- |" * (len(STABILITY) + 7),
+        "| --- |" + " --- |" * (len(STABILITY) + 6),
     ]
     rows = methods(groups)
     for name, group in rows:
