@@ -4,6 +4,7 @@
     python scripts/run_studies.py --only seed_study      # one study (the page keeps the others')
     python scripts/run_studies.py --tiny                 # smoke version, minutes; its own page
     python scripts/run_studies.py --stages analyze,mask,page   # redo everything but training
+    python scripts/run_studies.py --only stability_methods data.n_tokens=262144  # other budget
 
 For each study (conf/experiment/<name>.yaml; see saeseeds.studies.experiments) it trains every
 pass into one sweep folder, <out>/<name>/sweep, runs analyze.py on it into <out>/<name>/analysis,
@@ -30,13 +31,21 @@ from pathlib import Path
 
 from saeseeds.errors import UserError
 from saeseeds.io import atomic_write_json
-from saeseeds.studies.experiments import CALIBRATED, EXPERIMENTS, Experiment, command_overrides
+from saeseeds.studies.experiments import (
+    CALIBRATED,
+    EXPERIMENTS,
+    Experiment,
+    Pass,
+    command_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train", "analyze", "mask", "page")
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 # The smoke version's analysis: fewer null and bootstrap samples.
 TINY_ANALYSIS = ["baseline.n_samples=9", "bootstrap.n_samples=200"]
+# A calibrated coefficient's held-out L0 is within this share of its target.
+CALIBRATION_TOLERANCE = 0.1
 
 
 def announce(message: str) -> None:
@@ -77,9 +86,15 @@ def train(
         # The calibration probes run in this process with every core; the sweep is launched.
         return run([*command, *common, *launch])
     ok = True
+    started = time.perf_counter()
+    coefficients = calibrate(experiment, sweep_dir.parent / "calibration.json", args.tiny, user)
+    if coefficients:
+        timings["calibration"] = round(time.perf_counter() - started, 1)
     for number, study_pass in enumerate(experiment.passes, 1):
         announce(f"{experiment.name}: pass {number}/{len(experiment.passes)}: {study_pass.label}")
         overrides = command_overrides(experiment, study_pass, args.tiny, common)
+        if study_pass.calibrated:
+            overrides.append(coefficients[study_pass.calibrated])
         overrides.append(f"hydra.sweep.dir={sweep_dir}")
         started = time.perf_counter()
         ok &= run([sys.executable, str(REPO / "train.py"), "-m", *overrides, *launch], env)
@@ -87,6 +102,35 @@ def train(
         timings[f"train pass {number}: {study_pass.label}"] = seconds
         announce(f"{experiment.name}: pass {number} took {format_seconds(seconds)}")
     return ok
+
+
+def calibrate(experiment: Experiment, record: Path, tiny: bool, user: list[str]) -> dict[str, str]:
+    """{architecture: its coefficient's override} of the experiment's calibrated passes: the λ
+    whose SAE (seed 0) reaches held-out L0 within 10% of ``--k`` on the study's data and budget
+    (the user's overrides included), searched by sweep_architectures.py's search and kept in
+    ``record``; a later call with the same target and overrides reuses it."""
+    architectures = [p.calibrated for p in experiment.passes if p.calibrated]
+    if not architectures:
+        return {}
+    import sweep_architectures as search  # this script's folder is on the path
+
+    settings = experiment.tiny_calibration if tiny else experiment.calibration
+    k, probes = int(settings["--k"]), int(settings.get("--max-probes", 8))
+    overrides = command_overrides(experiment, Pass("calibration"), tiny, user)
+    overrides = [item for item in overrides if not item.lstrip("+~").startswith("hydra")]
+    wanted = {"k": k, "tolerance": CALIBRATION_TOLERANCE, "overrides": overrides}
+    found = search.recorded_coefficients(record, wanted)
+    for architecture in architectures:
+        field, name = search.CALIBRATED[architecture]
+        if field in found:
+            announce(f"{experiment.name}: reusing {name}'s λ = {found[field]:.6g} ({record})")
+            continue
+        announce(f"{experiment.name}: searching {name}'s λ for held-out L0 ≈ {k}")
+        found[field] = search.calibrate(architecture, k, overrides, CALIBRATION_TOLERANCE, probes)
+        atomic_write_json(record, {**wanted, **found})
+        announce(f"{experiment.name}: {name}'s λ = {found[field]:.6g}")
+    return {a: f"sae.{search.CALIBRATED[a][0]}={found[search.CALIBRATED[a][0]]:.6g}"
+            for a in architectures}  # fmt: skip
 
 
 def analyze(sweep_dir: Path, analysis_dir: Path, tiny: bool) -> bool:

@@ -38,8 +38,9 @@ def sweep_jobs(name: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_experiment_composes_with_its_header(name):
     cfg = composed(f"+experiment={name}")
-    # The token-scaling study sees each token once; the others repeat their budget 8 times.
-    assert cfg.trainer.max_epochs == (1 if name == "token_scaling" else 8)
+    # The token-scaling and methods studies see each token once; the others repeat theirs 8 times.
+    once = name in ("token_scaling", "stability_methods")
+    assert cfg.trainer.max_epochs == (1 if once else 8)
     assert cfg.hook.point == "resid_pre"
     header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
@@ -90,3 +91,31 @@ def test_token_scaling_sweeps_nested_budgets_with_three_seeds_per_job():
     assert list(cfg.seeds) == [1, 2, 3] and cfg.order_seed == 0
     assert (cfg.sae.architecture, cfg.sae.k, cfg.hook.layer) == ("topk", 32, 6)
     assert cfg.data.corpus._target_.endswith("PythonSourceCorpus")
+
+
+def test_stability_methods_passes_train_every_method_at_one_size_and_budget():
+    """Each pass of the methods study composes with each of its sweep's jobs into the method
+    it names: 512 features, 1M tokens seen once, three seeds per job, its geometry control."""
+    from saeseeds.studies.experiments import command_overrides
+
+    experiment = EXPERIMENTS["stability_methods"]
+    jobs = sweep_jobs("stability_methods")
+    assert len(jobs) == 4 * 2  # the architectures with a k x {condition, geometry control}
+    methods = set()
+    for study_pass in experiment.passes:
+        overrides = command_overrides(experiment, study_pass, tiny=False, user=[])
+        for job in jobs:
+            # A pass's own value of a key replaces the sweep's, as on Hydra's command line.
+            job = {**job, **dict(override.split("=", 1) for override in overrides[1:])}
+            cfg = composed(overrides[0], *[f"{k}={v}" for k, v in job.items()])
+            assert (cfg.sae.n_features, cfg.hook.layer, cfg.trainer.max_epochs) == (512, 6, 1)
+            assert cfg.data.n_tokens == 1048576 and list(cfg.seeds) == [1, 2, 3]
+            assert cfg.data.corpus._target_.endswith("PythonSourceCorpus")
+            assert getattr(cfg.sae, "k", 32) == 32
+            methods.add((cfg.sae.architecture, cfg.sae.weight_l2 > 0, cfg.data.control))
+            if cfg.sae.weight_l2 > 0:
+                assert not cfg.sae.unit_norm_decoder
+    names = {"topk", "batchtopk", "matryoshka", "archetypal", "relu_l1", "jumprelu"}
+    assert methods == {
+        (name, False, control) for name in names for control in ("none", "gaussian")
+    } | {("topk", True, "none"), ("topk", True, "gaussian")}

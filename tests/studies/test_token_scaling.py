@@ -8,9 +8,6 @@ The study end to end (train, analyse, page) is
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from saeseeds.studies.claims import (
 )
 from saeseeds.studies.summaries import Groups
 from saeseeds.studies.token_scaling import token_scaling_claims, token_scaling_section
-from tests.helpers import REPO_ROOT
+from tests.studies.tiny_study import run_tiny_study
 
 SEEDS = [1, 2, 3]
 SIZES, BUDGETS = (64, 256), (2048, 8192)
@@ -114,16 +111,8 @@ def test_token_scaling_study_end_to_end(tmp_path):
     """--tiny --only token_scaling on synthetic data: 3 budgets x 2 sizes x 2 kinds, 3 seeds per
     job; the page gets the section, its verdicts and the figure, with the analysis's PW-MCC (at
     least the mean signed matched cosine of the same matching)."""
-    out = tmp_path / "studies"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "run_studies.py"), "--tiny", "--only",
-               "token_scaling", "--jobs", "1", "--out", str(out), "--page",
-               str(out / "page" / "results.md"), "data=synthetic", "data.d_in=16",
-               "data.n_true_features=16", "data.k_true=2", "sae.n_features=16,32",
-               "sae.k=2", "sae.lr=0.01", "sae.warmup_steps=2"]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=1800)  # fmt: skip
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    result, out = run_tiny_study(tmp_path, "token_scaling", "sae.n_features=16,32", "sae.k=2",
+                                 "sae.lr=0.01", "sae.warmup_steps=2")  # fmt: skip
     runs = sorted((out / "token_scaling").glob("sweep/*/COMPLETE"))
     assert len(runs) == 3 * 2 * 2 * 3
     page = (out / "page" / "results.md").read_text()

@@ -30,6 +30,7 @@ from saeseeds.studies.summaries import Groups, difference, difference_in_differe
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 NOT_BEYOND_GEOMETRY = "not beyond geometry"
+NOT_MEASURED = "not measured by this study"
 STUDY_BUDGET = 1024
 
 
@@ -100,15 +101,21 @@ class Claim:
     direction: int
     findings: list[Finding] = field(default_factory=list)
     note: str | None = None
+    measured: bool = True
+    """False for a claim the study lists but does not measure (its note says where it is)."""
 
     @property
     def raw_verdict(self) -> str:
         """The verdict of the raw differences, without the geometry control."""
+        if not self.measured:
+            return NOT_MEASURED
         return overall([f.verdict for f in self.findings])
 
     @property
     def verdict(self) -> str:
         """The verdict against the strongest control (the module's rule)."""
+        if not self.measured:
+            return NOT_MEASURED
         controlled = overall([f.controlled_verdict for f in self.findings])
         return against_control(self.raw_verdict, controlled)
 
@@ -292,14 +299,23 @@ def add_token_findings(groups: Groups, claim: Claim, metric: str, named: str = "
         claim.findings += [found] if found else []
 
 
-def architecture_claims(groups: Groups) -> list[Claim]:
+def architecture_group(groups: Groups, architecture: str) -> dict | None:
+    """The trained-model group of one architecture; where several differ in the weight penalty
+    (the methods study's Top-K with and without it), the one without."""
+    return real(groups, sae__architecture=architecture) or real(
+        groups, sae__architecture=architecture, sae__weight_l2=0.0
+    )
+
+
+def architecture_claims(groups: Groups, context: str = "") -> list[Claim]:
+    """Paulo & Belrose's ReLU+L1 against Top-K; ``context`` names the study in the claim."""
     claim = Claim(
-        "architecture", "ReLU+L1 SAEs are more stable than Top-K at matched sparsity",
+        "architecture", f"ReLU+L1 SAEs are more stable than Top-K at matched sparsity{context}",
         PAULO_BELROSE, "shared", "ReLU+L1 − Top-K",
         "Top-K at the same held-out L0 (the calibrated ReLU+L1 coefficient), and the two "
         "architectures' own geometry controls", 1,
     )  # fmt: skip
-    relu, topk = (real(groups, sae__architecture=name) for name in ("relu_l1", "topk"))
+    relu, topk = (architecture_group(groups, name) for name in ("relu_l1", "topk"))
     control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (relu, topk)))
     for metric in ("shared", "decoder_median"):
         found = finding(metric.replace("_", " "), relu, topk, metric, 1, control)

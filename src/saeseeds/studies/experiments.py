@@ -4,7 +4,8 @@ smoke (``--tiny``) version. Read by ``scripts/run_studies.py``; imports nothing 
 A pass is one command into the experiment's sweep folder: ``python train.py -m
 +experiment=NAME <pass overrides>`` (or, for the architectures, the calibration script
 ``scripts/sweep_architectures.py``). The overrides of a command are, in this order: the
-experiment, the smoke overrides (``--tiny`` only), the pass's own, the user's; a later one wins.
+experiment, the smoke overrides (``--tiny`` only), the pass's own, the pass's smoke overrides
+(``--tiny`` only), the user's; a later one wins.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ SMOKE_DATA = ("data.batch_size=512", "trainer.max_epochs=2")
 # small shards, so that the smoke store holds a few thousand tokens, not one 65,536-token shard.
 SMOKE_BUDGETS = ("data.n_tokens=2048,4096,8192", "data.batch_size=256", "data.shard_tokens=4096")
 
+# Jedryszek & Crook's Top-K weight penalty, 1e-4 (their language-model grid: 0 and 1e-4): their
+# loss is ‖x − x̂‖² + λ(‖W_enc‖² + ‖W_dec‖²) on activations scaled to E‖x‖² = d_in; ours divides
+# both terms by d_in on the same scale, so the same λ weighs the same against the reconstruction.
+METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0.0001")
+# Its smoke version: one epoch of 16 steps, a store of one 16k-token shard. Few overrides: a job
+# folder's name longer than 200 characters is cut to its start and the job's number, which every
+# pass (train.py call) numbers from 0 again, so two passes' long names would share a folder.
+SMOKE_METHODS = ("data.n_tokens=16384", "data.shard_tokens=16384")
+SMOKE_K = ("sae.k=8",)
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -30,6 +41,12 @@ class Pass:
 
     label: str
     overrides: tuple[str, ...] = ()
+    tiny: tuple[str, ...] = ()
+    """This pass's own overrides of the smoke version (after the experiment's)."""
+    calibrated: str | None = None
+    """An architecture without k (relu_l1, jumprelu) whose sparsity coefficient
+    ``scripts/run_studies.py`` first searches, on the pass's data and budget, for held-out L0 =
+    the experiment's ``calibration["--k"]``, and adds to the pass's overrides."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +60,9 @@ class Experiment:
     tiny: tuple[str, ...] = ()
     """Overrides of the smoke version, for every pass."""
     calibration: dict[str, str] = field(default_factory=dict)
-    """``--k``/``--seeds`` of sweep_architectures.py (``kind=calibrated``); ``tiny_calibration``
-    replaces them in the smoke version."""
+    """``--k``/``--seeds`` of sweep_architectures.py (``kind=calibrated``), or ``--k`` and
+    ``--max-probes`` of the calibrated passes' search; ``tiny_calibration`` replaces them in the
+    smoke version."""
     tiny_calibration: dict[str, str] = field(default_factory=dict)
     masking: bool = False
     """Run the masking experiment on its groups."""
@@ -104,6 +122,19 @@ EXPERIMENTS: dict[str, Experiment] = {
             passes=(Pass("131k, 1M and 4M tokens, with the geometry control"),),
             tiny=("sae.n_features=64,256", "sae.k=8", *SMOKE_BUDGETS),
         ),
+        Experiment(
+            name="stability_methods",
+            title="Stability by training method at matched L0, beyond geometry",
+            passes=(
+                Pass("Top-K, BatchTopK, Matryoshka, archetypal (L0 = k)", tiny=SMOKE_K),
+                Pass("Top-K with an L2 weight penalty", METHODS_WEIGHT_L2, SMOKE_K),
+                Pass("ReLU+L1 at its calibrated λ", ("sae=relu_l1",), calibrated="relu_l1"),
+                Pass("JumpReLU at its calibrated λ", ("sae=jumprelu",), calibrated="jumprelu"),
+            ),
+            calibration={"--k": "32", "--max-probes": "8"},
+            tiny_calibration={"--k": "8", "--max-probes": "2"},
+            tiny=SMOKE_METHODS,
+        ),
     )
 }
 
@@ -116,5 +147,6 @@ def command_overrides(
         f"+experiment={experiment.name}",
         *(experiment.tiny if tiny else ()),
         *study_pass.overrides,
+        *(study_pass.tiny if tiny else ()),
         *user,
     ]

@@ -31,11 +31,9 @@ def _point(axis: Any, x: float, group: dict | None, metric: str, colour: str, **
     entry = statistic(group, metric)
     if entry["value"] is None:
         return
-    low, high = entry["ci_low"], entry["ci_high"]
-    error = None
-    if low is not None and high is not None:
-        error = [[max(entry["value"] - low, 0)], [max(high - entry["value"], 0)]]
-    axis.errorbar([x], [entry["value"]], yerr=error, fmt="o", color=colour, capsize=3, **style)
+    axis.errorbar(
+        [x], [entry["value"]], yerr=_error(entry), fmt="o", color=colour, capsize=3, **style
+    )
 
 
 def seed_study_figure(groups: Groups, path: Path) -> Path | None:
@@ -207,3 +205,41 @@ def condition_name(groups: Groups, label: str) -> str:
         else ("random model" if condition.get("model.init") == "random" else "trained model")
     )
     return f"{describe(condition)} ({kind})"
+
+
+def tradeoff_figure(
+    rows: list[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]],
+    panels: tuple[tuple[str, str], ...],
+    x_label: str,
+    path: Path,
+) -> Path | None:
+    """One point per method: its reconstruction (x) against each panel's statistic (y), each
+    a {value, ci_low, ci_high} drawn with its interval; a dotted line at y = 0. ``rows`` are
+    (method, x, {panel metric: y})."""
+    rows = [row for row in rows if row[1]["value"] is not None]
+    if not rows:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for axis, (metric, title) in zip(axes[0], panels, strict=True):
+        for index, (name, x, ys) in enumerate(rows):
+            y = ys.get(metric) or {}
+            if y.get("value") is None:
+                continue
+            axis.errorbar([x["value"]], [y["value"]], xerr=_error(x), yerr=_error(y), fmt="o",
+                          color=f"C{index}", capsize=3, label=name)  # fmt: skip
+            axis.annotate(name, (x["value"], y["value"]), fontsize=7, xytext=(4, 4),
+                          textcoords="offset points")  # fmt: skip
+        axis.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel(x_label)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _error(entry: dict[str, Any]) -> list[list[float]] | None:
+    """An interval as matplotlib's asymmetric error bar (None without one)."""
+    value, low, high = entry["value"], entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None:
+        return None
+    return [[max(value - low, 0)], [max(high - value, 0)]]

@@ -40,6 +40,11 @@ from saeseeds.studies.published import (
     OURS,
     SCALE,
 )
+from saeseeds.studies.stability_methods import (
+    stability_methods_claims,
+    stability_methods_figure,
+    stability_methods_section,
+)
 from saeseeds.studies.summaries import (
     Groups,
     mean_run_metric,
@@ -435,6 +440,12 @@ def write_results_page(out_root: Path, page: Path, tiny: bool = False) -> Path:
         figure = token_scaling_figure(study["groups"], folder / "results_token_scaling.png")
         sections.append(token_scaling_section(study, figure, page))
         claims += token_scaling_claims(study["groups"])
+    if "stability_methods" in studies:
+        study = studies["stability_methods"]
+        path = folder / "results_stability_methods.png"
+        figure = stability_methods_figure(study["groups"], path)
+        sections.append(stability_methods_section(study, figure, page))
+        claims += stability_methods_claims(study["groups"])
     details = ["## Claim by claim", ""]
     for claim in claims:
         details += claim_table(claim) + [""]

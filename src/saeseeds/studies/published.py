@@ -10,6 +10,9 @@ GPT2_STUDY = "multi-seed GPT-2 study"
 PAULO_BELROSE = "Paulo & Belrose 2025"
 GERASIMOV = "Gerasimov et al. 2026"
 SONG = "Song et al. 2025"
+FEL = "Fel et al. 2025"
+BUSSMANN = "Bussmann et al. 2025"
+JEDRYSZEK_CROOK = "Jedryszek & Crook 2026"
 
 # The multi-seed GPT-2 study: Top-K SAEs on GPT-2 small, blocks.{0,6}.hook_resid_pre, 8 epochs,
 # 5 seeds, ~1k training tokens. (layer, n_features or None where not stated, statistic): value.

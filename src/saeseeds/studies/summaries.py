@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from saeseeds import contract
-from saeseeds.analysis.group_stats import contrast_of_groups, difference_of_groups
+from saeseeds.analysis.group_stats import contrast_of_groups, difference_of_groups, t_interval
 from saeseeds.errors import DataError
 
 CONFIDENCE = 0.95
@@ -63,6 +63,17 @@ class Groups:
             if all(condition.get(key) == value for key, value in wanted.items())
         ]
         return found[0] if len(found) == 1 else None
+
+    def where(self, **values: Any) -> Groups:
+        """The groups whose condition has these values (dots written as ``__``), controls
+        included where they share them."""
+        wanted = {key.replace("__", "."): value for key, value in values.items()}
+        subset = Groups({**self.summary, "groups": {}})
+        for label, condition in self.conditions.items():
+            if all(condition.get(key) == value for key, value in wanted.items()):
+                subset.entries[label] = self.entries[label]
+                subset.conditions[label] = condition
+        return subset
 
     def values(self, key: str) -> list[Any]:
         """The distinct values of one condition key, sorted."""
@@ -117,11 +128,29 @@ def difference_in_differences(
     return result
 
 
-def mean_run_metric(group: dict[str, Any] | None, key: str) -> float | None:
-    """Mean over the group's runs of one metrics.json value."""
-    values = [
-        metrics.get(key)
+def run_metric_values(group: dict[str, Any] | None, key: str) -> list[float]:
+    """One metrics.json value of each of the group's runs (those that have it)."""
+    return [
+        float(metrics[key])
         for metrics in (group or {}).get("run_metrics", {}).values()
         if isinstance(metrics, dict) and isinstance(metrics.get(key), int | float)
     ]
+
+
+def mean_run_metric(group: dict[str, Any] | None, key: str) -> float | None:
+    """Mean over the group's runs of one metrics.json value."""
+    values = run_metric_values(group, key)
     return float(np.mean(values)) if values else None
+
+
+def run_metric(group: dict[str, Any] | None, key: str) -> dict[str, float | None]:
+    """{value, ci_low, ci_high} of one metrics.json value: the mean over the group's runs (its
+    seeds) with a Student-t interval; no interval below two runs or when they agree exactly."""
+    values = run_metric_values(group, key)
+    if not values:
+        return {"value": None, "ci_low": None, "ci_high": None}
+    mean = float(np.mean(values))
+    spread = float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    (low, high), _ = t_interval(mean, spread, len(values) - 1, CONFIDENCE)
+    defined = not (np.isnan(low) or np.isnan(high))
+    return {"value": mean, "ci_low": low if defined else None, "ci_high": high if defined else None}

@@ -52,39 +52,49 @@ def token_scaling_claims(groups: Groups) -> list[Claim]:
             if claim.findings or claim.note]  # fmt: skip
 
 
-def pwmcc_claim(groups: Groups) -> Claim:
-    """Song et al.'s level as a claim: PW-MCC − 0.80 ≥ 0 on the seed-bootstrap interval, per size
-    and budget; against the control, the condition's PW-MCC minus its geometry control's."""
+def pwmcc_claim(
+    groups: Groups,
+    settings: list[tuple[str, dict | None]] | None = None,
+    study: str = "token_scaling",
+) -> Claim:
+    """Song et al.'s level as a claim: PW-MCC − 0.80 ≥ 0 on the seed-bootstrap interval, per
+    setting (name, trained-model group; by default every size and budget of the token-scaling
+    study); against the control, the condition's PW-MCC minus its geometry control's."""
     claim = Claim(
         "pwmcc_080", f"Top-K SAEs reach a PW-MCC of {SONG_PWMCC:.2f}", SONG, PWMCC,
         f"PW-MCC − {SONG_PWMCC:.2f}", "the geometry control's PW-MCC (condition − control)", 1,
     )  # fmt: skip
-    for n_tokens in groups.values("data.n_tokens"):
-        for n_features in groups.values("sae.n_features"):
-            group = real(groups, sae__n_features=n_features, data__n_tokens=n_tokens)
-            entry = statistic(group, PWMCC)
-            if entry["value"] is None:
-                continue
-            interval = [None if v is None else v - SONG_PWMCC
-                        for v in (entry["ci_low"], entry["ci_high"])]  # fmt: skip
-            found = Finding(
-                f"{n_features} features, {n_tokens:,} tokens", entry["value"], SONG_PWMCC,
-                entry["value"] - SONG_PWMCC, interval, verdict(interval, 1),
-            )  # fmt: skip
-            control = control_group(groups, group, "gaussian")
-            if statistic(control, PWMCC)["value"] is not None:
-                beyond = difference(group, control, PWMCC)
-                found.control = {
-                    "name": "gaussian (condition − control)",
-                    "difference": beyond["difference"],
-                    "interval": list(beyond["difference_ci"]),
-                    "verdict": verdict(beyond["difference_ci"], 1),
-                }
-            claim.findings.append(found)
+    if settings is None:
+        settings = [
+            (f"{n_features} features, {n_tokens:,} tokens",
+             real(groups, sae__n_features=n_features, data__n_tokens=n_tokens))
+            for n_tokens in groups.values("data.n_tokens")
+            for n_features in groups.values("sae.n_features")
+        ]  # fmt: skip
+    for setting, group in settings:
+        entry = statistic(group, PWMCC)
+        if entry["value"] is None:
+            continue
+        interval = [None if v is None else v - SONG_PWMCC
+                    for v in (entry["ci_low"], entry["ci_high"])]  # fmt: skip
+        found = Finding(
+            setting, entry["value"], SONG_PWMCC, entry["value"] - SONG_PWMCC, interval,
+            verdict(interval, 1),
+        )  # fmt: skip
+        control = control_group(groups, group, "gaussian")
+        if statistic(control, PWMCC)["value"] is not None:
+            beyond = difference(group, control, PWMCC)
+            found.control = {
+                "name": "gaussian (condition − control)",
+                "difference": beyond["difference"],
+                "interval": list(beyond["difference_ci"]),
+                "verdict": verdict(beyond["difference_ci"], 1),
+            }
+        claim.findings.append(found)
     if not claim.findings and groups.entries:
         claim.note = (
             "No group has PW-MCC (`pwmcc`) in its summary.json: an analysis older than PW-MCC. "
-            "Re-run `python scripts/run_studies.py --only token_scaling --stages analyze,page`."
+            f"Re-run `python scripts/run_studies.py --only {study} --stages analyze,page`."
         )
     return claim
 
