@@ -78,6 +78,25 @@ def test_a_token_trend_the_control_shares_is_not_beyond_geometry():
     assert claims["tokens_beyond_geometry"].verdict == REPRODUCED
 
 
+def test_a_budget_run_for_one_size_only_leaves_the_other_sizes_trend_in_the_verdict():
+    """The largest budget may have been trained for the small dictionary only: each size is
+    judged between its own fewest and most tokens."""
+    groups = constructed_groups(real_slope=0.1, control_slope=0.05, pwmcc=0.5)
+    step = BUDGETS[-1] * 4
+    for control, slope in (("none", 0.1), ("gaussian", 0.05)):
+        label = f"{SIZES[0]}-{step}-{control}"
+        values = {"decoder_median": 0.2 + 2 * slope, "shared": 0.01 + 2 * slope,
+                  "pwmcc": 0.5 + 2 * slope - (0.1 if control == "gaussian" else 0.0)}  # fmt: skip
+        partner = None if control == "gaussian" else f"{SIZES[0]}-{step}-gaussian"
+        groups.entries[label] = group(label, values, partner)
+        groups.conditions[label] = {**groups.conditions[f"{SIZES[0]}-{BUDGETS[0]}-{control}"],
+                                    "data.n_tokens": step}  # fmt: skip
+    settings = [f.setting for f in by_key(groups)["tokens_beyond_geometry"].findings]
+    assert len(settings) == 2 * 2
+    assert f"{SIZES[0]} features, {step:,} − {BUDGETS[0]:,} tokens (PW-MCC)" in settings
+    assert f"{SIZES[1]} features, {BUDGETS[-1]:,} − {BUDGETS[0]:,} tokens (PW-MCC)" in settings
+
+
 def test_song_et_al_pwmcc_is_judged_on_its_interval_and_against_the_control():
     below = by_key(constructed_groups(0.05, 0.05, pwmcc=0.5))["pwmcc_080"]
     assert len(below.findings) == len(SIZES) * len(BUDGETS)

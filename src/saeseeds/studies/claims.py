@@ -287,9 +287,12 @@ def add_size_and_token_findings(groups: Groups, size: Claim, tokens: Claim) -> N
 def add_token_findings(groups: Groups, claim: Claim, metric: str, named: str = "") -> None:
     """Most − fewest training tokens on ``metric``, per dictionary size, each against the same
     difference in the geometry control; ``named`` is added to the setting's name."""
-    sizes = sorted(groups.values("sae.n_features"))
-    token_counts = sorted(groups.values("data.n_tokens"))
-    for n_features in sizes if len(token_counts) > 1 else []:
+    for n_features in sorted(groups.values("sae.n_features")):
+        # Each size's own budgets: a larger budget may have been run for some sizes only.
+        token_counts = [n for n in sorted(groups.values("data.n_tokens"))
+                        if real(groups, sae__n_features=n_features, data__n_tokens=n)]  # fmt: skip
+        if len(token_counts) < 2:
+            continue
         most, fewest = (real(groups, sae__n_features=n_features, data__n_tokens=n)
                         for n in (token_counts[-1], token_counts[0]))  # fmt: skip
         control = ("gaussian", *(control_group(groups, g, "gaussian") for g in (most, fewest)))
