@@ -1,14 +1,22 @@
 """Training throughput from the activation store against the old in-memory path.
 
 Builds a store of random activations (float16 shards on disk, written by the store's own code),
-then trains the same Top-K SAE for the same steps two ways, each in ``trainer.fit``:
+then trains the same Top-K SAE for the same steps on the same batches two ways, each in
+``trainer.fit``:
 
 - **store**: the real data path: shards read one at a time into a window (the next window loaded
   in a background thread), each batch gathered from the window and converted to float32;
 - **memory**: the path before the store, rebuilt here as the baseline: every training row in one
-  float32 tensor, each batch a random set of rows (an epoch is a ``randperm``).
+  float32 tensor, each batch gathered from it. It serves exactly the store path's batches (the
+  rows of each step, in order), so both fits do the same work and end with the same weights,
+  which the script checks.
 
-Each fit runs in its own process. It prints tokens/s for both and their ratio (target: store /
+Like for like: each fit runs in a process of its own with the same torch threads; both
+initialise the SAE from the same sample of the rows training reads first, before the clock
+starts, as ``train.py`` does (for the store, that loads the first window; for memory, every row
+is loaded); the clock covers ``trainer.fit`` only, and the time to have the data ready is printed
+beside it. ``--repeats R`` alternates the two paths R times (memory, store, memory, store, ...)
+and reports the median of each. It prints tokens/s for both and their ratio (target: store /
 memory >= 0.9) per dictionary size. Run it on a quiet machine: on an oversubscribed one, torch's
 CPU threads wait on each other and the timings say more about the load than about the data path.
 
@@ -20,8 +28,11 @@ CPU threads wait on each other and the timings say more about the load than abou
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +48,13 @@ from saeseeds.activations.shards import TrainingRows
 from saeseeds.activations.store_build import ensure_store
 from saeseeds.sae import build_sae
 from saeseeds.sae.topk import TopKConfig
-from saeseeds.training.datamodule import ActivationDataModule, RowBatches, training_rows
+from saeseeds.training.batch_order import BatchOrder, Window
+from saeseeds.training.datamodule import (
+    ActivationDataModule,
+    RowBatches,
+    WindowedRows,
+    init_sample,
+)
 from saeseeds.training.module import SAETrainingModule
 
 
@@ -70,38 +87,55 @@ class RandomBuilder:
         return {}
 
 
-class RandomRowBatches(Sampler[torch.Tensor]):
-    """The old order: epoch e is randperm(N) seeded by (seed, e), cut into batches."""
+def window_positions(order: BatchOrder, window: Window) -> torch.Tensor:  # [window.rows]
+    """The training row (index in the prefix) at each position of ``window``'s shards, read one
+    after another."""
+    firsts = [0, *itertools.accumulate(order.shard_rows)]
+    return torch.cat([torch.arange(firsts[shard], firsts[shard + 1]) for shard in window.shards])
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int):
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+
+class StoreOrderBatches(Sampler[torch.Tensor]):
+    """The training rows of every batch the store path serves, epoch after epoch."""
+
+    def __init__(self, order: BatchOrder):
+        self.order, self.epoch = order, 0
 
     def __len__(self) -> int:
-        return self.n_rows // self.batch_size
+        return self.order.steps_per_epoch
 
     def __iter__(self):
-        order = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.seed))
+        epoch_order = torch.cat(
+            [
+                window_positions(self.order, window)[self.order.row_order(self.epoch, window)]
+                for window in self.order.windows(self.epoch)
+            ]
+        )
+        self.epoch += 1
+        size = self.order.batch_size
         for index in range(len(self)):
-            yield order[index * self.batch_size : (index + 1) * self.batch_size]
+            yield epoch_order[index * size : (index + 1) * size]
 
 
 class InMemory(L.LightningDataModule):
-    def __init__(self, rows: torch.Tensor, heldout: torch.Tensor, batch_size: int):
+    def __init__(self, rows: torch.Tensor, order: BatchOrder, heldout: torch.Tensor):
         super().__init__()
-        self.rows, self.heldout, self.batch_size = rows, heldout, batch_size
+        self.rows, self.order, self.heldout = rows, order, heldout
 
     def train_dataloader(self) -> DataLoader:
-        sampler = RandomRowBatches(len(self.rows), self.batch_size, seed=0)
-        return DataLoader(RowBatches(self.rows), sampler=sampler, batch_size=None)
+        return DataLoader(
+            RowBatches(self.rows), sampler=StoreOrderBatches(self.order), batch_size=None
+        )
 
     def val_dataloader(self) -> DataLoader:  # as the old data module had (not run here)
         batches = [torch.arange(len(self.heldout))]
         return DataLoader(RowBatches(self.heldout), sampler=batches, batch_size=None)
 
 
-def fit_seconds(datamodule: L.LightningDataModule, d_in: int, args, n_features: int) -> float:
-    sae = build_sae(d_in, TopKConfig(n_features=n_features, k=32))
-    sae.initialize(torch.randn(4096, d_in), torch.Generator().manual_seed(0))
+def fit(datamodule: L.LightningDataModule, sample: torch.Tensor, args) -> tuple[float, str]:
+    """(seconds of ``trainer.fit``, sha256 of the trained weights)."""
+    (n_features,) = args.n_features
+    sae = build_sae(args.d_in, TopKConfig(n_features=n_features, k=32))
+    sae.initialize(sample, torch.Generator().manual_seed(0))
     module = SAETrainingModule(
         sae,
         lr=2e-4,
@@ -122,26 +156,41 @@ def fit_seconds(datamodule: L.LightningDataModule, d_in: int, args, n_features: 
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return seconds, digest.hexdigest()
 
 
-def measure(args: argparse.Namespace) -> float:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One fit (``args.measure``: store or memory) on the store in ``args.work_dir``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     builder = RandomBuilder(args.d_in, args.shard_tokens)
     store, _ = ensure_store(args.work_dir, builder, args.tokens, progress=False)
     train = TrainingRows(store, args.tokens)
     heldout = store.heldout()["activations"].float()
-    (n_features,) = args.n_features
+    order = BatchOrder(train.used_rows, args.batch_size, args.window_shards, seed=0)
+    first_window = order.windows(0)[0]
+    picked = torch.randperm(first_window.rows, generator=torch.Generator().manual_seed(0))[:4096]
+    started = time.perf_counter()
     if args.measure == "memory":
         in_memory = torch.cat([train.read(i) for i in range(train.n_shards)]).float()
-        return fit_seconds(
-            InMemory(in_memory, heldout, args.batch_size), args.d_in, args, n_features
-        )
-    rows = training_rows(
-        train, args.batch_size, args.window_shards, seed=0, prefetch=not args.no_prefetch
-    )
-    datamodule = ActivationDataModule(rows, heldout, args.batch_size)
-    return fit_seconds(datamodule, args.d_in, args, n_features)
+        sample = in_memory[window_positions(order, first_window)[picked]]
+        datamodule = InMemory(in_memory, order, heldout)
+    else:
+        rows = WindowedRows(train, order, prefetch=not args.no_prefetch)
+        sample = init_sample(rows, 4096, torch.Generator().manual_seed(0))
+        datamodule = ActivationDataModule(rows, heldout, args.batch_size)
+    ready = time.perf_counter() - started
+    seconds, weights = fit(datamodule, sample, args)
+    return {
+        "seconds": seconds,
+        "ready": ready,
+        "weights": weights,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -153,12 +202,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--n-features", type=int, nargs="+", default=[512, 16384])
+    parser.add_argument("--repeats", type=int, default=1, help="fits of each path, alternated")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of both (default: torch's)")
     parser.add_argument("--no-prefetch", action="store_true")
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--measure", choices=("store", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps({"seconds": measure(args)}))
+        print(json.dumps(measure(args)))
         return
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="saeseeds-throughput-"))
@@ -169,33 +220,45 @@ def main() -> None:
         "--d-in", str(args.d_in), "--shard-tokens", str(args.shard_tokens),
         "--window-shards", str(args.window_shards), "--batch-size", str(args.batch_size),
         "--steps", str(args.steps), *(["--no-prefetch"] if args.no_prefetch else []),
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]  # fmt: skip
     results = []
     try:
         ensure_store(work, RandomBuilder(args.d_in, args.shard_tokens), args.tokens)
         for n_features in args.n_features:
-            seconds = {}
-            for path in ("memory", "store"):
-                command = [*common, "--n-features", str(n_features), "--measure", path]
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise SystemExit(done.stderr[-3000:])
-                seconds[path] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
-            results.append((n_features, seconds["store"], seconds["memory"]))
-            print(f"n_features={n_features}: store {seconds['store']:.1f} s, "
-                  f"memory {seconds['memory']:.1f} s", flush=True)  # fmt: skip
+            runs: dict[str, list[dict[str, Any]]] = {"memory": [], "store": []}
+            for _ in range(args.repeats):
+                for path in ("memory", "store"):
+                    command = [*common, "--n-features", str(n_features), "--measure", path]
+                    done = subprocess.run(command, capture_output=True, text=True, check=False)
+                    if done.returncode != 0:
+                        raise SystemExit(done.stderr[-3000:])
+                    run = json.loads(done.stdout.strip().splitlines()[-1])
+                    runs[path].append(run)
+                    print(f"n_features={n_features} {path}: fit {run['seconds']:.2f} s "
+                          f"(data ready in {run['ready']:.2f} s, {run['threads']} torch threads)",
+                          flush=True)  # fmt: skip
+            same = len({run["weights"] for path in runs for run in runs[path]}) == 1
+            median = {path: statistics.median(r["seconds"] for r in runs[path]) for path in runs}
+            results.append((n_features, median["store"], median["memory"], same))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     tokens = args.steps * args.batch_size
     print(f"\n{args.steps} steps of {args.batch_size} tokens, d_in {args.d_in}, {args.tokens:,} "
           f"training tokens, windows of {args.window_shards} x {args.shard_tokens} rows"
-          f"{' (no prefetch)' if args.no_prefetch else ''}")  # fmt: skip
-    print(f"{'n_features':>10} | {'store tok/s':>12} | {'memory tok/s':>12} | {'store/memory':>12}")
-    print(f"{'-' * 10}-+-{'-' * 12}-+-{'-' * 12}-+-{'-' * 12}")
-    for n_features, from_store, from_memory in results:
+          f"{' (no prefetch)' if args.no_prefetch else ''}; "
+          f"median of {args.repeats} fit(s)")  # fmt: skip
+    print(f"{'n_features':>10} | {'store tok/s':>12} | {'memory tok/s':>12} | {'store/memory':>12} "
+          f"| same weights")  # fmt: skip
+    print(f"{'-' * 10}-+-{'-' * 12}-+-{'-' * 12}-+-{'-' * 12}-+-{'-' * 12}")
+    for n_features, from_store, from_memory, same in results:
         print(f"{n_features:>10} | {tokens / from_store:>12,.0f} | {tokens / from_memory:>12,.0f} "
-              f"| {from_memory / from_store:>12.3f}")  # fmt: skip
+              f"| {from_memory / from_store:>12.3f} | {'yes' if same else 'NO'}")  # fmt: skip
+    if not all(same for *_, same in results):
+        raise SystemExit(
+            "The two paths trained different weights: they did not read the same batches."
+        )
 
 
 if __name__ == "__main__":

@@ -178,6 +178,22 @@ def test_a_corrupt_shard_is_named_set_aside_and_rebuilt_alone(make_source, tmp_p
     assert splits.provenance["activation_store_hit"] is False
 
 
+def test_a_shard_is_hashed_when_first_read_and_again_once_its_file_changes(make_source):
+    splits = make_source(n_tokens=1300).load()  # shards 0, 1 and 276 rows of shard 2
+    store = splits.train.shards
+    rows = torch.empty(276, 64, dtype=store.dtype)
+    splits.train.read_into(2, rows)  # read straight into a window's rows, the file hashed whole
+    assert torch.equal(rows, store.read(2)[:276])
+    shard = shard_path(store.folder, 2)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # past the rows the prefix uses
+    restored = shard.with_name("restored")
+    restored.write_bytes(bytes(data))
+    restored.replace(shard)  # a copy put back in its place
+    with pytest.raises(DataError, match=r"shard-000002.safetensors is corrupt \(sha256 mismatch\)"):
+        splits.train.read_into(2, rows)
+
+
 def test_a_truncated_shard_is_rebuilt_when_a_job_starts(make_source, tmp_path, caplog):
     original = training_rows(make_source().load())
     (folder,) = store_folders(tmp_path / "cache")

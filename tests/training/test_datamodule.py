@@ -23,10 +23,11 @@ class RecordingShards(GeneratedShards):
 
     def __init__(self) -> None:
         super().__init__(self._make, 3, ROWS_PER_SHARD, torch.float16, "indexed rows")
-        self.largest_read = 0
+        self.largest_read, self.reads = 0, []
 
     def _make(self, index: int, rows: int) -> torch.Tensor:
         self.largest_read = max(self.largest_read, rows)
+        self.reads.append(index)
         first = index * ROWS_PER_SHARD
         return torch.arange(first, first + rows, dtype=torch.float32)[:, None].expand(rows, 3)
 
@@ -94,6 +95,17 @@ def test_memory_holds_at_most_two_windows_whatever_the_token_count():
     assert rows.peak_rows <= 2 * window_rows  # the window being read and the next one
     assert rows.peak_rows < 64 * ROWS_PER_SHARD / 10
     rows.close()
+
+
+def test_a_run_reads_every_shard_it_trains_on_once_an_epoch_and_no_window_past_its_end():
+    rows = reader(n_rows=1000, batch=48, window=3, seed=5)
+    rows.end_step = rows.order.steps_per_epoch - 1  # the last step of a one-epoch run
+    served = epoch_rows(rows.order, rows, 0)
+    rows.close()
+    windows = [window for window in rows.order.windows(0) if window.start < 20 * 48]
+    read_by_batches = [shard for window in windows for shard in window.shards]
+    assert sorted(rows.train.shards.reads) == sorted(read_by_batches)  # each once, no prefetch
+    assert served == epoch_rows(rows.order, reader(1000, 48, 3, seed=5, prefetch=False), 0)
 
 
 @pytest.fixture

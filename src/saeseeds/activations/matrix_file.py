@@ -29,7 +29,7 @@ SAFETENSORS_DTYPES = {
 }
 NPY_DTYPES = {"<f8": torch.float64, "<f4": torch.float32, "<f2": torch.float16}
 _NPY_MAGIC = b"\x93NUMPY"
-_READ_BLOCK = 1 << 24  # bytes per read call
+READ_BLOCK = 1 << 24  # bytes per read call
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def read_into(handle, out: Tensor, path: Path, digest=None) -> None:  # noqa: AN
     view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
     filled = 0
     while filled < len(view):
-        count = handle.readinto(view[filled : filled + _READ_BLOCK])
+        count = handle.readinto(view[filled : filled + READ_BLOCK])
         if not count:
             raise DataError(
                 f"{path} is truncated: it ends {len(view) - filled} bytes before the rows its "
@@ -167,7 +167,7 @@ def scan(matrix: MatrixFile) -> tuple[str, bool]:
     bounded reads."""
     digest = hashlib.sha256()
     finite = True
-    rows_per_block = max(1, _READ_BLOCK // matrix.row_bytes)
+    rows_per_block = max(1, READ_BLOCK // matrix.row_bytes)
     with open(matrix.path, "rb", buffering=0) as handle:
         digest.update(handle.read(matrix.offset))
         for start in range(0, matrix.rows, rows_per_block):
@@ -176,6 +176,6 @@ def scan(matrix: MatrixFile) -> tuple[str, bool]:
             )
             read_into(handle, block, matrix.path, digest)
             finite = finite and not non_finite(block)
-        for tail in iter(lambda: handle.read(_READ_BLOCK), b""):
+        for tail in iter(lambda: handle.read(READ_BLOCK), b""):
             digest.update(tail)
     return digest.hexdigest(), finite

@@ -123,6 +123,11 @@ class ShardSequence:
         """Shard ``index`` as ``[shard_rows(index), d_in]`` in :attr:`dtype`, bounded in memory."""
         raise NotImplementedError
 
+    def read_into(self, index: int, out: Tensor) -> None:
+        """Fill ``out`` ``[rows, d_in]`` (:attr:`dtype`) with the first rows of shard ``index``;
+        a store reads the file straight into it."""
+        out.copy_(self.read(index)[: len(out)])
+
     def shard_stats(self, index: int, rows: int, scatter: bool) -> RowStats:
         """Statistics of the first ``rows`` rows of shard ``index`` (a store has them on disk)."""
         return RowStats.of(self.read(index)[:rows], scatter)
@@ -171,6 +176,11 @@ class TrainingRows:
     def read(self, index: int) -> Tensor:
         """The rows of shard ``index`` that the prefix uses, in the storage dtype."""
         return self.shards.read(index)[: self.used_rows[index]]
+
+    def read_into(self, index: int, out: Tensor) -> None:
+        """Fill ``out`` ``[used_rows[index], d_in]`` with the rows of shard ``index`` that the
+        prefix uses."""
+        self.shards.read_into(index, out)
 
     def stats(self, scatter: bool = False) -> RowStats:
         """Exact statistics of the whole prefix (summed per shard; computed once)."""

@@ -15,8 +15,9 @@ Layout (``docs/store.md`` is the user's description)::
         corrupt/                         shards found damaged, moved aside (safe to delete)
 
 Integrity, and when it is checked: when a job opens a store, the manifest and, for every shard it
-needs, the shard file's size (a ``stat``); when a shard is read for training, its sha256 (it is
-read whole anyway); the held-out file's sha256 whenever it is read; everything with
+needs, the shard file's size (a ``stat``); when a job first reads a shard, the whole file's
+sha256 (in the same pass), and again at a later read only if the file has changed since; the
+held-out file's sha256 whenever it is read; everything with
 ``python -m saeseeds.activations.store verify FOLDER``. A damaged shard is named in a one-line
 error and moved to ``corrupt/``, so the next job rebuilds that shard alone. Every file is
 written atomically and a shard counts only once its stats file (written after it) exists, so a
@@ -33,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -45,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
 
-from saeseeds.activations.matrix_file import read_into
+from saeseeds.activations.matrix_file import READ_BLOCK, read_into
 from saeseeds.activations.shards import RowStats, ShardSequence, dtype_name, storage_dtype
 from saeseeds.errors import DataError
 from saeseeds.io import atomic_write_bytes, atomic_write_json, build_lock
@@ -173,6 +175,8 @@ class ActivationStore(ShardSequence):
         self._records: dict[int, dict[str, Any]] = {
             int(index): record for index, record in self.manifest.get("shards", {}).items()
         }
+        # (device, inode, size, mtime) of each shard file when its bytes last matched its sha256
+        self._verified: dict[int, tuple[int, ...]] = {}
         self.n_shards = self.complete_prefix()
 
     # ---- which shards are there ----
@@ -217,6 +221,7 @@ class ActivationStore(ShardSequence):
 
     def forget(self, index: int) -> None:
         self._records.pop(index, None)
+        self._verified.pop(index, None)
 
     def set_aside(self, index: int) -> None:
         """Move a damaged shard (and its stats) into ``corrupt/`` so it is rebuilt alone."""
@@ -242,22 +247,30 @@ class ActivationStore(ShardSequence):
         return int(record["rows"]) if record is not None else self.rows_per_shard
 
     def read(self, index: int) -> Tensor:
-        """The whole shard, its sha256 checked; a mismatch is a one-line error naming it."""
+        """The whole shard (:meth:`read_into`)."""
+        tensor = torch.empty(self.shard_rows(index), self.d_in, dtype=self.dtype)
+        self.read_into(index, tensor)
+        return tensor
+
+    def read_into(self, index: int, out: Tensor) -> None:
+        """The shard's first ``len(out)`` rows, read from its file straight into ``out``. The
+        whole file's sha256 is checked the first time this store reads it, and again whenever the
+        file has changed since; a mismatch is a one-line error naming the shard."""
         record = self.record(index)
         path = shard_path(self.folder, index)
         if record is None:
             raise DataError(f"Activation store {self.folder} has no shard {index} ({path.name}).")
-        tensor, digest = read_checked(path, record["rows"], self.d_in, self.dtype)
-        if digest != record["sha256"]:
-            self.set_aside(index)
-            fix = (
-                "it was moved to corrupt/; run again to rebuild that shard alone"
-                if self.repair
-                else "rebuild the store or restore the file"
-            )
-            problem = "truncated" if digest is None else "sha256 mismatch"
-            raise DataError(f"Activation store shard {path} is corrupt ({problem}): {fix}.")
-        return tensor
+        identity, problem = read_checked(path, out, record["sha256"], self._verified.get(index))
+        if problem is None:
+            self._verified[index] = identity
+            return
+        self.set_aside(index)
+        fix = (
+            "it was moved to corrupt/; run again to rebuild that shard alone"
+            if self.repair
+            else "rebuild the store or restore the file"
+        )
+        raise DataError(f"Activation store shard {path} is corrupt ({problem}): {fix}.")
 
     def shard_stats(self, index: int, rows: int, scatter: bool) -> RowStats:
         record = self.record(index)
@@ -315,21 +328,30 @@ class ActivationStore(ShardSequence):
         return dict(self.manifest.get("provenance", {}))
 
 
-def read_checked(path: Path, rows: int, d_in: int, dtype: torch.dtype) -> tuple[Tensor, str | None]:
-    """A one-tensor safetensors shard read into a fresh tensor; (tensor, sha256 of the file, or
-    None when the file is shorter than the shard)."""
-    digest = hashlib.sha256()
-    tensor = torch.empty(rows, d_in, dtype=dtype)
+def read_checked(
+    path: Path, out: Tensor, sha256: str, verified: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...] | None, str | None]:
+    """Fill ``out`` with the first rows of the one-tensor safetensors shard ``path`` and check
+    the whole file's sha256 against ``sha256``, unless the open file is still the one whose
+    identity (device, inode, size, mtime) is ``verified``. Returns (the file's identity, the
+    problem found: None, "truncated" or "sha256 mismatch")."""
     try:
         with open(path, "rb", buffering=0) as handle:
+            status = os.fstat(handle.fileno())
+            identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+            digest = None if identity == verified else hashlib.sha256()
             prefix = handle.read(8)
             header = handle.read(int.from_bytes(prefix, "little")) if len(prefix) == 8 else b""
+            if digest is None:
+                read_into(handle, out, path)
+                return identity, None
             digest.update(prefix + header)
-            read_into(handle, tensor, path, digest)
-            digest.update(handle.read())
+            read_into(handle, out, path, digest)
+            for rest in iter(lambda: handle.read(READ_BLOCK), b""):  # a prefix's partial shard
+                digest.update(rest)
     except (DataError, FileNotFoundError):
-        return tensor, None
-    return tensor, digest.hexdigest()
+        return None, "truncated"
+    return identity, None if digest.hexdigest() == sha256 else "sha256 mismatch"
 
 
 # ---- inspect and verify ----

@@ -12,6 +12,7 @@ neither files nor Lightning.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +45,7 @@ class BatchOrder:
         self.n_rows = sum(self.shard_rows)
         self.steps_per_epoch = self.n_rows // batch_size  # the ragged tail is dropped
         self.windows = lru_cache(maxsize=2)(self._windows)
+        self._starts = lru_cache(maxsize=2)(self._window_starts)
 
     def _windows(self, epoch: int) -> tuple[Window, ...]:
         shard_order = torch.randperm(
@@ -57,6 +59,9 @@ class BatchOrder:
             start += rows
         return tuple(windows)
 
+    def _window_starts(self, epoch: int) -> list[int]:
+        return [window.start for window in self.windows(epoch)]
+
     def row_order(self, epoch: int, window: Window) -> Tensor:
         """The permutation of the window's rows (positions in its concatenated shards)."""
         generator = seeded_generator(self.seed, "rows", epoch, window.index)
@@ -67,19 +72,29 @@ class BatchOrder:
         share) reads, each with the [start, stop) of its positions inside that window."""
         first = batch * self.batch_size + (part.start or 0)
         stop = batch * self.batch_size + (part.stop if part.stop is not None else self.batch_size)
-        found = []
-        for window in self.windows(epoch):
+        windows, found = self.windows(epoch), []
+        # A bisection finds the window holding ``first``: a step costs the same at any size.
+        index = bisect.bisect_right(self._starts(epoch), first) - 1
+        while index < len(windows) and windows[index].start < stop:
+            window = windows[index]
             lo, hi = max(first, window.start), min(stop, window.start + window.rows)
-            if lo < hi:
-                found.append((window, lo - window.start, hi - window.start))
+            found.append((window, lo - window.start, hi - window.start))
+            index += 1
         return found
 
     def next_window(self, epoch: int, window: Window) -> tuple[int, Window]:
-        """The window read after ``window`` (the next epoch's first after the last)."""
+        """The window read after ``window``: the epoch's next one that a batch reads, else the
+        next epoch's first."""
         windows = self.windows(epoch)
         if window.index + 1 < len(windows):
-            return epoch, windows[window.index + 1]
+            following = windows[window.index + 1]
+            if following.start < self.steps_per_epoch * self.batch_size:
+                return epoch, following
         return epoch + 1, self.windows(epoch + 1)[0]
+
+    def first_step(self, epoch: int, window: Window) -> int:
+        """The global step of the first batch that reads ``window``."""
+        return epoch * self.steps_per_epoch + window.start // self.batch_size
 
     def state(self) -> dict[str, int]:
         """What fixes the order, for checkpoints: resuming with anything else is refused."""

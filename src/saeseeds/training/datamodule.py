@@ -52,16 +52,21 @@ class RowBatches(Dataset):
 class WindowedRows(Dataset):
     """The training batch at (epoch, batch index), read from a window of shards in memory.
 
-    A window is loaded whole (its shards concatenated, in their storage dtype) and kept with its
+    A window's shards are read straight into one tensor (in their storage dtype), kept with its
     row permutation until the batches have moved past it; the next one is loaded in a background
-    thread meanwhile (``prefetch``). ``peak_rows`` records the most training rows ever held (or
-    being loaded) at once, for tests of bounded memory.
+    thread meanwhile (``prefetch``), into the tensor of the window last let go when it has room,
+    so a long run does not allocate (and page in) a fresh window each time. No window is loaded
+    ahead whose first batch comes after ``end_step`` (the run's last step, when known).
+    ``peak_rows`` records the most training rows ever held (or being loaded) at once, for tests
+    of bounded memory.
     """
 
     def __init__(self, train: TrainingRows, order: BatchOrder, prefetch: bool = True):
         self.train, self.order, self.prefetch = train, order, prefetch
         self.part = slice(None)  # this process's share of every batch (DDP)
+        self.end_step: int | None = None
         self._loaded: dict[tuple[int, int], tuple[Future, int]] = {}  # (future, rows) by window
+        self._spare: Tensor | None = None  # the storage of the window let go last
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saeseeds-window")
         self.peak_rows = 0
@@ -75,16 +80,21 @@ class WindowedRows(Dataset):
         rows = []
         for window, start, stop in pieces:
             held, permutation = self.window(epoch, window)
-            rows.append(held[permutation[start:stop]])
+            # index_select copies whole rows: half the time of advanced indexing here.
+            rows.append(torch.index_select(held, 0, permutation[start:stop]))
         # Batches come in order, so no later batch reads a window before this one's last.
         self._forget_before(epoch, pieces[-1][0].index)
         if self.prefetch:
-            self._start(*self.order.next_window(epoch, pieces[-1][0]))
+            following = self.order.next_window(epoch, pieces[-1][0])
+            if self.end_step is None or self.order.first_step(*following) <= self.end_step:
+                self._start(*following)
         return torch.cat(rows).float() if len(rows) > 1 else rows[0].float()
 
     def window(self, epoch: int, window: Window) -> tuple[Tensor, Tensor]:
-        """The window's rows [rows, d_in] (storage dtype) and their permutation."""
-        return self._start(epoch, window).result()
+        """The window's rows [rows, d_in] (storage dtype) and their permutation; the rows are
+        valid until the batches move past the window (its storage is then reused)."""
+        storage, permutation = self._start(epoch, window).result()
+        return storage[: len(permutation)], permutation
 
     def _start(self, epoch: int, window: Window) -> Future:
         with self._lock:
@@ -95,17 +105,30 @@ class WindowedRows(Dataset):
             return self._loaded[key][0]
 
     def _load(self, epoch: int, window: Window) -> tuple[Tensor, Tensor]:
-        shards = [self.train.read(index) for index in window.shards]
-        rows = torch.cat(shards) if len(shards) > 1 else shards[0]
-        return rows, self.order.row_order(epoch, window)
+        """(storage whose first rows are the window's, the window's row permutation)."""
+        with self._lock:
+            storage, self._spare = self._spare, None
+        if storage is None or len(storage) < window.rows:
+            storage = torch.empty(window.rows, self.train.d_in, dtype=self.train.dtype)
+        first = 0
+        for index in window.shards:
+            count = self.train.used_rows[index]
+            self.train.read_into(index, storage[first : first + count])
+            first += count
+        return storage, self.order.row_order(epoch, window)
 
     def _forget_before(self, epoch: int, index: int) -> None:
         with self._lock:
             for key in [key for key in self._loaded if key < (epoch, index)]:
-                del self._loaded[key]
+                future, _ = self._loaded.pop(key)
+                if future.done() and future.exception() is None:
+                    storage, _ = future.result()
+                    if self._spare is None or len(storage) > len(self._spare):
+                        self._spare = storage
 
     def close(self) -> None:
         self._loaded.clear()
+        self._spare = None
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -158,6 +181,21 @@ def process_share(batch_size: int, rank: int, world_size: int) -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
+def last_step(trainer: L.Trainer | None, steps_per_epoch: int) -> int | None:
+    """The global step of the last batch the run reads, when ``max_steps`` or ``max_epochs``
+    fix it (None otherwise)."""
+    if trainer is None:
+        return None
+    ends = []
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        # Lightning fetches one batch ahead of the step it trains, within an epoch.
+        ahead = trainer.max_steps % steps_per_epoch != 0
+        ends.append(trainer.max_steps if ahead else trainer.max_steps - 1)
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        ends.append(trainer.max_epochs * steps_per_epoch - 1)
+    return min(ends) if ends else None
+
+
 class ActivationDataModule(L.LightningDataModule):
     def __init__(self, rows: WindowedRows, heldout: Tensor, batch_size: int):
         super().__init__()
@@ -182,6 +220,7 @@ class ActivationDataModule(L.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         self.rows.part = process_share(self.batch_size, rank, world_size)
+        self.rows.end_step = last_step(self.trainer, self.rows.order.steps_per_epoch)
         sampler = SeededBatchSampler(self.rows.order, self._global_step)
         return ResumableLoader(self.rows, sampler=sampler, batch_size=None)
 
