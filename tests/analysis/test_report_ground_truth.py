@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from saeseeds.analysis.report.ground_truth import ground_truth_lines, ground_truth_table
+from saeseeds.analysis.report.ground_truth import (
+    ground_truth_lines,
+    ground_truth_table,
+    group_metrics,
+)
 from saeseeds.analysis.report.html import ground_truth_section
 
 
@@ -39,7 +43,7 @@ def test_groups_with_a_hierarchy_show_parents_children_and_absorbed_children():
         report("flat world", {"gt_recovered": 1.0}, {"gt_recovered": 1.0}),
         report("real activations", {"fvu": 0.2}, {"fvu": 0.3}),
     ]
-    header, rows = ground_truth_table(reports)
+    header, rows = ground_truth_table(group_metrics(reports))
     assert header == [
         "group", "seeds", "features recovered", "parents recovered", "children recovered",
         "absorbed children", "absorbed share",
@@ -53,7 +57,7 @@ def test_groups_with_a_hierarchy_show_parents_children_and_absorbed_children():
 
 
 def test_without_hierarchy_one_column_and_without_ground_truth_nothing():
-    header, rows = ground_truth_table([report("flat", {"gt_recovered": 0.9})])
+    header, rows = ground_truth_table([("flat", [{"gt_recovered": 0.9}])])
     assert header == ["group", "seeds", "features recovered"] and rows == [["flat", "1", "90%"]]
     real = [report("real", {"fvu": 0.2, "gt_recovered": float("nan")}), report("bad", None)]
     assert ground_truth_lines(real) == [] and ground_truth_section(real) == ""

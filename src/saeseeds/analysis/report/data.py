@@ -52,6 +52,7 @@ def skipped_entry(skipped: SkippedRun) -> dict[str, str]:
 
 def group_entry(report: GroupReport, figures: dict[str, Path], report_dir: Path) -> dict[str, Any]:
     run = report.group.runs[0]
+    run_metrics = [r.metrics for r in report.group.runs]
     return {
         "label": report.label,
         "seeds": report.pairs.seeds,
@@ -72,7 +73,7 @@ def group_entry(report: GroupReport, figures: dict[str, Path], report_dir: Path)
         "timings": report.timings,
         "run_metrics": {str(r.seed): r.metrics for r in report.group.runs},
         # Present only where the runs recorded a synthetic ground truth's gt_* metrics.
-        **({"ground_truth": summary} if (summary := ground_truth_summary(report)) else {}),
+        **({"ground_truth": truth} if (truth := ground_truth_summary(run_metrics)) else {}),
     }
 
 

@@ -30,8 +30,8 @@ NOTE = (
 )
 
 
-def _values(runs: list[Any], key: str) -> list[float]:
-    values = [run.metrics.get(key) for run in runs if isinstance(run.metrics, dict)]
+def _values(run_metrics: list[Any], key: str) -> list[float]:
+    values = [metrics.get(key) for metrics in run_metrics if isinstance(metrics, dict)]
     return [
         float(value)
         for value in values
@@ -39,12 +39,12 @@ def _values(runs: list[Any], key: str) -> list[float]:
     ]
 
 
-def ground_truth_summary(report: Any) -> dict[str, dict[str, Any]]:
-    """{metric: {"mean", "min", "max", "n_seeds"}} of the group's recorded ``gt_*`` metrics;
-    ``{}`` when its runs recorded none."""
+def ground_truth_summary(run_metrics: list[Any]) -> dict[str, dict[str, Any]]:
+    """{metric: {"mean", "min", "max", "n_seeds"}} of the ``gt_*`` values in a group's
+    metrics.json contents; ``{}`` when they hold none."""
     summary = {}
     for key in COLUMNS:
-        values = _values(report.group.runs, key)
+        values = _values(run_metrics, key)
         if values:
             summary[key] = {
                 "mean": sum(values) / len(values),
@@ -53,6 +53,11 @@ def ground_truth_summary(report: Any) -> dict[str, dict[str, Any]]:
                 "n_seeds": len(values),
             }
     return summary
+
+
+def group_metrics(reports: list[Any]) -> list[tuple[str, list[Any]]]:
+    """(label, each run's metrics.json content) of analysed groups."""
+    return [(report.label, [run.metrics for run in report.group.runs]) for report in reports]
 
 
 def _cell(entry: dict[str, Any] | None, share: bool) -> str:
@@ -67,25 +72,28 @@ def _cell(entry: dict[str, Any] | None, share: bool) -> str:
     return f"{shown(entry['mean'])} ({shown(entry['min'])}–{shown(entry['max'])})"
 
 
-def ground_truth_table(reports: list[Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, one row per group with a ground truth); no rows when none has one. The
-    hierarchy's columns appear when some group has a hierarchy."""
-    summaries = [(report, ground_truth_summary(report)) for report in reports]
-    summaries = [(report, summary) for report, summary in summaries if summary]
+def ground_truth_table(
+    groups: list[tuple[str, list[Any]]],
+) -> tuple[list[str], list[list[str]]]:
+    """(header, one row per group with a ground truth) from (label, its runs' metrics.json
+    contents); no rows when none has one. The hierarchy's columns appear when some group has a
+    hierarchy."""
+    summaries = [(label, ground_truth_summary(metrics)) for label, metrics in groups]
+    summaries = [(label, summary) for label, summary in summaries if summary]
     hierarchy = any(key in summary for _, summary in summaries for key in HIERARCHY_KEYS)
     keys = list(COLUMNS) if hierarchy else ["gt_recovered"]
     header = ["group", "seeds"] + [COLUMNS[key][0] for key in keys]
     rows = [
-        [report.label, str(max(entry["n_seeds"] for entry in summary.values()))]
+        [label, str(max(entry["n_seeds"] for entry in summary.values()))]
         + [_cell(summary.get(key), COLUMNS[key][1]) for key in keys]
-        for report, summary in summaries
+        for label, summary in summaries
     ]
     return header, rows
 
 
 def ground_truth_lines(reports: list[Any]) -> list[str]:
     """report.md's "Ground-truth recovery" section; empty without a row."""
-    header, rows = ground_truth_table(reports)
+    header, rows = ground_truth_table(group_metrics(reports))
     if not rows:
         return []
     return ["## Ground-truth recovery", "", NOTE, "", *table(header, rows), ""]

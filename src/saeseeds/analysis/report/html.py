@@ -39,7 +39,7 @@ from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.report.data import json_safe
 from saeseeds.analysis.report.feature_table import FeatureTable, context_parts, feature_tables
 from saeseeds.analysis.report.ground_truth import NOTE as GROUND_TRUTH_NOTE
-from saeseeds.analysis.report.ground_truth import ground_truth_table
+from saeseeds.analysis.report.ground_truth import ground_truth_table, group_metrics
 from saeseeds.analysis.report.markdown import FIGURE_TITLES, matching_line
 from saeseeds.analysis.report.markdown_sections import OVERVIEW_NOTE, overview_table
 
@@ -195,7 +195,7 @@ def over_training_section(reports: list[GroupReport]) -> str:
 
 def ground_truth_section(reports: list[GroupReport]) -> str:
     """report.md's ground-truth table (synthetic data), as HTML; empty without a row."""
-    header, rows = ground_truth_table(reports)
+    header, rows = ground_truth_table(group_metrics(reports))
     if not rows:
         return ""
     return (

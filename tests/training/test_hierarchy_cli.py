@@ -1,0 +1,93 @@
+"""Feature absorption through the real command line: on a synthetic world with a feature
+hierarchy, Top-K SAEs absorb more children than Matryoshka SAEs, as metrics.json records it;
+and the report shows the numbers per group.
+
+One multirun trains both architectures, two seeds each in one job (``seeds=[1,2]``). The world
+is docs/synthetic.md's, at half its tokens and epochs so that the default suite stays short;
+measured at these settings (seeds 1-3), Top-K absorbed 5-10 of the 16 children and Matryoshka
+0-2. The report check runs in the slow suite: ``pytest tests/training/test_hierarchy_cli.py -m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from saeseeds import contract
+from tests.helpers import run_app
+
+WORLD = [
+    "data=synthetic",
+    "data.d_in=32",
+    "data.n_true_features=32",
+    "data.k_true=2",
+    "data.hierarchy.n_parents=8",
+    "data.hierarchy.children_per_parent=2",
+    "data.hierarchy.child_probability=0.5",
+    "data.n_tokens=8192",
+    "data.batch_size=256",
+    "sae.n_features=32",
+    "sae.k=3",
+    "sae.lr=0.004",
+    "trainer.max_epochs=10",
+    "trainer.enable_progress_bar=false",
+    "trainer.snapshots=false",
+    "trainer.heldout_codes=0",
+    "logger=none",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("hierarchy") / "sweep"
+    result = run_app(
+        "train.py", "-m", "sae=topk,matryoshka", "seeds=[1,2]", "order_seed=0", *WORLD,
+        f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def metrics_by_architecture(sweep: Path) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for complete in sorted(sweep.glob(f"*/{contract.COMPLETE_MARKER}")):
+        cfg = json.loads((complete.parent / contract.CFG_FILE).read_text())
+        metrics = json.loads((complete.parent / contract.METRICS_FILE).read_text())
+        found.setdefault(cfg["architecture"], []).append(metrics)
+    return found
+
+
+def test_topk_absorbs_more_children_than_matryoshka(sweep):
+    found = metrics_by_architecture(sweep)
+    assert sorted(found) == ["matryoshka", "topk"] and all(len(m) == 2 for m in found.values())
+    for metrics in found["topk"] + found["matryoshka"]:
+        assert 0 <= metrics["gt_absorbed_children"] <= 16
+        assert metrics["gt_absorbed_children_share"] == metrics["gt_absorbed_children"] / 16
+        assert 0 <= metrics["gt_children_recovered"] <= 1 - metrics["gt_absorbed_children"] / 16
+    topk = sorted(m["gt_absorbed_children"] for m in found["topk"])
+    matryoshka = sorted(m["gt_absorbed_children"] for m in found["matryoshka"])
+    # Every Top-K seed absorbs more than every Matryoshka seed, by a margin.
+    assert topk[0] >= matryoshka[-1] + 3, (topk, matryoshka)
+
+
+@pytest.mark.slow
+def test_the_report_shows_recovery_and_absorption_per_group(sweep, tmp_path):
+    result = run_app(
+        "analyze.py", f"sweep_dir={sweep}", "logger=none", "report.figures=false",
+        "baseline.n_samples=3", "bootstrap.n_samples=50", f"hydra.run.dir={tmp_path / 'report'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    section = report.split("## Ground-truth recovery", 1)[1].split("\n## ", 1)[0]
+    assert "absorbed children" in section and "parents recovered" in section
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    by_architecture = {g["architecture"]: g["ground_truth"] for g in summary["groups"].values()}
+    found = metrics_by_architecture(sweep)
+    for architecture, truth in by_architecture.items():
+        values = [m["gt_absorbed_children"] for m in found[architecture]]
+        assert truth["gt_absorbed_children"]["mean"] == sum(values) / len(values)
+        assert f"{sum(values) / len(values):.1f}" in section
+    assert "Ground-truth recovery" in (tmp_path / "report" / "report.html").read_text()
