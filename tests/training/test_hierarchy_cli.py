@@ -19,26 +19,15 @@ import pytest
 
 from saeseeds import contract
 from tests.helpers import run_app
+from tests.studies.test_sweep_architectures import load_script
 
-WORLD = [
-    "data=synthetic",
-    "data.d_in=32",
-    "data.n_true_features=32",
-    "data.k_true=2",
-    "data.hierarchy.n_parents=8",
-    "data.hierarchy.children_per_parent=2",
-    "data.hierarchy.child_probability=0.5",
-    "data.n_tokens=8192",
-    "data.batch_size=256",
-    "sae.n_features=32",
-    "sae.k=3",
-    "sae.lr=0.01",
-    "trainer.max_epochs=5",
-    "trainer.enable_progress_bar=false",
-    "trainer.snapshots=false",
-    "trainer.heldout_codes=0",
-    "logger=none",
-]
+SWEEP_SCRIPT = load_script()
+# The sweep script's hierarchical world (docs/synthetic.md's), a quarter of its steps.
+WORLD = SWEEP_SCRIPT.with_preset(
+    SWEEP_SCRIPT.HIERARCHICAL_WORLD,
+    ["data.n_tokens=8192", "trainer.max_epochs=5", "sae.lr=0.01", "sae.k=3", "logger=none"]
+    + ["trainer.enable_progress_bar=false", "trainer.snapshots=false", "trainer.heldout_codes=0"],
+)
 
 
 @pytest.fixture(scope="module")
