@@ -28,7 +28,8 @@ does not re-train the probes).
 
 ``--hierarchy`` trains on a small synthetic world with a feature hierarchy (HIERARCHICAL_WORLD:
 8 parents with 2 children each among 32 features in 32 dimensions; docs/synthetic.md); an
-override given on the command line replaces the preset's value. Whenever the runs have a
+override given on the command line replaces the preset's value, and the preset's keys are left
+out of the job folders' names. Whenever the runs have a
 synthetic ground truth, the sweep ends with a table per architecture of the true features
 recovered, the parents and children recovered and the children absorbed (mean and range over
 seeds), printed and written to ``<sweep>/ground_truth.md``.
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from saeseeds import contract
 from saeseeds.analysis.report.ground_truth import NOTE, ground_truth_table
@@ -81,6 +82,15 @@ def with_preset(preset: list[str], overrides: list[str]) -> list[str]:
     """The preset's overrides whose key the command line does not set, then the command line's."""
     given = {item.lstrip("+~").split("=", 1)[0] for item in overrides}
     return [item for item in preset if item.split("=", 1)[0] not in given] + overrides
+
+
+def without_preset_in_names(preset: list[str]) -> str:
+    """A Hydra override that leaves the preset's keys out of the job folders' names, which would
+    otherwise grow past the file system's limit and be cut short alike for every architecture."""
+    default = OmegaConf.load(REPO / "conf" / "hydra" / "default.yaml")
+    keys = list(default.job.config.override_dirname.exclude_keys)
+    keys += [item.split("=", 1)[0] for item in preset if item.split("=", 1)[0] not in keys]
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
 
 
 def ground_truth_report(sweep_dir: Path) -> str | None:
@@ -240,6 +250,8 @@ def main() -> None:
     common = [f"seed={args.seeds}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     if args.control != "none":
         common.append(f"data.control=none,{args.control}")
+    if args.hierarchy:
+        common.append(without_preset_in_names(HIERARCHICAL_WORLD))
     with_k = [name for name in architectures if name in K_ARCHITECTURES]
     commands = [["-m", f"sae={','.join(with_k)}", f"sae.k={args.k}", *common]] if with_k else []
     for architecture in (name for name in architectures if name in CALIBRATED):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from saeseeds import contract
 from saeseeds.activations.synthetic import SyntheticSource
 from saeseeds.errors import DataError
 from saeseeds.ground_truth import GroundTruth
+from tests.helpers import compose_train
 
 # 24 features in 32 dimensions, no noise: a sample's codes are recovered exactly by least squares.
 WORLD = dict(
@@ -73,3 +76,20 @@ def test_shards_depend_on_seed_and_index_only_and_the_ground_truth_records_paren
 def test_impossible_hierarchies_are_refused_with_the_bad_value(hierarchy, message):
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
         SyntheticSource(**WORLD, hierarchy={**HIERARCHY, **hierarchy})
+
+
+def test_an_off_hierarchy_is_left_out_of_the_run_config_so_older_folders_still_match(tmp_path):
+    def run_config(*overrides: str) -> dict:
+        cfg = compose_train(["data=synthetic", *overrides], tmp_path)
+        return contract.run_config(OmegaConf.to_container(cfg, resolve=True))
+
+    default = run_config()
+    assert "hierarchy" not in default["data"]
+    assert run_config("data.hierarchy.child_probability=0.9") == default
+    on = run_config("data.hierarchy.n_parents=8")
+    assert on["data"]["hierarchy"] == {
+        "n_parents": 8,
+        "children_per_parent": 2,
+        "child_probability": 0.5,
+    }
+    assert contract.condition_config(on) != contract.condition_config(default)
