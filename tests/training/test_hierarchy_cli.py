@@ -20,6 +20,7 @@ import pytest
 from saeseeds import contract
 from tests.helpers import run_app
 from tests.studies.test_sweep_architectures import load_script
+from tests.training.test_architectures_cli import check_analysis
 
 SWEEP_SCRIPT = load_script()
 # The sweep script's hierarchical world (docs/synthetic.md's), a quarter of its steps.
@@ -65,12 +66,7 @@ def test_topk_absorbs_more_children_than_matryoshka(sweep):
 
 @pytest.mark.slow
 def test_the_report_shows_recovery_and_absorption_per_group(sweep, tmp_path):
-    result = run_app(
-        "analyze.py", f"sweep_dir={sweep}", "logger=none", "report.figures=false",
-        "baseline.n_samples=3", "bootstrap.n_samples=50", f"hydra.run.dir={tmp_path / 'report'}",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    check_analysis(sweep, tmp_path, {"topk", "matryoshka"})  # runs analyze.py
     report = (tmp_path / "report" / "report.md").read_text()
     section = report.split("## Ground-truth recovery", 1)[1].split("\n## ", 1)[0]
     assert "absorbed children" in section and "parents recovered" in section
