@@ -6,6 +6,8 @@ folder that analyze.py reads.
     python scripts/sweep_architectures.py --k 32 --calibrate-only              # just find λ
     python scripts/sweep_architectures.py --k 32 --control gaussian  # + each one's geometry control
     python scripts/sweep_architectures.py --k 32 --architectures topk,jumprelu,matryoshka,archetypal
+    python scripts/sweep_architectures.py --hierarchy --k 3 --seeds 1,2,3 \
+        --architectures topk,batchtopk,relu_l1,jumprelu,matryoshka,archetypal
 
 Top-K, BatchTopK, Matryoshka and archetypal SAEs take L0 = k directly. ReLU+L1 and JumpReLU have
 no k: their L0 falls as their penalty's coefficient λ (``sae.l1_coefficient``,
@@ -23,6 +25,14 @@ geometry control, which the analysis pairs with it. λ is always calibrated on t
 Each λ found is kept in ``<sweep>/calibration.json`` (under its field's name); a later call with
 the same target, tolerance and overrides reuses it instead of searching again (so a resumed sweep
 does not re-train the probes).
+
+``--hierarchy`` trains on a small synthetic world with a feature hierarchy (HIERARCHICAL_WORLD:
+8 parents with 2 children each among 32 features in 32 dimensions; docs/synthetic.md); an
+override given on the command line replaces the preset's value, and the preset's keys are left
+out of the job folders' names. Whenever the runs have a
+synthetic ground truth, the sweep ends with a table per architecture of the true features
+recovered, the parents and children recovered and the children absorbed (mean and range over
+seeds), printed and written to ``<sweep>/ground_truth.md``.
 """
 
 from __future__ import annotations
@@ -37,10 +47,13 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
+from saeseeds import contract
+from saeseeds.analysis.report.ground_truth import NOTE, ground_truth_table
+from saeseeds.analysis.report.markdown_sections import table
 from saeseeds.config import register_configs
-from saeseeds.io import atomic_write_json
+from saeseeds.io import atomic_write_json, atomic_write_text
 from saeseeds.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +61,53 @@ REPO = Path(__file__).resolve().parents[1]
 K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "archetypal")
 CALIBRATED = {"relu_l1": ("l1_coefficient", "ReLU+L1"), "jumprelu": ("l0_coefficient", "JumpReLU")}
 DEFAULT_ARCHITECTURES = "topk,batchtopk,relu_l1"
+# --hierarchy: the world of docs/synthetic.md's measurement, and an SAE as wide as its dictionary.
+HIERARCHICAL_WORLD = [
+    "data=synthetic",
+    "data.d_in=32",
+    "data.n_true_features=32",
+    "data.k_true=2",
+    "data.hierarchy.n_parents=8",
+    "data.hierarchy.children_per_parent=2",
+    "data.hierarchy.child_probability=0.5",
+    "data.n_tokens=16384",
+    "data.batch_size=256",
+    "sae.n_features=32",
+    "sae.lr=0.004",
+    "trainer.max_epochs=10",
+]
+
+
+def with_preset(preset: list[str], overrides: list[str]) -> list[str]:
+    """The preset's overrides whose key the command line does not set, then the command line's."""
+    given = {item.lstrip("+~").split("=", 1)[0] for item in overrides}
+    return [item for item in preset if item.split("=", 1)[0] not in given] + overrides
+
+
+def without_preset_in_names(preset: list[str]) -> str:
+    """A Hydra override that leaves the preset's keys out of the job folders' names, which would
+    otherwise grow past the file system's limit and be cut short alike for every architecture."""
+    default = OmegaConf.load(REPO / "conf" / "hydra" / "default.yaml")
+    keys = list(default.job.config.override_dirname.exclude_keys)
+    keys += [item.split("=", 1)[0] for item in preset if item.split("=", 1)[0] not in keys]
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
+
+
+def ground_truth_report(sweep_dir: Path) -> str | None:
+    """Markdown table of the complete runs' gt_* metrics per architecture; None without any."""
+    by_architecture: dict[str, list[dict]] = {}
+    for complete in sorted(sweep_dir.glob(f"*/{contract.COMPLETE_MARKER}")):
+        run = complete.parent
+        try:
+            architecture = json.loads((run / contract.CFG_FILE).read_text())["architecture"]
+            metrics = json.loads((run / contract.METRICS_FILE).read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        by_architecture.setdefault(str(architecture), []).append(metrics)
+    header, rows = ground_truth_table(sorted(by_architecture.items()))
+    if not rows:
+        return None
+    return "\n".join([NOTE, "", *table(["architecture", *header[1:]], rows)]) + "\n"
 
 
 def heldout_l0(architecture: str, coefficient: float, overrides: list[str], scratch: Path) -> float:
@@ -150,6 +210,11 @@ def main() -> None:
     parser.add_argument("--calibrate-only", action="store_true")
     parser.add_argument("--sweep-dir", help="default: outputs/multirun/architectures-<time>")
     parser.add_argument(
+        "--hierarchy",
+        action="store_true",
+        help="train on a small synthetic world with a feature hierarchy (HIERARCHICAL_WORLD)",
+    )
+    parser.add_argument(
         "--control",
         choices=("none", "gaussian"),
         default="none",
@@ -157,6 +222,8 @@ def main() -> None:
     )
     args, overrides = parser.parse_known_args()
     architectures = chosen_architectures(args.architectures)
+    if args.hierarchy:
+        overrides = with_preset(HIERARCHICAL_WORLD, overrides)
 
     started = time.perf_counter()
     sweep_dir = args.sweep_dir or f"outputs/multirun/architectures-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -183,6 +250,8 @@ def main() -> None:
     common = [f"seed={args.seeds}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     if args.control != "none":
         common.append(f"data.control=none,{args.control}")
+    if args.hierarchy:
+        common.append(without_preset_in_names(HIERARCHICAL_WORLD))
     with_k = [name for name in architectures if name in K_ARCHITECTURES]
     commands = [["-m", f"sae={','.join(with_k)}", f"sae.k={args.k}", *common]] if with_k else []
     for architecture in (name for name in architectures if name in CALIBRATED):
@@ -192,6 +261,10 @@ def main() -> None:
     for command in commands:
         print("python train.py " + " ".join(command), flush=True)
         subprocess.run([sys.executable, str(REPO / "train.py"), *command], cwd=REPO, check=True)
+    recovery = ground_truth_report(REPO / sweep_dir)
+    if recovery is not None:
+        print("Ground-truth recovery (docs/synthetic.md):\n" + recovery)
+        atomic_write_text(REPO / sweep_dir / "ground_truth.md", recovery)
     print(f"Done in {time.perf_counter() - started:.0f} s. Analyse with:")
     print(f"python analyze.py sweep_dir={sweep_dir}")
 

@@ -108,6 +108,10 @@ NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
 # Keys whose null value is the behaviour from before they existed. They are left out of run
 # configs when null, so folders written before them still match (resume, skip, grouping).
 NULL_MEANS_ABSENT_KEYS = ("order_seed",)
+# Config blocks that are off when their switch key has this value (``data.hierarchy`` with
+# ``n_parents: 0``: synthetic data without a hierarchy). An off block computes nothing, so it is
+# left out of run configs, and folders written before it existed still match.
+OFF_BLOCKS = {"data.hierarchy": ("n_parents", 0)}
 
 
 def snapshot_file(fraction: float) -> str:
@@ -163,7 +167,16 @@ def describe_differences(recorded: dict[str, Any], current: dict[str, Any], limi
 
 
 def _null_keys(config: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(key for key in NULL_MEANS_ABSENT_KEYS if key in config and config[key] is None)
+    """The keys left out of ``config`` as if absent: nulls of NULL_MEANS_ABSENT_KEYS, and off
+    blocks of OFF_BLOCKS."""
+    nulls = tuple(key for key in NULL_MEANS_ABSENT_KEYS if key in config and config[key] is None)
+    flat = flatten(config)
+    off = tuple(
+        block
+        for block, (switch, value) in OFF_BLOCKS.items()
+        if flat.get(f"{block}.{switch}") == value
+    )
+    return nulls + off
 
 
 def run_config(resolved: dict[str, Any]) -> dict[str, Any]:

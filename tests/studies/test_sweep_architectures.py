@@ -6,6 +6,7 @@ beside its own control."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,6 +51,12 @@ def test_each_architecture_gets_its_control_and_a_rerun_reuses_the_calibration(t
         ours = [name for name in names if f"sae={architecture}," in name]
         assert sorted("data.control=gaussian" in name for name in ours) == [0, 0, 1, 1], names
     assert {config["architecture"] for config in configs} == {"topk", "batchtopk", "relu_l1"}
+    # Synthetic data: the ground-truth table, one row per architecture (the controls have none).
+    table = (sweep / "ground_truth.md").read_text()
+    assert "Ground-truth recovery" in first.stdout and table in first.stdout
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
+        "| batchtopk", "| relu_l1", "| topk",
+    ]  # fmt: skip
     record = json.loads((sweep / "calibration.json").read_text())
     assert record["k"] == 2 and record["overrides"] == TINY and record["l1_coefficient"] > 0
 
@@ -83,3 +90,38 @@ def test_each_architecture_gets_its_control_and_a_rerun_reuses_the_calibration(t
     assert {row.split(" | ")[0][2:] for row in rows} >= {"topk", "batchtopk", "relu_l1"}
     claim = text.split("**ReLU+L1 SAEs are more stable than Top-K")[-1].split("\n\n")[1]
     assert claim.count("gaussian:") == 2, claim  # shared and median, each against the controls
+
+
+def load_script():
+    path = REPO_ROOT / "scripts" / "sweep_architectures.py"
+    spec = importlib.util.spec_from_file_location("sweep_architectures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_hierarchy_preset_yields_to_the_command_line_and_the_table_reads_the_sweep(tmp_path):
+    script = load_script()
+    overrides = script.with_preset(script.HIERARCHICAL_WORLD, ["data.d_in=16", "+foo=1"])
+    assert "data.d_in=16" in overrides and "data.d_in=32" not in overrides
+    assert "data.hierarchy.n_parents=8" in overrides and overrides[-1] == "+foo=1"
+
+    runs = {"a": ("topk", 4), "b": ("topk", 6), "c": ("matryoshka", 1), "d": ("relu_l1", None)}
+    for name, (architecture, absorbed) in runs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps({"architecture": architecture}))
+        metrics = {"fvu": 0.1}
+        if absorbed is not None:
+            metrics.update(gt_recovered=0.5, gt_absorbed_children=absorbed)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "COMPLETE").write_text("{}")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "cfg.json").write_text(json.dumps({"architecture": "jumprelu"}))
+    rows = [line for line in script.ground_truth_report(tmp_path).splitlines() if "| " in line]
+    assert rows[0].startswith("| architecture | seeds | features recovered")
+    assert rows[1:] == [
+        "| matryoshka | 1 | 50% | – | – | 1.0 | – |",
+        "| topk | 2 | 50% | – | – | 5.0 (4.0–6.0) | – |",
+    ]
+    assert script.ground_truth_report(tmp_path / "d") is None

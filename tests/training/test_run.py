@@ -55,6 +55,7 @@ def test_synthetic_recovery_and_run_folder_contract(tmp_path):
     metrics = train(cfg)
 
     assert recovered_fraction(run_dir) >= 0.9
+    assert metrics["gt_recovered"] == recovered_fraction(run_dir)  # metrics.json scores it too
     for name in CONTRACT_FILES:
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from saeseeds.activations.shards import TrainingRows
 from saeseeds.errors import DataError
+from saeseeds.ground_truth import GroundTruth
 
 
 @dataclass
@@ -82,6 +83,11 @@ class ActivationSource:
         """The model, hook and held-out text behind the activations; ``None`` where there are
         none (synthetic data, a user's activation file, a control), so CE-loss evaluation and
         top examples are skipped."""
+        return None
+
+    def ground_truth(self) -> GroundTruth | None:
+        """The dictionary the activations were drawn from (synthetic data), whose recovery the
+        trainer scores in metrics.json; ``None`` where it is unknown."""
         return None
 
     def write_artifacts(self, run_dir: Path) -> None:

@@ -1,14 +1,26 @@
-"""Synthetic activations from a known ground-truth dictionary.
+"""Synthetic activations from a known ground-truth dictionary, optionally with a feature hierarchy.
 
-Each sample is a sparse non-negative combination of ``k_true`` unit directions plus isotropic
-noise. The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, i)
+Each sample is a sparse non-negative combination of unit directions plus isotropic noise: a
+uniformly random set of ``k_true`` features fires, each with a magnitude uniform in
+[min_magnitude, max_magnitude]. With a hierarchy (``data.hierarchy``), features 0..P-1 are
+parents and the next P·C are their children (child j of parent p is feature P + p·C + j); children
+are never drawn in the k_true set: each parent that fires brings, with probability
+``child_probability``, exactly one of its C children (uniformly chosen, its own uniform magnitude),
+so a child fires only with its parent, as in the synthetic absorption benchmarks (Chanin et al.
+2024; Bussmann et al. 2025). The remaining features are free. Without a hierarchy the samples are
+the same as before it existed, bit for bit.
+
+The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, i)
 and the held-out rows from (data_seed, "heldout"), so every SAE seed of a sweep sees the same data,
 any token count is generated in bounded memory, and a smaller budget trains on a prefix of a
-larger one's rows. The ground truth is saved so recovery can be checked.
+larger one's rows. The ground truth (and each feature's parent) is saved so recovery and
+absorption can be measured (:mod:`saeseeds.ground_truth`). It knows nothing of SAEs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +31,71 @@ from saeseeds.activations.base import ActivationSource, ActivationSplits, check_
 from saeseeds.activations.shards import GeneratedShards, TrainingRows, seeded_generator
 from saeseeds.contract import GROUND_TRUTH_FILE
 from saeseeds.errors import DataError
+from saeseeds.ground_truth import DIRECTIONS_TENSOR, PARENT_TENSOR, GroundTruth
 from saeseeds.io import atomic_save_safetensors
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """P parents (features 0..P-1), each with C children (features P..P+P·C-1); a firing parent
+    brings exactly one of its children with probability ``child_probability``."""
+
+    n_parents: int
+    children_per_parent: int
+    child_probability: float
+
+    @property
+    def n_children(self) -> int:
+        return self.n_parents * self.children_per_parent
+
+    def parents(self, n_true_features: int) -> Tensor:  # [n_true_features] int64, -1: none
+        parent = torch.full((n_true_features,), -1, dtype=torch.int64)
+        children = torch.arange(self.n_children) + self.n_parents
+        parent[children] = torch.arange(self.n_parents).repeat_interleave(self.children_per_parent)
+        return parent
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "n_parents": self.n_parents,
+            "children_per_parent": self.children_per_parent,
+            "child_probability": self.child_probability,
+        }
+
+
+def hierarchy_from_config(
+    config: Mapping[str, Any] | None, n_true_features: int, k_true: int
+) -> Hierarchy | None:
+    """The ``data.hierarchy`` block, checked; ``None`` when it is off (absent, or n_parents=0)."""
+    if config is None or int(config["n_parents"]) == 0:
+        return None
+    hierarchy = Hierarchy(
+        int(config["n_parents"]),
+        int(config["children_per_parent"]),
+        float(config["child_probability"]),
+    )
+    if hierarchy.n_parents < 1 or hierarchy.children_per_parent < 1:
+        raise DataError(
+            f"data.hierarchy.n_parents={hierarchy.n_parents} and "
+            f"data.hierarchy.children_per_parent={hierarchy.children_per_parent} must be at "
+            "least 1 (data.hierarchy.n_parents=0: no hierarchy)."
+        )
+    if not 0 <= hierarchy.child_probability <= 1:
+        raise DataError(
+            f"data.hierarchy.child_probability={hierarchy.child_probability} must be in [0, 1]."
+        )
+    if hierarchy.n_parents + hierarchy.n_children > n_true_features:
+        raise DataError(
+            f"data.hierarchy: {hierarchy.n_parents} parents with "
+            f"{hierarchy.children_per_parent} children each need "
+            f"{hierarchy.n_parents + hierarchy.n_children} features, more than "
+            f"data.n_true_features={n_true_features}."
+        )
+    if k_true > n_true_features - hierarchy.n_children:
+        raise DataError(
+            f"data.k_true={k_true} must be at most the {n_true_features - hierarchy.n_children} "
+            "features that are not children (children fire only with their parent)."
+        )
+    return hierarchy
 
 
 class SyntheticSource(ActivationSource):
@@ -37,6 +113,7 @@ class SyntheticSource(ActivationSource):
         data_seed: int,
         spectrum_decay: float = 0.0,
         shard_tokens: int = 65_536,
+        hierarchy: Mapping[str, Any] | None = None,
     ):
         if d_in <= 0 or n_true_features <= 0:
             raise DataError(
@@ -63,6 +140,7 @@ class SyntheticSource(ActivationSource):
             raise DataError(f"data.spectrum_decay={spectrum_decay} must be >= 0.")
         self.spectrum_decay = spectrum_decay
         self.data_seed = data_seed
+        self.hierarchy = hierarchy_from_config(hierarchy, n_true_features, k_true)
         self.true_directions = self._sample_directions()  # [n_true_features, d_in]
 
     def _sample_directions(self) -> Tensor:
@@ -74,15 +152,36 @@ class SyntheticSource(ActivationSource):
         return directions / directions.norm(dim=1, keepdim=True)
 
     def sample(self, n_samples: int, generator: torch.Generator) -> Tensor:  # [n_samples, d_in]
-        scores = torch.rand(n_samples, self.n_true_features, generator=generator)
+        hierarchy = self.hierarchy
+        drawable = self.n_true_features - (hierarchy.n_children if hierarchy else 0)
+        scores = torch.rand(n_samples, drawable, generator=generator)
         active = scores.topk(self.k_true, dim=1).indices  # uniform random k-subsets
-        span = self.max_magnitude - self.min_magnitude
-        magnitudes = self.min_magnitude + span * torch.rand(
-            n_samples, self.k_true, generator=generator
-        )
+        magnitudes = self._magnitudes((n_samples, self.k_true), generator)
+        if hierarchy is not None:  # skip the children's block of feature ids
+            active = torch.where(
+                active < hierarchy.n_parents, active, active + hierarchy.n_children
+            )
         codes = torch.zeros(n_samples, self.n_true_features).scatter_(1, active, magnitudes)
+        if hierarchy is not None:
+            self._add_children(codes, active, hierarchy, generator)
         noise = self.noise_std * torch.randn(n_samples, self.d_in, generator=generator)
         return codes @ self.true_directions + noise
+
+    def _magnitudes(self, shape: tuple[int, int], generator: torch.Generator) -> Tensor:
+        span = self.max_magnitude - self.min_magnitude
+        return self.min_magnitude + span * torch.rand(shape, generator=generator)
+
+    def _add_children(
+        self, codes: Tensor, active: Tensor, hierarchy: Hierarchy, generator: torch.Generator
+    ) -> None:
+        """Each active parent brings one uniformly chosen child with child_probability."""
+        brings = torch.rand(active.shape, generator=generator) < hierarchy.child_probability
+        which = torch.randint(hierarchy.children_per_parent, active.shape, generator=generator)
+        magnitudes = self._magnitudes(tuple(active.shape), generator)
+        fires = brings & (active < hierarchy.n_parents)  # [n_samples, k_true]
+        rows = torch.arange(active.shape[0]).unsqueeze(1).expand_as(active)[fires]
+        child = hierarchy.n_parents + active[fires] * hierarchy.children_per_parent + which[fires]
+        codes[rows, child] = magnitudes[fires]
 
     def train_shard(self, index: int, rows: int) -> Tensor:
         return self.sample(rows, seeded_generator(self.data_seed, "train", index))
@@ -111,6 +210,8 @@ class SyntheticSource(ActivationSource):
             "max_magnitude": self.max_magnitude,
             "spectrum_decay": self.spectrum_decay,
         }
+        if self.hierarchy is not None:  # absent without one: earlier identities stay valid
+            world["hierarchy"] = self.hierarchy.describe()
         identity = {
             "kind": "synthetic",
             **world,
@@ -127,9 +228,14 @@ class SyntheticSource(ActivationSource):
             "data_identity": identity,
         }
 
+    def ground_truth(self) -> GroundTruth:
+        parents = self.hierarchy.parents(self.n_true_features) if self.hierarchy else None
+        return GroundTruth(self.true_directions, parents)
+
     def write_artifacts(self, run_dir: Path) -> None:
-        atomic_save_safetensors(
-            Path(run_dir) / GROUND_TRUTH_FILE,
-            {"true_directions": self.true_directions},
-            metadata={"k_true": str(self.k_true)},
-        )
+        tensors = {DIRECTIONS_TENSOR: self.true_directions}
+        metadata = {"k_true": str(self.k_true)}
+        if self.hierarchy is not None:
+            tensors[PARENT_TENSOR] = self.hierarchy.parents(self.n_true_features)
+            metadata.update({key: str(value) for key, value in self.hierarchy.describe().items()})
+        atomic_save_safetensors(Path(run_dir) / GROUND_TRUTH_FILE, tensors, metadata=metadata)

@@ -150,8 +150,22 @@ class HFDatasetDataConfig(TextDataConfig):
 
 
 @dataclass
+class HierarchyConfig:
+    """A feature hierarchy in synthetic data: parents whose children fire only with them."""
+
+    n_parents: int = 0
+    """Parent features: the first n_parents of the dictionary; 0: no hierarchy (the default;
+    the block is then left out of the run's recorded config)."""
+    children_per_parent: int = 2
+    """Children of each parent: the next n_parents x children_per_parent features."""
+    child_probability: float = 0.5
+    """Probability that a firing parent brings one of its children (chosen uniformly; the
+    children of a parent never fire together, and never without it)."""
+
+
+@dataclass
 class SyntheticDataConfig(DataConfig):
-    """Activations drawn from a known ground-truth dictionary."""
+    """Activations drawn from a known ground-truth dictionary (docs/synthetic.md)."""
 
     _target_: str = "saeseeds.activations.synthetic.SyntheticSource"
     d_in: int = 64
@@ -176,6 +190,10 @@ class SyntheticDataConfig(DataConfig):
     data_seed: int = 0
     """Seed of the ground truth and the samples; independent of the SAE seed, so runs of a sweep
     share data."""
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
+    """Off by default (n_parents=0: every feature is drawn alike). ``data.hierarchy.n_parents=8``
+    makes parents whose children fire only with them; the k_true features are then drawn
+    among the parents and free features, and children come on top."""
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Held-out evaluation of a trained SAE on raw activations: FVU, MSE, L0, per-feature firing.
+"""Evaluation of a trained SAE: held-out FVU, MSE, L0 and per-feature firing on raw activations,
+and, where the data has a known ground truth, its recovery and absorption.
 
-Metrics are accumulated as exact sums over batches, so they do not depend on the batch size.
-It does not train and does not write files.
+Held-out metrics are accumulated as exact sums over batches, so they do not depend on the batch
+size. The ground-truth scores are :mod:`saeseeds.ground_truth`'s. It does not train and does not
+write files.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saeseeds.ground_truth import GroundTruth, ground_truth_metrics
 from saeseeds.sae import SAE, SAEOutput
 
 
@@ -64,3 +67,9 @@ def evaluate_heldout(
         batch = batch_totals(x, sae(x), sae.n_features)
         accumulate(totals, {name: value.cpu() for name, value in batch.items()})
     return summarise_totals(totals), totals["fire_count"], totals["activation_sum"].float()
+
+
+@torch.no_grad()
+def evaluate_ground_truth(sae: SAE, truth: GroundTruth | None) -> dict[str, float | int]:
+    """``gt_*`` metrics of the SAE's decoder against the data's ground truth; none without one."""
+    return {} if truth is None else ground_truth_metrics(sae.W_dec.detach().float().cpu(), truth)

@@ -51,7 +51,7 @@ from saeseeds.training.datamodule import (
 )
 from saeseeds.training.heldout_codes import write_heldout_codes
 from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
-from saeseeds.training.metrics import evaluate_heldout
+from saeseeds.training.metrics import evaluate_ground_truth, evaluate_heldout
 from saeseeds.training.module import SAETrainingModule
 from saeseeds.training.preemption import CheckpointOnSignal, StopSignals
 from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
@@ -388,6 +388,7 @@ def finish_run(
     metrics, fire_count, activation_sum = evaluate_heldout(
         raw_sae, splits.heldout, source.batch_size
     )
+    metrics.update(evaluate_ground_truth(raw_sae, source.ground_truth()))
     context = source.text_context()
     top_examples = None
     if context is not None:

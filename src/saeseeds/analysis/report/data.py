@@ -2,7 +2,7 @@
 
 - summary.json: inputs, runs used and skipped (with reasons), per group the statistics with
   bootstrap intervals, chance level and p-value, reappearance, overlap, subspaces, examples,
-  figures, and timings.
+  figures, timings and, with a synthetic ground truth, its recovery averaged over seeds.
 - pairs.csv: one row per seed pair and metric (long format).
 - features.csv: one row per feature per run: firing frequency, reappearance, and per other seed
   the Hungarian partner with its cosine (empty with argmax matching) and the best (argmax) partner
@@ -24,6 +24,7 @@ from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
 from saeseeds.analysis.pair_metrics import HUNGARIAN
+from saeseeds.analysis.report.ground_truth import ground_truth_summary
 
 SUMMARY_FORMAT = "saeseeds.analysis_summary/1"
 
@@ -51,6 +52,7 @@ def skipped_entry(skipped: SkippedRun) -> dict[str, str]:
 
 def group_entry(report: GroupReport, figures: dict[str, Path], report_dir: Path) -> dict[str, Any]:
     run = report.group.runs[0]
+    run_metrics = [r.metrics for r in report.group.runs]
     return {
         "label": report.label,
         "seeds": report.pairs.seeds,
@@ -70,6 +72,8 @@ def group_entry(report: GroupReport, figures: dict[str, Path], report_dir: Path)
         "figures": {name: str(path.relative_to(report_dir)) for name, path in figures.items()},
         "timings": report.timings,
         "run_metrics": {str(r.seed): r.metrics for r in report.group.runs},
+        # Present only where the runs recorded a synthetic ground truth's gt_* metrics.
+        **({"ground_truth": truth} if (truth := ground_truth_summary(run_metrics)) else {}),
     }
 
 

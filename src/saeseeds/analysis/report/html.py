@@ -38,6 +38,8 @@ from saeseeds.analysis.controls import verdict
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.report.data import json_safe
 from saeseeds.analysis.report.feature_table import FeatureTable, context_parts, feature_tables
+from saeseeds.analysis.report.ground_truth import NOTE as GROUND_TRUTH_NOTE
+from saeseeds.analysis.report.ground_truth import ground_truth_table, group_metrics
 from saeseeds.analysis.report.markdown import FIGURE_TITLES, matching_line
 from saeseeds.analysis.report.markdown_sections import OVERVIEW_NOTE, overview_table
 
@@ -182,17 +184,33 @@ def over_training_section(reports: list[GroupReport]) -> str:
     header, rows, sentences = overview_table(reports)
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
     items = "".join(f"<li>{inline_markdown(sentence)}</li>" for sentence in sentences)
     return (
         f'<section id="over-training"><h2>Stability over training</h2>'
         f'<p class="note">{html.escape(OVERVIEW_NOTE)} Each group\'s figure is under '
-        f'"Figures of this group".</p><table class="over-training"><tr>{head}</tr>{body}'
-        f"</table><ul>{items}</ul></section>"
+        f'"Figures of this group".</p>{html_table(header, rows, "over-training")}'
+        f"<ul>{items}</ul></section>"
     )
+
+
+def ground_truth_section(reports: list[GroupReport]) -> str:
+    """report.md's ground-truth table (synthetic data), as HTML; empty without a row."""
+    header, rows = ground_truth_table(group_metrics(reports))
+    if not rows:
+        return ""
+    return (
+        f'<section id="ground-truth"><h2>Ground-truth recovery</h2>'
+        f'<p class="note">{html.escape(GROUND_TRUTH_NOTE)}</p>'
+        f"{html_table(header, rows, 'ground-truth')}</section>"
+    )
+
+
+def html_table(header: list[str], rows: list[list[str]], css_class: str) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f'<table class="{css_class}"><tr>{head}</tr>{body}</table>'
 
 
 def _asset(name: str) -> str:
@@ -236,6 +254,7 @@ config and seeds on Gaussian data with the activations' mean and covariance, the
 initialised model, and only last against random unit-norm dictionaries. The numbers, tables and
 figures are in report.md, summary.json and features.csv beside this page.</p></section>
 {over_training_section(reports)}
+{ground_truth_section(reports)}
 <section id="features"><h2>Features across seeds</h2>
 <div class="bar"><label>Group <select id="group"></select></label>
 <span id="group-description"></span></div>

@@ -22,6 +22,7 @@ from saeseeds.analysis.examples import marked_text
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
 from saeseeds.analysis.loading import SkippedRun
+from saeseeds.analysis.report.ground_truth import ground_truth_lines
 from saeseeds.analysis.report.markdown_sections import (
     convergence_lines,
     functional_lines,
@@ -317,6 +318,7 @@ def render_report(
     lines += ["## All groups", ""]
     lines += published_table(reports, thresholds) + [""]
     lines += overview(reports)
+    lines += ground_truth_lines(reports)
     if any(report.matching == "argmax" for report in reports):
         lines += [
             f"`{NOT_COMPUTED}`: not computed; the group was analysed with argmax matching (no "
