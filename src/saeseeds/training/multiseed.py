@@ -38,7 +38,6 @@ from saeseeds.training.preemption import StopSignals
 from saeseeds.training.run import (
     TrainedSAE,
     build_trainer,
-    choose_precision,
     describe,
     finish_run,
     fit_module,
@@ -50,6 +49,7 @@ from saeseeds.training.run import (
     training_callbacks,
 )
 from saeseeds.training.seed_jobs import SeedRun, SeedsPlan
+from saeseeds.training.step_precision import step_precision
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,10 @@ def _train_seeds(
     datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
+    precision_choice = step_precision(
+        cfg, sae_config, saes[0].d_in, source.batch_size, plan.checkpoint
+    )
+    precision = precision_choice["precision"]
     if plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
         check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
@@ -175,8 +179,8 @@ def _train_seeds(
         for seed, logger in wandb_loggers.items()
         if logger is not None
     ]
-    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     record = SeedsRecord(plan.job_config, seeds)
+    record.note_precision(precision_choice)
     snapshot_dirs = [to_write[seed].run_dir if seed in to_write else None for seed in seeds]
     callbacks = training_callbacks(
         cfg, plan.job_dir, splits, source.batch_size, signals, record, snapshot_dirs
@@ -199,7 +203,7 @@ def _train_seeds(
         precision,
         ", ".join(str(run.run_dir) for run in to_write.values()),
     )
-    fit = fit_module(trainer, module, datamodule, ckpt_path, precision, started)
+    fit = fit_module(trainer, module, datamodule, ckpt_path, precision_choice, started)
     fit.seeds_trained_together = list(seeds)
     curve = heldout_curve(trainer)
     results = {}
