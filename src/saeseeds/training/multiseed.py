@@ -24,7 +24,12 @@ from omegaconf import DictConfig, open_dict
 
 from saeseeds.config.validation import validate_train_config
 from saeseeds.sae import SAEConfig
-from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
+from saeseeds.tracking import (
+    build_wandb_logger,
+    finish_wandb,
+    record_wandb_run,
+    wandb_run_info,
+)
 from saeseeds.training.checkpoint_io import RECORD_KEY, check_data, check_shapes
 from saeseeds.training.datamodule import (
     ActivationDataModule,
@@ -115,8 +120,9 @@ class SeedsRecord(RunRecord):
         checkpoint[RECORD_KEY] = self.record
 
 
-def seed_wandb_logger(run: SeedRun, multirun: bool) -> Any:
-    """The seed's own W&B run (None when logging is off), named as its own job's would be."""
+def seed_wandb_logger(run: SeedRun, multirun: bool, resume: bool) -> Any:
+    """The seed's own W&B run (None when logging is off), named as its own job's would be;
+    ``resume``: the job continues from a checkpoint, so the seed continues its folder's run."""
     cfg = run.cfg
     if not multirun:  # one group for the job; the seed's overrides name its run
         from saeseeds.tracking import hydra_job_identity
@@ -128,7 +134,7 @@ def seed_wandb_logger(run: SeedRun, multirun: bool) -> Any:
             cfg.logger.name = cfg.logger.name or ",".join(sorted(run.overrides)) or run.run_dir.name
     # Several W&B runs open at once in this process: without it wandb.init (and Lightning's
     # WandbLogger) would hand every seed the first seed's run.
-    return build_wandb_logger(cfg, run.run_dir, concurrent=True)
+    return build_wandb_logger(cfg, run.run_dir, concurrent=True, resume=resume)
 
 
 def train_seeds(
@@ -173,7 +179,10 @@ def _train_seeds(
 
     to_write = {run.seed: run for run in plan.to_write}
     multirun = is_multirun(hydra_config())
-    wandb_loggers = {seed: seed_wandb_logger(run, multirun) for seed, run in to_write.items()}
+    wandb_loggers = {
+        seed: seed_wandb_logger(run, multirun, resume=ckpt_path is not None)
+        for seed, run in to_write.items()
+    }
     loggers = [
         SeedLogger(logger, seed_prefix(seed))
         for seed, logger in wandb_loggers.items()
@@ -194,6 +203,8 @@ def _train_seeds(
         checkpoint_io,
         precision,
     )
+    for seed, logger in wandb_loggers.items():
+        record_wandb_run(logger, to_write[seed].run_dir)
     log.info(
         "Training %d seeds %s of %s on %s (%s); folders: %s",
         len(seeds),

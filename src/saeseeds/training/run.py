@@ -37,7 +37,12 @@ from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
-from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
+from saeseeds.tracking import (
+    build_wandb_logger,
+    finish_wandb,
+    record_wandb_run,
+    wandb_run_info,
+)
 from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
 from saeseeds.training.checkpoint_io import check_data, check_shapes
@@ -111,7 +116,7 @@ def _train(
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
-    logger = build_wandb_logger(cfg, run_dir)
+    logger = build_wandb_logger(cfg, run_dir, resume=ckpt_path is not None)
     record = RunRecord(run_config)
     record.note_precision(precision_choice)
     callbacks = training_callbacks(cfg, run_dir, splits, source.batch_size, signals, record)
@@ -124,6 +129,7 @@ def _train(
         checkpoint_io,
         precision,
     )
+    record_wandb_run(logger, run_dir)
     log.info(
         "Training %s on %s (%s) into %s",
         describe(sae, cfg.seed, splits),
@@ -302,7 +308,7 @@ def log_complete(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
     """The ``trainer`` group as ``lightning.Trainer`` keywords: every field but the app's own,
-    plus ``trainer.kwargs``; precision is chosen separately (:mod:`saeseeds.training.step_precision`)."""
+    plus ``trainer.kwargs``; precision is chosen separately (:mod:`.step_precision`)."""
     arguments = OmegaConf.to_container(trainer_cfg, resolve=True)
     extra = arguments.pop("kwargs", {}) or {}
     for name in (*APP_FIELDS, "precision"):

@@ -82,7 +82,11 @@ def step_precision(
     requested = cfg.trainer.precision
     requested = None if requested is None else str(requested)
     if requested not in AUTO:
-        return {"precision": requested, "requested": requested, "reason": "set by trainer.precision"}
+        return {
+            "precision": requested,
+            "requested": requested,
+            "reason": "set by trainer.precision",
+        }
     record = (checkpoint or {}).get(RECORD_KEY)
     resumed = record.get(PRECISION_FIELD) if isinstance(record, dict) else None
     if isinstance(resumed, dict) and isinstance(resumed.get("precision"), str):
