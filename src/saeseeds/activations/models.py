@@ -283,7 +283,7 @@ def load_model(config: ModelConfig, model_cache_dir: str | Path) -> LoadedModel:
     if memo_key in _LOADED:
         return _LOADED[memo_key]
     started = time.perf_counter()
-    hf_model, tokenizer, origin = _load_hf(config, model_cache_dir)
+    hf_model, tokenizer, origin = load_hf(config, model_cache_dir)
     hf_model = hf_model.to(device=device).eval().requires_grad_(False)
     choice = forward_dtype(config, hf_model, device, model_cache_dir)
     dtype = getattr(torch, choice.chosen)
@@ -365,7 +365,8 @@ def forward_dtype(
     )
 
 
-def _load_hf(config: ModelConfig, model_cache_dir: str | Path) -> tuple[Any, Any, str]:
+def load_hf(config: ModelConfig, model_cache_dir: str | Path) -> tuple[Any, Any, str]:
+    """(the ``transformers`` model, its tokenizer, its origin), before any dtype or wrapping."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source, origin = _resolve_pretrained(config, model_cache_dir)
