@@ -90,10 +90,11 @@ def step_precision(
     record = (checkpoint or {}).get(RECORD_KEY)
     resumed = record.get(PRECISION_FIELD) if isinstance(record, dict) else None
     if isinstance(resumed, dict) and isinstance(resumed.get("precision"), str):
-        return {**resumed, "reason": f"{resumed.get('reason')}; kept on resume"}
+        return dict(resumed)  # as chosen when the run started
     if checkpoint is not None:  # a checkpoint from before precisions were recorded
         legacy = "bf16-mixed" if uses_cuda(cfg.trainer.accelerator) else "32-true"
-        return {"precision": legacy, "requested": requested, "reason": "kept on resume"}
+        reason = "resumed from a checkpoint written before precisions were recorded"
+        return {"precision": legacy, "requested": requested, "reason": reason}
     device = precision.this_device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
     work = min(batch_size, PROBE_BATCH) * d_in * sae_config.n_features
     choice = precision.choose(
