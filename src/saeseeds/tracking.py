@@ -2,21 +2,26 @@
 credentials, offline otherwise), the group and name of a training job, and its Lightning logger.
 
 Jobs of one multirun share a group named after the multirun folder; each job is named from its
-overrides and finished before the next job starts. The analysis app logs its own run
-(:mod:`saeseeds.analysis.report.wandb_run`) with the same mode and group rules. Nothing here trains
-or writes run files.
+overrides and finished before the next job starts. A run folder keeps its W&B run id
+(:data:`WANDB_RUN_FILE`) from when training starts, so a resumed job continues the same W&B run.
+The analysis app logs its own run (:mod:`saeseeds.analysis.report.wandb_run`) with the same mode
+and group rules. Nothing here trains or writes run files but that id.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+WANDB_RUN_FILE = "wandb_run.json"
+"""In a training run folder: ``{"id": ...}`` of its W&B run, for a resume to continue it."""
 VALID_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -84,9 +89,39 @@ def hydra_job_identity(run_dir: Path) -> tuple[str, str]:
     return f"{run_dir.parent.name}_{run_dir.name}", name
 
 
-def build_wandb_logger(cfg: Any, run_dir: Path, concurrent: bool = False) -> Any:
+def wandb_run_id(run_dir: Path, resume: bool) -> str:
+    """The id of the run folder's W&B run: when resuming, the one :func:`record_wandb_run` kept
+    (a folder from before ids were kept gets a new one); otherwise a new id."""
+    from saeseeds.io import read_json
+
+    if resume:
+        try:
+            recorded = read_json(run_dir / WANDB_RUN_FILE)
+        except (OSError, ValueError):
+            recorded = None
+        run_id = recorded.get("id") if isinstance(recorded, dict) else None
+        if isinstance(run_id, str) and run_id:
+            return run_id
+    # W&B's own form: 8 characters from [a-z0-9].
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def record_wandb_run(logger: Any, run_dir: Path) -> None:
+    """Keep the id of ``logger``'s W&B run in the run folder (atomically), for a resume; called
+    once the trainer is built, so a job refused before training leaves no file behind."""
+    if logger is None:
+        return
+    from saeseeds.io import atomic_write_json
+
+    atomic_write_json(run_dir / WANDB_RUN_FILE, {"id": str(logger.version)})
+
+
+def build_wandb_logger(
+    cfg: Any, run_dir: Path, concurrent: bool = False, resume: bool = False
+) -> Any:
     """The job's Lightning W&B logger, or None when logging is off. ``concurrent``: this run is
-    one of several open at once in this process (a several-seeds job logs one run per seed)."""
+    one of several open at once in this process (a several-seeds job logs one run per seed).
+    ``resume``: the job continues from a checkpoint, so it continues the folder's W&B run."""
     from omegaconf import OmegaConf
 
     if not cfg.logger.enabled:
@@ -101,6 +136,7 @@ def build_wandb_logger(cfg: Any, run_dir: Path, concurrent: bool = False) -> Any
         log.info(offline_hint(str(run_dir)))
     run_dir.mkdir(parents=True, exist_ok=True)
     return WandbLogger(
+        id=wandb_run_id(run_dir, resume),  # Lightning asks W&B to resume it if it exists
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.logger.group or group,

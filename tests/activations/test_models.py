@@ -87,3 +87,43 @@ def test_folder_without_config_is_rejected(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(DataError, match="has no config.json"):
         models.load_model(ModelConfig(path=str(tmp_path / "weights")), tmp_path)
+
+
+def test_auto_dtype_follows_this_machines_measurement_and_keys_the_store(make_source, tmp_path):
+    """model.dtype=auto: a small model is not timed and stays float32; a cached measurement of
+    this machine (injected under model_cache_dir) that found bf16 faster makes it bfloat16, and
+    the store key says which dtype built the activations."""
+    from saeseeds import precision
+    from saeseeds.activations.store_build import store_key
+
+    untimed = make_source(model={"dtype": "auto"})
+    untimed_key = store_key(untimed.builder().key_fields)
+    choice = untimed.model.dtype_choice
+    assert untimed.model.dtype == torch.float32 and "too small" in choice["reason"]
+    assert untimed_key == store_key(make_source().builder().key_fields)  # float32 as set
+    device = precision.this_device()
+    measured = precision.PrecisionChoice(
+        choice["workload"], "bfloat16", "measured (injected)", 2.4, 1.0, 0.42, "then", device.key
+    )
+    precision.write_record(tmp_path / "model_cache", device, measured)
+    models._LOADED.clear()
+    faster = make_source(model={"dtype": "auto"})
+    faster_key = store_key(faster.builder().key_fields)
+    assert faster.model.dtype == torch.bfloat16
+    assert faster.model.provenance()["model_dtype_choice"]["speedup"] == 2.4
+    assert faster_key != untimed_key
+    assert faster_key == store_key(make_source(model={"dtype": "bfloat16"}).builder().key_fields)
+
+
+def test_a_bf16_forward_builds_activations_close_to_float32_ones(make_source):
+    """The bf16 path runs on any CPU (slowly without bf16 units); its activations are the float32
+    ones to bf16's precision, in a store of their own."""
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        models._LOADED.clear()
+        splits = make_source(model={"dtype": dtype}, n_tokens=512).load()
+        rows[dtype] = splits.heldout
+        assert splits.provenance["model_dtype"] == dtype
+    assert not torch.equal(rows["float32"], rows["bfloat16"])
+    error = (rows["bfloat16"] - rows["float32"]).norm() / rows["float32"].norm()
+    assert error < 0.05

@@ -8,16 +8,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeseeds.training.run import choose_precision, train
+from saeseeds.config.validation import validate_train_config
+from saeseeds.training.run import train
+from saeseeds.training.step_precision import step_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_default_precision_follows_the_device():
-    assert choose_precision(None, "cpu") == "32-true"
-    assert choose_precision("16-mixed", "auto") == "16-mixed"  # an explicit choice always wins
+def test_default_precision_follows_the_device(train_config, tmp_path):
+    cfg = train_config(f"paths.model_cache_dir={tmp_path / 'models'}")
+    sae_config = validate_train_config(cfg)
+    # An explicit choice always wins.
+    explicit = train_config("trainer.precision=16-mixed")
+    assert step_precision(explicit, sae_config, 16, 256)["precision"] == "16-mixed"
+    # The tiny SAE is too small for bf16 to pay: 32-true on a CPU, bf16-mixed on a bf16 GPU.
     bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    assert choose_precision(None, "auto") == ("bf16-mixed" if bf16_gpu else "32-true")
+    assert step_precision(cfg, sae_config, 16, 256)["precision"] == (
+        "bf16-mixed" if bf16_gpu else "32-true"
+    )
 
 
 @pytest.mark.gpu

@@ -9,6 +9,7 @@ network once weights are on disk. It must not know about hooks, corpora or activ
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from saeseeds import precision
 from saeseeds.config.model import ModelConfig
 from saeseeds.errors import DataError
 from saeseeds.io import atomic_directory, build_lock, file_sha256
@@ -66,6 +68,8 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     load_seconds: float
+    dtype_choice: dict[str, Any] | None = None
+    """How ``dtype`` was chosen (``model.dtype=auto``: the device's facts and the measurement)."""
 
     @property
     def n_layers(self) -> int:
@@ -85,6 +89,7 @@ class LoadedModel:
             "model_origin": self.origin,
             "model_weight_hash": self.weight_hash,
             "model_dtype": str(self.dtype).removeprefix("torch."),
+            "model_dtype_choice": self.dtype_choice,
             "model_n_layers": self.n_layers,
             "model_d_model": self.d_model,
             "tokenizer": type(self.tokenizer).__name__,
@@ -278,9 +283,11 @@ def load_model(config: ModelConfig, model_cache_dir: str | Path) -> LoadedModel:
     if memo_key in _LOADED:
         return _LOADED[memo_key]
     started = time.perf_counter()
-    hf_model, tokenizer, origin = _load_hf(config, model_cache_dir)
-    dtype = getattr(torch, config.dtype)
-    hf_model = hf_model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    hf_model, tokenizer, origin = load_hf(config, model_cache_dir)
+    hf_model = hf_model.to(device=device).eval().requires_grad_(False)
+    choice = forward_dtype(config, hf_model, device, model_cache_dir)
+    dtype = getattr(torch, choice.chosen)
+    hf_model = hf_model.to(dtype=dtype)
     weight_hash = weights_hash(hf_model)  # before the bridge rewires modules
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -304,6 +311,7 @@ def load_model(config: ModelConfig, model_cache_dir: str | Path) -> LoadedModel:
         dtype=dtype,
         device=device,
         load_seconds=time.perf_counter() - started,
+        dtype_choice=choice.record(),
     )
     log.info("Loaded model %s (%s) in %.1f s", loaded.name, origin, loaded.load_seconds)
     _LOADED.clear()  # one model in memory at a time
@@ -311,7 +319,54 @@ def load_model(config: ModelConfig, model_cache_dir: str | Path) -> LoadedModel:
     return loaded
 
 
-def _load_hf(config: ModelConfig, model_cache_dir: str | Path) -> tuple[Any, Any, str]:
+# Below this many parameters a forward pass is too small for bf16 to pay (and is not timed), so
+# small models keep float32 on every machine.
+MIN_MEASURED_PARAMETERS = 20_000_000
+PROBE_TOKENS = 128  # tokens per sequence of the timed forward passes
+
+
+def forward_dtype(
+    config: ModelConfig, hf_model: Any, device: torch.device, model_cache_dir: str | Path
+) -> precision.PrecisionChoice:
+    """The dtype of the forward passes: ``model.dtype`` as set, or for ``auto`` bf16 where the
+    device has it and this model's forward is measurably faster in it (timed once per machine
+    and model shape, cached under ``model_cache_dir``)."""
+    workload_config = hf_model.config
+    n_parameters = sum(parameter.numel() for parameter in hf_model.parameters())
+    shape = (config.forward_batch_size, min(PROBE_TOKENS, context_length(workload_config) or 128))
+    workload = (
+        f"lm_forward:{type(hf_model).__name__}:parameters={n_parameters}:"
+        f"layers={n_layers_of(workload_config)}:tokens={shape[0]}x{shape[1]}"
+    )
+    device_facts = precision.this_device(device)
+    if config.dtype != "auto":
+        return precision.PrecisionChoice(
+            workload, config.dtype, "set by model.dtype", device_key=device_facts.key
+        )
+
+    def run_in(dtype: torch.dtype) -> Any:
+        model = copy.deepcopy(hf_model).to(dtype=dtype)
+        vocabulary = int(getattr(workload_config, "vocab_size", 256))
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, vocabulary, shape, generator=generator).to(device)
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(input_ids=tokens)
+
+        return forward
+
+    return precision.choose(
+        device_facts,
+        workload,
+        model_cache_dir,
+        run_in,
+        worth_measuring=n_parameters >= MIN_MEASURED_PARAMETERS,
+    )
+
+
+def load_hf(config: ModelConfig, model_cache_dir: str | Path) -> tuple[Any, Any, str]:
+    """(the ``transformers`` model, its tokenizer, its origin), before any dtype or wrapping."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source, origin = _resolve_pretrained(config, model_cache_dir)

@@ -240,7 +240,7 @@ class TextShardBuilder:
             "model_weight_hash": self.model.weight_hash,
             "model_init": config.init,
             "model_seed": config.seed if config.init == "random" else None,
-            "model_dtype": config.dtype,
+            "model_dtype": dtype_name(self.model.dtype),  # as resolved (model.dtype=auto)
             "hook_name": source.hook.name,
             "corpus": source.corpus.identity(),
             "tokenizer_hash": self.model.tokenizer_hash,

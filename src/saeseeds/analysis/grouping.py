@@ -11,6 +11,8 @@ of cfg.json but the seed (architecture, sizes, k, model, hook, normalisation, ..
 are not analysable are kept with the reason, so the report can list them. Folders that could not
 be used but whose records say which condition they belong to (a killed, corrupt, relabelled or
 deleted seed) become a group's ``notes``: the group is analysed with fewer seeds, and says so.
+Seeds trained under different precisions or devices, and a second run of one seed, get the notes
+of :mod:`saeseeds.analysis.reproducibility`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saeseeds.analysis.loading import RunFolder, SkippedRun
+from saeseeds.analysis.reproducibility import duplicate_note, mixed_conditions_notes
 from saeseeds.contract import describe_identity_differences, differing_keys, flatten
 
 # cfg.json fields that may differ inside a group; every other one must agree.
@@ -162,12 +165,13 @@ def group_runs(runs: list[RunFolder], skipped: list[SkippedRun] | None = None) -
         duplicates = []
         for run in sorted(by_key[key], key=lambda run: (run.seed, str(run.path))):
             if run.seed in unique:
-                reason = f"same config and seed {run.seed} as {unique[run.seed].path}; ignored"
+                reason = duplicate_note(run.path, unique[run.seed].path, run.seed)
                 duplicates.append(SkippedRun(run.path, "duplicate", reason))
             else:
                 unique[run.seed] = run
         group = Group(label, list(unique.values()), configs[key], duplicates=duplicates)
         group.data_identity = by_key[key][0].data_identity
+        group.notes.extend(mixed_conditions_notes([(run.seed, run.path) for run in group.runs]))
         group.problem = _consistency_problem(group.runs)
         if group.problem is None and len(group.runs) < 2:
             group.problem = (

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from saeseeds.errors import DataError
 
-MODEL_DTYPES = ("float32", "bfloat16", "float16")
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODEL_INITS = ("pretrained", "random")
 
 
@@ -29,7 +29,12 @@ class ModelConfig:
     seed: int = 0
     """Seed of the random weights (``init=random`` only)."""
     dtype: str = "float32"
-    """Precision of the forward passes and of the cached activations: float32|bfloat16|float16."""
+    """Precision of the forward passes: float32|bfloat16|float16, or ``auto``: bfloat16 where the
+    device has bf16 units and this model's forward is measurably faster in it (timed once per
+    machine, see :mod:`saeseeds.precision`), else float32. The dtype used is part of the
+    activation store's key and recorded in provenance (``model_dtype``, ``model_dtype_choice``).
+    float32 stays the default: the activations, and so the store and its key, would otherwise
+    change with the machine."""
     device: str = "auto"
     """Where the model runs: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ..."""
     forward_batch_size: int = 8

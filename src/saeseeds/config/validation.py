@@ -24,7 +24,16 @@ from saeseeds.tracking import VALID_MODES
 if TYPE_CHECKING:
     from saeseeds.sae import SAEConfig
 
-VALID_PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
+VALID_PRECISIONS = (
+    "auto",
+    "32",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "bf16-true",
+    "64",
+    "64-true",
+)
 # One range for every seed: Lightning's seed_everything (``seed``) and numpy's legacy seeding take
 # 32-bit seeds; torch generators (the data, control, split and model seeds) take up to 2^64 - 1
 # and overflow past it. 2^32 seeds are plenty, and one rule is easier to keep in mind.
@@ -53,7 +62,8 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
     if precision is not None and str(precision) not in VALID_PRECISIONS:
         raise ConfigError(
             f"trainer.precision={precision!r} is not valid; choose one of {VALID_PRECISIONS} "
-            "or null (fp32 on CPU, bf16-mixed on a CUDA device that supports it)."
+            "or null (the same as auto: bf16-mixed where the device makes the step measurably "
+            "faster, else 32-true)."
         )
     if cfg.logger.mode not in VALID_MODES:
         raise ConfigError(

@@ -50,9 +50,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return handed_over if handed_over is not None else read_checkpoint(Path(path))
 
 
+PRECISION_FIELD = "precision_choice"
+"""The run record's field with the step precision and how it was chosen, so that a resume trains
+on in the precision the run started with."""
+
+
 class RunRecord(Callback):
     """Stores the run's config, and once the data is loaded its identity, in every checkpoint,
-    for :func:`check_config` and :func:`check_data`."""
+    for :func:`check_config` and :func:`check_data`; and the precision the run trains in."""
 
     def __init__(self, run_config: dict[str, Any]):
         self.record = {"config": run_config, "config_sha256": contract.config_sha256(run_config)}
@@ -60,6 +65,10 @@ class RunRecord(Callback):
     def note_data(self, provenance: dict[str, Any]) -> None:
         """Record the identity of the data the run trains on (its source's provenance)."""
         self.record = {**self.record, "data_identity": contract.data_identity(provenance)}
+
+    def note_precision(self, choice: dict[str, Any]) -> None:
+        """Record the step precision (:func:`saeseeds.training.step_precision.step_precision`)."""
+        self.record = {**self.record, PRECISION_FIELD: dict(choice)}
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

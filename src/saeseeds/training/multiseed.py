@@ -24,7 +24,12 @@ from omegaconf import DictConfig, open_dict
 
 from saeseeds.config.validation import validate_train_config
 from saeseeds.sae import SAEConfig
-from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
+from saeseeds.tracking import (
+    build_wandb_logger,
+    finish_wandb,
+    record_wandb_run,
+    wandb_run_info,
+)
 from saeseeds.training.checkpoint_io import RECORD_KEY, check_data, check_shapes
 from saeseeds.training.datamodule import (
     ActivationDataModule,
@@ -38,7 +43,6 @@ from saeseeds.training.preemption import StopSignals
 from saeseeds.training.run import (
     TrainedSAE,
     build_trainer,
-    choose_precision,
     describe,
     finish_run,
     fit_module,
@@ -50,6 +54,7 @@ from saeseeds.training.run import (
     training_callbacks,
 )
 from saeseeds.training.seed_jobs import SeedRun, SeedsPlan
+from saeseeds.training.step_precision import step_precision
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +120,9 @@ class SeedsRecord(RunRecord):
         checkpoint[RECORD_KEY] = self.record
 
 
-def seed_wandb_logger(run: SeedRun, multirun: bool) -> Any:
-    """The seed's own W&B run (None when logging is off), named as its own job's would be."""
+def seed_wandb_logger(run: SeedRun, multirun: bool, resume: bool) -> Any:
+    """The seed's own W&B run (None when logging is off), named as its own job's would be;
+    ``resume``: the job continues from a checkpoint, so the seed continues its folder's run."""
     cfg = run.cfg
     if not multirun:  # one group for the job; the seed's overrides name its run
         from saeseeds.tracking import hydra_job_identity
@@ -128,7 +134,7 @@ def seed_wandb_logger(run: SeedRun, multirun: bool) -> Any:
             cfg.logger.name = cfg.logger.name or ",".join(sorted(run.overrides)) or run.run_dir.name
     # Several W&B runs open at once in this process: without it wandb.init (and Lightning's
     # WandbLogger) would hand every seed the first seed's run.
-    return build_wandb_logger(cfg, run.run_dir, concurrent=True)
+    return build_wandb_logger(cfg, run.run_dir, concurrent=True, resume=resume)
 
 
 def train_seeds(
@@ -161,6 +167,10 @@ def _train_seeds(
     datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
+    precision_choice = step_precision(
+        cfg, sae_config, saes[0].d_in, source.batch_size, plan.checkpoint
+    )
+    precision = precision_choice["precision"]
     if plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
         check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
@@ -169,14 +179,17 @@ def _train_seeds(
 
     to_write = {run.seed: run for run in plan.to_write}
     multirun = is_multirun(hydra_config())
-    wandb_loggers = {seed: seed_wandb_logger(run, multirun) for seed, run in to_write.items()}
+    wandb_loggers = {
+        seed: seed_wandb_logger(run, multirun, resume=ckpt_path is not None)
+        for seed, run in to_write.items()
+    }
     loggers = [
         SeedLogger(logger, seed_prefix(seed))
         for seed, logger in wandb_loggers.items()
         if logger is not None
     ]
-    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     record = SeedsRecord(plan.job_config, seeds)
+    record.note_precision(precision_choice)
     snapshot_dirs = [to_write[seed].run_dir if seed in to_write else None for seed in seeds]
     callbacks = training_callbacks(
         cfg, plan.job_dir, splits, source.batch_size, signals, record, snapshot_dirs
@@ -190,6 +203,8 @@ def _train_seeds(
         checkpoint_io,
         precision,
     )
+    for seed, logger in wandb_loggers.items():
+        record_wandb_run(logger, to_write[seed].run_dir)
     log.info(
         "Training %d seeds %s of %s on %s (%s); folders: %s",
         len(seeds),
@@ -199,7 +214,7 @@ def _train_seeds(
         precision,
         ", ".join(str(run.run_dir) for run in to_write.values()),
     )
-    fit = fit_module(trainer, module, datamodule, ckpt_path, precision, started)
+    fit = fit_module(trainer, module, datamodule, ckpt_path, precision_choice, started)
     fit.seeds_trained_together = list(seeds)
     curve = heldout_curve(trainer)
     results = {}

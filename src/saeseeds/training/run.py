@@ -37,7 +37,12 @@ from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
-from saeseeds.tracking import build_wandb_logger, finish_wandb, wandb_run_info
+from saeseeds.tracking import (
+    build_wandb_logger,
+    finish_wandb,
+    record_wandb_run,
+    wandb_run_info,
+)
 from saeseeds.training import lm_eval, run_folder
 from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
 from saeseeds.training.checkpoint_io import check_data, check_shapes
@@ -56,6 +61,7 @@ from saeseeds.training.module import SAETrainingModule
 from saeseeds.training.preemption import CheckpointOnSignal, StopSignals
 from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
 from saeseeds.training.snapshots import snapshot_cost, snapshot_writer
+from saeseeds.training.step_precision import step_precision
 
 log = logging.getLogger(__name__)
 TOP_EXAMPLES_PER_FEATURE = 5
@@ -101,17 +107,19 @@ def _train(
     datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
+    resumed = plan.checkpoint if plan.action == RESUME else None
+    precision_choice = step_precision(cfg, sae_config, sae.d_in, source.batch_size, resumed)
+    precision = precision_choice["precision"]
     if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
         check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
-    logger = build_wandb_logger(cfg, run_dir)
-    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    callbacks = training_callbacks(
-        cfg, run_dir, splits, source.batch_size, signals, RunRecord(run_config)
-    )
+    logger = build_wandb_logger(cfg, run_dir, resume=ckpt_path is not None)
+    record = RunRecord(run_config)
+    record.note_precision(precision_choice)
+    callbacks = training_callbacks(cfg, run_dir, splits, source.batch_size, signals, record)
     trainer = build_trainer(
         cfg,
         sae_config,
@@ -121,6 +129,7 @@ def _train(
         checkpoint_io,
         precision,
     )
+    record_wandb_run(logger, run_dir)
     log.info(
         "Training %s on %s (%s) into %s",
         describe(sae, cfg.seed, splits),
@@ -128,7 +137,7 @@ def _train(
         precision,
         run_dir,
     )
-    fit = fit_module(trainer, module, datamodule, ckpt_path, precision, started)
+    fit = fit_module(trainer, module, datamodule, ckpt_path, precision_choice, started)
     if not trainer.is_global_zero:  # DDP: rank 0 evaluates and writes the run folder
         return {}
     curve = heldout_curve(trainer)
@@ -162,6 +171,8 @@ class FitRecord:
     steps: int
     device: str
     precision: str
+    precision_choice: dict[str, Any]
+    """How ``precision`` was chosen (:func:`saeseeds.training.step_precision.step_precision`)."""
     started: float  # time.time() at the start of the job
     fit_time_s: float
     seeds_trained_together: list[int] | None = None
@@ -258,7 +269,7 @@ def fit_module(
     module: L.LightningModule,
     datamodule: ActivationDataModule,
     ckpt_path: str | None,
-    precision: str,
+    precision_choice: dict[str, Any],
     started: float,
 ) -> FitRecord:
     """``trainer.fit``, timed; refuses a fit that took no optimisation step."""
@@ -273,7 +284,8 @@ def fit_module(
     return FitRecord(
         steps=int(trainer.global_step),
         device=str(trainer.strategy.root_device),
-        precision=precision,
+        precision=precision_choice["precision"],
+        precision_choice=precision_choice,
         started=started,
         fit_time_s=round(fit_time_s, 3),
     )
@@ -296,7 +308,7 @@ def log_complete(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
     """The ``trainer`` group as ``lightning.Trainer`` keywords: every field but the app's own,
-    plus ``trainer.kwargs``; precision is chosen separately (it follows the device)."""
+    plus ``trainer.kwargs``; precision is chosen separately (:mod:`.step_precision`)."""
     arguments = OmegaConf.to_container(trainer_cfg, resolve=True)
     extra = arguments.pop("kwargs", {}) or {}
     for name in (*APP_FIELDS, "precision"):
@@ -350,16 +362,6 @@ def initialised_sae(
     sae = build_sae(rows.train.d_in, sae_config)
     sae.initialize(sample * input_scale, generator)
     return sae
-
-
-def choose_precision(requested: str | None, accelerator: str) -> str:
-    """fp32 on CPU (no bf16 units: bf16 matmuls are ~7x slower there); bf16-mixed on CUDA."""
-    if requested is not None:
-        return str(requested)
-    uses_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if uses_cuda and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def describe(sae: SAE, seed: int, splits: ActivationSplits) -> str:
@@ -425,6 +427,7 @@ def finish_run(
             seed=cfg.seed,
             device=fit.device,
             precision=fit.precision,
+            precision_choice=fit.precision_choice,
             provenance=splits.provenance,
             resolved_config=resolved,
             wandb_run=wandb_run,

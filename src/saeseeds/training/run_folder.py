@@ -144,10 +144,13 @@ def environment(
     resolved_config: dict[str, Any],
     wandb_run: dict[str, Any] | None,
     seeds_trained_together: list[int] | None = None,
+    precision_choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """environment.json: versions, platform, git, hashes, and the run's own config record.
     ``seeds_trained_together``: the seeds of a multi-seed job (``seeds=[...]``) that trained this
-    run, or None for a run trained by its own job."""
+    run, or None for a run trained by its own job. ``precision_choice``: how the step precision
+    was chosen (measured, fixed by the device, or set); ``reproducibility`` gathers what two runs
+    of one config must share to give byte-identical weights."""
     run_config = contract.run_config(resolved_config)
     return {
         "python": sys.version.split()[0],
@@ -162,6 +165,8 @@ def environment(
         },
         "device": device,
         "precision": precision,
+        "precision_choice": precision_choice,
+        "reproducibility": reproducibility_conditions(device, precision, provenance),
         "git": git_state(),
         "installed_packages_sha256": installed_packages_hash(),
         "seed": seed,
@@ -174,6 +179,24 @@ def environment(
         "command": sys.argv,
         "seeds_trained_together": seeds_trained_together,
         "wandb": wandb_run,
+    }
+
+
+def reproducibility_conditions(
+    device: str, precision: str, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """What, besides the config and seed, decides a run's exact bytes: the device kind (and
+    CPU capability or CUDA device), the step precision, the language model's dtype (text data),
+    the torch CPU threads (reductions split differently) and the torch build."""
+    on_cuda = device.startswith("cuda")
+    return {
+        "device": device.split(":")[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda_device": torch.cuda.get_device_name(0) if on_cuda else None,
+        "precision": precision,
+        "model_dtype": provenance.get("model_dtype"),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
 
 
