@@ -87,7 +87,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_launchers_"))
     work.mkdir(parents=True, exist_ok=True)
-    sweep, common = SWEEP, ["logger=none", "trainer.enable_progress_bar=false"]
+    # One precision for both ways: the automatic choice is measured per thread count, so 1 and
+    # 2 threads could pick different ones and the weights would differ for that reason alone.
+    sweep = SWEEP
+    common = ["logger=none", "trainer.enable_progress_bar=false", "trainer.precision=32-true"]
     if args.tiny:
         sys.path.insert(0, str(REPO_ROOT))
         from tests.tiny_lm import build_tiny_lm
