@@ -7,7 +7,9 @@
     python scripts/run_studies.py --only stability_methods data.n_tokens=262144  # other budget
 
 For each study (conf/experiment/<name>.yaml; see saeseeds.studies.experiments) it trains every
-pass into one sweep folder, <out>/<name>/sweep, runs analyze.py on it into <out>/<name>/analysis,
+pass into one sweep folder, <out>/<name>/sweep (the methods study then trains Top-K, BatchTopK
+and Matryoshka on a synthetic world with a feature hierarchy into <out>/<name>/absorption, for
+the absorption claim), runs analyze.py on the sweep into <out>/<name>/analysis,
 runs the masking experiment (docs/masking.md) where the study has one, into
 <out>/<name>/masking.json, and finally regenerates the page (docs/results.md and
 docs/results_*.png) from every study's outputs found under <out>. It prints each stage as it goes,
@@ -15,7 +17,8 @@ and each study's time and the total at the end (also kept in <out>/<name>/timing
 
 Everything can be re-run: complete run folders are skipped and interrupted ones resume. Training
 runs --jobs jobs side by side (Hydra's joblib launcher, one torch thread each when jobs = cores).
-Extra arguments are Hydra overrides for every training job (model=..., paths.cache_dir=...).
+Extra arguments are Hydra overrides for every training job (model=..., paths.cache_dir=...)
+but the absorption step's, whose synthetic world has its own data and budget (--tiny shrinks it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from saeseeds.errors import UserError
 from saeseeds.io import atomic_write_json
 from saeseeds.studies.experiments import (
+    ABSORPTION_FOLDER,
     CALIBRATED,
     EXPERIMENTS,
     Experiment,
@@ -101,6 +105,30 @@ def train(
         seconds = round(time.perf_counter() - started, 1)
         timings[f"train pass {number}: {study_pass.label}"] = seconds
         announce(f"{experiment.name}: pass {number} took {format_seconds(seconds)}")
+    if experiment.absorption:
+        ok &= train_absorption(experiment, sweep_dir.parent / ABSORPTION_FOLDER, args, timings)
+    return ok
+
+
+def train_absorption(
+    experiment: Experiment, sweep_dir: Path, args: argparse.Namespace, timings: dict[str, float]
+) -> bool:
+    """The experiment's absorption step: its overrides on sweep_architectures.py's hierarchical
+    world, into its own sweep folder. The user's overrides are for the language-model study and
+    do not reach this world, which has its own data and budget."""
+    import sweep_architectures as search  # this script's folder is on the path
+
+    world = search.HIERARCHICAL_WORLD
+    own = [*experiment.absorption, *(experiment.tiny_absorption if args.tiny else ())]
+    overrides = [*search.with_preset(world, own), search.without_preset_in_names(world)]
+    overrides += [*(QUIET if not args.wandb else QUIET[1:]), f"hydra.sweep.dir={sweep_dir}"]
+    launch, env = launcher(args.jobs)
+    label = "absorption: Top-K, BatchTopK, Matryoshka on the hierarchical synthetic world"
+    announce(f"{experiment.name}: {label}")
+    started = time.perf_counter()
+    ok = run([sys.executable, str(REPO / "train.py"), "-m", *overrides, *launch], env)
+    timings[f"train {label}"] = seconds = round(time.perf_counter() - started, 1)
+    announce(f"{experiment.name}: absorption took {format_seconds(seconds)}")
     return ok
 
 

@@ -1,7 +1,8 @@
 """The stability-methods study's verdicts, table and figure on constructed groups whose pair values
 are known: a method's lead over Top-K that the geometry controls show as much is "not beyond
 geometry"; the budget on the page is the runs' own; a method off its matched L0 is flagged;
-absorption is listed as not measured here, never given a number.
+absorption is judged on constructed runs of the hierarchical synthetic world (Matryoshka − each
+baseline per seed) and listed as not measured, never given a number, without them.
 
 The study end to end (train, analyse, page) is ``test_stability_methods_study_end_to_end`` (slow:
 ``pytest -m slow tests/studies/test_stability_methods.py``)."""
@@ -12,7 +13,14 @@ import json
 
 import pytest
 
-from saeseeds.studies.claims import NOT_BEYOND_GEOMETRY, NOT_MEASURED, REPRODUCED
+from saeseeds import contract
+from saeseeds.io import atomic_write_json
+from saeseeds.studies.claims import (
+    NOT_BEYOND_GEOMETRY,
+    NOT_MEASURED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+)
 from saeseeds.studies.stability_methods import (
     stability_methods_claims,
     stability_methods_figure,
@@ -85,7 +93,65 @@ def test_song_et_al_is_judged_on_top_k_and_absorption_is_not_measured_here():
     assert song.verdict != REPRODUCED  # 0.40 is well below 0.80
     absorption = claims["absorption"]
     assert absorption.verdict == NOT_MEASURED and not absorption.findings
-    assert "synthetic data" in absorption.note
+    assert "--only stability_methods --stages train" in absorption.note
+
+
+# A hierarchical world as its runs record it (sweep_architectures.HIERARCHICAL_WORLD's shape).
+HIERARCHY = {"n_parents": 8, "children_per_parent": 2, "child_probability": 0.5}
+WORLD = {"d_in": 32, "n_true_features": 32, "n_tokens": 16384, "hierarchy": HIERARCHY}
+
+
+def absorption_runs(folder, absorbed: dict[str, list[int]], key: str = "gt_absorbed_children"):
+    """Complete runs of seeds 1, 2, 3 under ``folder/absorption``, each architecture absorbing
+    the given number of children per seed (``key`` names the count in metrics.json)."""
+    for architecture, counts in absorbed.items():
+        for seed, count in zip((1, 2, 3), counts, strict=True):
+            run = folder / "absorption" / f"sae={architecture}" / f"seed={seed}"
+            config = {"seed": seed, "data": WORLD, "trainer": {"max_epochs": 10},
+                      "sae": {"architecture": architecture, "n_features": 32, "k": 3}}  # fmt: skip
+            atomic_write_json(run / contract.ENVIRONMENT_FILE, {"config": config})
+            atomic_write_json(run / contract.METRICS_FILE, {
+                key: count, "gt_recovered": 0.5, "gt_parents_recovered": 0.75,
+                "gt_children_recovered": 0.125, "tokens_seen": 163840,
+            })  # fmt: skip
+            record = contract.completion_record({}, "2026-01-01T00:00:00")
+            atomic_write_json(run / contract.COMPLETE_MARKER, record)
+
+
+def test_matryoshka_absorbing_fewer_in_every_seed_reproduces_the_absorption_claim(tmp_path):
+    absorption_runs(
+        tmp_path, {"topk": [8, 10, 12], "batchtopk": [5, 6, 7], "matryoshka": [0, 0, 1]}
+    )
+    groups = constructed_groups({})
+    claim = {c.key: c for c in stability_methods_claims(groups, tmp_path)}["absorption"]
+    assert claim.verdict == REPRODUCED
+    assert "ground truth itself" in claim.judged_against and claim.beyond_control == "n/a"
+    batchtopk, topk = claim.findings
+    assert batchtopk.setting == "Matryoshka − BatchTopK, 3 seeds"
+    assert batchtopk.difference == pytest.approx(-17 / 3) and batchtopk.interval[1] < 0
+    assert (topk.value_a, topk.value_b) == (pytest.approx(1 / 3), pytest.approx(10.0))
+    # The world, the SAEs and each architecture's mean with the seeds' range, read from the runs.
+    study = {"groups": groups, "folder": tmp_path}
+    text = "\n".join(stability_methods_section(study, None, tmp_path / "results.md"))
+    assert "parents 8; children per parent 2; child probability 0.5" in text
+    assert "tokens 16,384; epochs 10" in text and "163,840 tokens seen per SAE" in text
+    assert "| Matryoshka | 3 | 50% | 75% | 12% | 0.3 (0.0–1.0) |" in text
+    assert "| Top-K | 3 | 50% | 75% | 12% | 10.0 (8.0–12.0) |" in text
+
+
+def test_matryoshka_absorbing_more_is_not_reproduced_and_no_count_is_not_measured(tmp_path):
+    absorption_runs(tmp_path, {"topk": [0, 1, 0], "batchtopk": [1, 0, 0], "matryoshka": [6, 7, 8]})
+    groups = constructed_groups({})
+    assert by_key(groups)["absorption"].verdict == NOT_MEASURED  # the runs are not the study's
+    claim = {c.key: c for c in stability_methods_claims(groups, tmp_path)}["absorption"]
+    assert claim.verdict == NOT_REPRODUCED
+    # Runs without a hierarchy record no absorbed children: not measured, and no table.
+    other = tmp_path / "other"
+    absorption_runs(other, {"batchtopk": [1, 0, 0], "matryoshka": [0, 0, 0]}, key="unrelated")
+    claim = {c.key: c for c in stability_methods_claims(groups, other)}["absorption"]
+    assert claim.verdict == NOT_MEASURED and not claim.findings
+    text = "\n".join(stability_methods_section({"groups": groups, "folder": other}, None, other))
+    assert "Absorption on a synthetic world" not in text
 
 
 def test_the_section_states_the_runs_budget_and_flags_unmatched_sparsity(tmp_path):
@@ -127,8 +193,9 @@ def test_the_figure_draws_every_method(tmp_path):
 
 @pytest.mark.slow
 def test_stability_methods_study_end_to_end(tmp_path):
-    """--tiny --only stability_methods on synthetic data: 7 methods x 2 kinds, 3 seeds per job;
-    the page gets the section with the budget the runs saw, the verdicts and the figure."""
+    """--tiny --only stability_methods on synthetic data: 7 methods x 2 kinds, 3 seeds per job,
+    and the absorption step (3 architectures, 3 seeds) on the hierarchical world; the page gets
+    the section with the budget the runs saw, the verdicts and the figure."""
     # Few overrides (see experiments.SMOKE_METHODS); the budget is the user's.
     _, out = run_tiny_study(tmp_path, "stability_methods", "data.n_tokens=8192", synthetic=False)
     runs = sorted((out / "stability_methods").glob("sweep/*/COMPLETE"))
@@ -157,3 +224,12 @@ def test_stability_methods_study_end_to_end(tmp_path):
     assert f"JumpReLU λ = {record['l0_coefficient']:.4g}" in page
     summary = json.loads((out / "stability_methods" / "analysis" / "summary.json").read_text())
     assert len(summary["groups"]) == 7 * 2
+    # The absorption step: 3 architectures x 3 seeds on the hierarchical world, in its own
+    # folder, untouched by the user's budget (--tiny's 4,096 tokens, 2 epochs).
+    absorbed = sorted((out / "stability_methods").glob("absorption/*/COMPLETE"))
+    assert len(absorbed) == 3 * 3
+    metrics = json.loads((absorbed[0].parent / "metrics.json").read_text())
+    assert metrics["tokens_seen"] == 4096 * 2 and "gt_absorbed_children" in metrics
+    assert "### Absorption on a synthetic world with known parents and children" in page
+    assert "parents 8; children per parent 2; child probability 0.5" in page
+    assert "| Matryoshka − BatchTopK, 3 seeds |" in page

@@ -33,6 +33,13 @@ METHODS_WEIGHT_L2 = ("sae=topk", "sae.unit_norm_decoder=false", "sae.weight_l2=0
 # pass (train.py call) numbers from 0 again, so two passes' long names would share a folder.
 SMOKE_METHODS = ("data.n_tokens=16384", "data.shard_tokens=16384")
 SMOKE_K = ("sae.k=8",)
+# Bussmann et al.'s absorption claim needs features with known parents and children: Top-K,
+# BatchTopK (their baseline) and Matryoshka on scripts/sweep_architectures.py's hierarchical
+# synthetic world (HIERARCHICAL_WORLD, at the k = 3 its measurement in docs/synthetic.md used),
+# 3 seeds on one batch stream. Its smoke version: a quarter of the tokens, 2 epochs.
+ABSORPTION = ("sae=topk,batchtopk,matryoshka", "sae.k=3", "seeds=[1,2,3]", "order_seed=0")
+SMOKE_ABSORPTION = ("data.n_tokens=4096", "trainer.max_epochs=2")
+ABSORPTION_FOLDER = "absorption"  # <out>/<study>/absorption: its own sweep folder
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,12 @@ class Experiment:
     ``--max-probes`` of the calibrated passes' search; ``tiny_calibration`` replaces them in the
     smoke version."""
     tiny_calibration: dict[str, str] = field(default_factory=dict)
+    absorption: tuple[str, ...] = ()
+    """Overrides of a training step after the passes, on the hierarchical synthetic world, into
+    ``<out>/<name>/absorption``; empty: none. Neither the experiment's config nor the user's
+    overrides apply there (the world has its own data and budget); ``tiny_absorption`` is
+    added in the smoke version."""
+    tiny_absorption: tuple[str, ...] = ()
     masking: bool = False
     """Run the masking experiment on its groups."""
     masking_skip: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +147,8 @@ EXPERIMENTS: dict[str, Experiment] = {
             calibration={"--k": "32", "--max-probes": "8"},
             tiny_calibration={"--k": "8", "--max-probes": "2"},
             tiny=SMOKE_METHODS,
+            absorption=ABSORPTION,
+            tiny_absorption=SMOKE_ABSORPTION,
         ),
     )
 }

@@ -2,10 +2,11 @@
 L2 weight penalty at matched held-out L0, each against its own geometry control. Its table
 (reconstruction, then stability, each with its control), its figure (stability beyond geometry
 against reconstruction) and its verdicts on the published claims about methods: archetypal more
-stable than Top-K (Fel et al.), Matryoshka against absorption (Bussmann et al.; not measured
-here), a weight penalty more stable (Jedryszek & Crook), Song et al.'s PW-MCC of 0.80 and
-ReLU+L1 against Top-K (Paulo & Belrose). Reads the analysis's groups and the runs' metrics;
-judges with :mod:`saeseeds.studies.claims`'s rule.
+stable than Top-K (Fel et al.), Matryoshka against absorption (Bussmann et al.), a weight
+penalty more stable (Jedryszek & Crook), Song et al.'s PW-MCC of 0.80 and ReLU+L1 against Top-K
+(Paulo & Belrose). Reads the analysis's groups and the runs' metrics, and for absorption the
+metrics.json of the runs on the hierarchical synthetic world (``<study>/absorption``, no
+analysis); judges with :mod:`saeseeds.studies.claims`'s rule.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saeseeds import contract
+from saeseeds.analysis.report.ground_truth import NOTE, ground_truth_table
+from saeseeds.analysis.report.markdown_sections import table
+from saeseeds.errors import DataError
+from saeseeds.io import read_json
 from saeseeds.studies import figures
 from saeseeds.studies.claims import (
     Claim,
+    Finding,
     architecture_claims,
     architecture_group,
     control_group,
     finding,
     near_duplicate_share,
+    verdict,
 )
+from saeseeds.studies.experiments import ABSORPTION_FOLDER
 from saeseeds.studies.published import BUSSMANN, FEL, JEDRYSZEK_CROOK
 from saeseeds.studies.summaries import (
     Groups,
@@ -50,6 +59,16 @@ STABILITY = (
     ("decoder_stability@0.9", "stability@0.9"),
 )
 # The figure's panels: stability beyond geometry (method − its control).
+# Absorption: children absorbed per seed (docs/synthetic.md), Matryoshka against each baseline.
+ABSORBED = "gt_absorbed_children"
+ABSORPTION_BASELINES = ("batchtopk", "topk")  # Bussmann et al.'s baseline first
+# The hierarchical world as its runs recorded it: (config key, how the section names it).
+WORLD = (("data.hierarchy.n_parents", "parents"),
+         ("data.hierarchy.children_per_parent", "children per parent"),
+         ("data.hierarchy.child_probability", "child probability"),
+         ("data.n_true_features", "true features"), ("data.d_in", "dimensions"),
+         ("data.n_tokens", "tokens"), ("trainer.max_epochs", "epochs"),
+         ("sae.n_features", "SAE features"), ("sae.k", "k"))  # fmt: skip
 BEYOND = ((PWMCC, "PW-MCC − geometry control"),
           ("decoder_median", "median matched cosine − geometry control"))  # fmt: skip
 
@@ -97,7 +116,9 @@ def budgets(groups: Groups) -> list[tuple[str, Groups]]:
             for n in groups.values("data.n_tokens")]  # fmt: skip
 
 
-def stability_methods_claims(groups: Groups) -> list[Claim]:
+def stability_methods_claims(groups: Groups, folder: Path | None = None) -> list[Claim]:
+    """The study's claims; ``folder`` (the study's, else found from the groups' runs) holds the
+    absorption runs."""
     settings = budgets(groups)
     archetypal = compared(
         "archetypal", "Archetypal SAEs are more stable than Top-K", FEL, settings,
@@ -120,7 +141,8 @@ def stability_methods_claims(groups: Groups) -> list[Claim]:
             subset, f" (methods study{f', {name}' if len(settings) > 1 else ''})"
         )
     ]
-    claims = [archetypal, absorption_claim(), penalty, song, *paulo_belrose]
+    absorption = absorption_claim(absorption_runs(folder or study_folder(groups)))
+    claims = [archetypal, absorption, penalty, song, *paulo_belrose]
     return [claim for claim in claims if claim.findings or claim.note]
 
 
@@ -159,17 +181,132 @@ def compared(
     return claim
 
 
-def absorption_claim() -> Claim:
-    """Matryoshka's claim is about absorption, which needs features with known parents and
-    children: not measurable on a language model's activations, so not measured here."""
-    return Claim(
-        "absorption", "Matryoshka SAEs reduce feature absorption", BUSSMANN, "absorption",
-        "Matryoshka − BatchTopK", "—", -1, measured=False,
-        note="Absorption needs ground-truth parent and child features, which a language "
-        "model's activations do not have; this study measures Matryoshka's stability and "
-        "reconstruction only, and its groups carry no absorption figures. The claim is to be "
-        "judged on synthetic data with known hierarchical features, outside this study.",
+def study_folder(groups: Groups) -> Path | None:
+    """The study's folder: the parent of the sweep folder that holds its runs
+    (``<out>/<study>/sweep/<job>[/seed=N]``); None when no run lies in one."""
+    for group in groups.entries.values():
+        for run in group.get("runs") or []:
+            sweep = next((p for p in Path(run).parents if p.name == "sweep"), None)
+            if sweep is not None:
+                return sweep.parent
+    return None
+
+
+def absorption_runs(folder: Path | None) -> dict[str, dict[int, dict[str, Any]]]:
+    """{architecture: {seed: {"config": flat config, "metrics": metrics.json}}} of the complete
+    runs of ``<folder>/absorption`` that recorded absorbed children; {} without any."""
+    root = folder / ABSORPTION_FOLDER if folder is not None else None
+    if root is None or not root.is_dir():
+        return {}
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for marker in sorted(root.rglob(contract.COMPLETE_MARKER)):
+        run = marker.parent
+        try:
+            environment = read_json(run / contract.ENVIRONMENT_FILE)
+            metrics = read_json(run / contract.METRICS_FILE)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{run} is marked complete but unreadable ({error}); delete it and "
+                            "re-run the study's train stage.") from None  # fmt: skip
+        config = contract.flatten(environment.get("config") or {})
+        seed = config.get("seed")
+        if (
+            isinstance(metrics, dict)
+            and isinstance(metrics.get(ABSORBED), int | float)
+            and isinstance(seed, int)
+        ):
+            architecture = str(config.get("sae.architecture"))
+            runs.setdefault(architecture, {})[seed] = {
+                "config": config, "metrics": metrics,
+            }  # fmt: skip
+    return runs
+
+
+def seed_group(runs: dict[int, dict[str, Any]], key: str) -> dict[str, Any]:
+    """Runs as a group of the summaries' helpers: {"run_metrics": {seed: {key: value}}}."""
+    return {"run_metrics": {seed: {key: run["metrics"].get(key)} for seed, run in runs.items()}}
+
+
+def absorption_finding(runs: dict[str, dict[int, dict]], baseline: str) -> Finding | None:
+    """Matryoshka − the baseline in absorbed children, paired by seed (same world, init seed and
+    batch order), with a Student-t interval over the seeds' differences."""
+    matryoshka, other = runs.get("matryoshka", {}), runs.get(baseline, {})
+    seeds = sorted(set(matryoshka) & set(other))
+    if not seeds:
+        return None
+    absorbed = [{s: side[s]["metrics"][ABSORBED] for s in seeds} for side in (matryoshka, other)]
+    differences = {s: {"metrics": {ABSORBED: absorbed[0][s] - absorbed[1][s]}} for s in seeds}
+    result = run_metric(seed_group(differences, ABSORBED), ABSORBED)
+    interval = [result["ci_low"], result["ci_high"]]
+    means = [run_metric(seed_group({s: side[s] for s in seeds}, ABSORBED), ABSORBED)["value"]
+             for side in (matryoshka, other)]  # fmt: skip
+    return Finding(
+        f"Matryoshka − {NAMES[baseline]}, {len(seeds)} seeds", means[0], means[1],
+        result["value"], interval, verdict(interval, -1),
     )  # fmt: skip
+
+
+def absorption_claim(runs: dict[str, dict[int, dict]]) -> Claim:
+    """Matryoshka's claim on the hierarchical synthetic world's runs: fewer absorbed children
+    than BatchTopK (Bussmann et al.'s baseline) and than Top-K; not measured without the runs."""
+    claim = Claim(
+        "absorption", "Matryoshka SAEs reduce feature absorption", BUSSMANN, ABSORBED,
+        "Matryoshka − BatchTopK and Matryoshka − Top-K, per seed",
+        "the ground truth itself (synthetic world with known parents and children; no geometry "
+        "control)", -1,
+    )  # fmt: skip
+    found = [absorption_finding(runs, baseline) for baseline in ABSORPTION_BASELINES]
+    claim.findings = [entry for entry in found if entry is not None]
+    if not claim.findings:
+        claim.measured, claim.judged_against = False, "—"
+        claim.note = (
+            "Absorption needs ground-truth parent and child features, which a language model's "
+            "activations do not have; it is measured on a synthetic world with a feature "
+            "hierarchy, whose runs are not here (no Matryoshka and baseline runs with "
+            f"`{ABSORBED}` under `<out>/stability_methods/{ABSORPTION_FOLDER}`). Train them with "
+            "`python scripts/run_studies.py --only stability_methods --stages train` (complete "
+            "runs are skipped), then rewrite the page with `--stages page`."
+        )
+    else:
+        claim.note = (
+            "Absorbed children as docs/synthetic.md defines them, counted in each run's "
+            "metrics.json on the synthetic world of section 6; each seed's Matryoshka minus the "
+            "baseline of the same seed [Student-t over the seeds' differences; none when they "
+            "agree exactly]. The ground truth is the reference: there is no geometry control."
+        )
+    return claim
+
+
+def world_sentence(runs: dict[str, dict[int, dict]]) -> str:
+    """The hierarchical world and the SAEs as the absorption runs recorded them."""
+    every = [run for seeds in runs.values() for run in seeds.values()]
+    parts = []
+    for key, name in WORLD:
+        values = sorted({run["config"].get(key) for run in every} - {None}, key=str)
+        shown = ", ".join(f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in values)
+        parts.append(f"{name} {shown or 'n/a'}")
+    seen = sorted({int(run["metrics"]["tokens_seen"]) for run in every
+                   if isinstance(run["metrics"].get("tokens_seen"), int | float)})  # fmt: skip
+    parts.append(f"{', '.join(f'{n:,}' for n in seen) or 'unknown'} tokens seen per SAE")
+    return "; ".join(parts)
+
+
+def absorption_lines(runs: dict[str, dict[int, dict]]) -> list[str]:
+    """The section's absorption part: the world, and per architecture the seeds' mean with
+    their range of the ground-truth metrics; empty without the runs."""
+    if not runs:
+        return []
+    order = [a for a in NAMES if a in runs] + sorted(set(runs) - set(NAMES))
+    header, rows = ground_truth_table(
+        [(NAMES.get(a, a), [run["metrics"] for run in runs[a].values()]) for a in order]
+    )
+    return [
+        "", "### Absorption on a synthetic world with known parents and children", "",
+        "For Matryoshka's claim (Bussmann et al. 2025), Top-K, BatchTopK and Matryoshka SAEs "
+        "trained on a synthetic world with a feature hierarchy (`data=synthetic`, "
+        "docs/synthetic.md; seeds sharing one batch order), as their runs recorded it: "
+        f"{world_sentence(runs)}. {NOTE}", "",
+        *table(["architecture", *header[1:]], rows),
+    ]  # fmt: skip
 
 
 # ---- the section ----
@@ -291,7 +428,8 @@ def stability_methods_section(study: dict[str, Any], figure: Path | None, page: 
         shown = f" ({settings[-1][0]})" if len(settings) > 1 else ""
         lines += ["", f"![Stability beyond geometry against reconstruction, by method{shown}]"
                       f"({_relative(figure, page)})"]  # fmt: skip
-    return lines + _convergence(groups)
+    folder = study.get("folder") or study_folder(groups)
+    return lines + _convergence(groups) + absorption_lines(absorption_runs(folder))
 
 
 def stability_methods_figure(groups: Groups, path: Path) -> Path | None:
