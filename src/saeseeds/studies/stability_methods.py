@@ -141,6 +141,7 @@ def stability_methods_claims(groups: Groups, folder: Path | None = None) -> list
             subset, f" (methods study{f', {name}' if len(settings) > 1 else ''})"
         )
     ]
+    song.text += " (methods study)"  # the token-scaling study judges the same claim
     absorption = absorption_claim(absorption_runs(folder or study_folder(groups)))
     claims = [archetypal, absorption, penalty, song, *paulo_belrose]
     return [claim for claim in claims if claim.findings or claim.note]
