@@ -171,7 +171,7 @@ def _check_fits(label: str, n_features: int) -> None:
 def analyse_group(
     group: Group, cfg: Any, settings: ComputeSettings, advance: Callable[[], None]
 ) -> GroupReport:
-    """Every enabled metric of DESIGN.md's "Stability metrics" for one group."""
+    """Every enabled stability metric (docs/metrics.md) for one group."""
     matching = resolve_matching(cfg.matching, group.runs[0].n_features, cfg.argmax_above)
     without_stats = seeds_without_heldout_stats(group.runs)  # imports without --activations
     live_only = settings.live_only and not without_stats

@@ -1,4 +1,4 @@
-"""Comparing two seeds of one group: matchings and the pair statistics of DESIGN.md.
+"""Comparing two seeds of one group: matchings and the pair statistics of docs/metrics.md.
 
 For seeds (a, b): C_dec and C_enc (cosines of unit decoder rows / encoder columns), Hungarian
 matchings π_dec and π_enc, the live-only rectangular matchings, and from them median / mean
@@ -273,7 +273,7 @@ def _matching_stats(prefix: str, matching: Matching, thresholds: list[float]) ->
         stats.update({f"{prefix}stability@{tau:g}": float("nan") for tau in thresholds})
         return stats
     stats = {f"{prefix}median": float(np.median(cosines)), f"{prefix}mean": float(cosines.mean())}
-    # The denominator is the number of matched pairs (DESIGN.md, live-only).
+    # The denominator is the number of matched pairs (docs/metrics.md, live-only).
     stats.update(
         {f"{prefix}stability@{tau:g}": float(np.mean(cosines >= tau)) for tau in thresholds}
     )
