@@ -22,10 +22,12 @@ ANALYSIS = ["logger=none", "report.figures=true", "baseline.n_samples=9", "boots
 
 
 def sweep_and_analyse(tmp_path: Path, data: list[str], seeds: str = "1,2,3") -> dict:
-    """Seeds of a condition and of its geometry control, then the analysis."""
+    """Seeds of a condition and of its geometry control, then the analysis. The seeds of each
+    train together on one batch stream (two jobs instead of one per seed)."""
     sweep = tmp_path / "sweep"
     trained = run_app(
-        "train.py", "-m", f"seed={seeds}", "data.control=none,gaussian", *data, *SAE,
+        "train.py", "-m", f"seeds=[{seeds}]", "order_seed=0", "data.control=none,gaussian",
+        *data, *SAE,
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -48,8 +48,11 @@ def test_seed_sweep_builds_the_activation_store_once(tiny_llama, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # rglob: the "/" of model.path in the job folder names makes nested folders.
-    job_dirs = sorted(p.parent for p in sweep_dir.rglob("COMPLETE"))
+    # In job order (seed 1 ran first): a long folder name ends in a hash, which does not sort.
+    job_dirs = sorted(
+        (p.parent for p in sweep_dir.rglob("COMPLETE")),
+        key=lambda job: json.loads((job / "cfg.json").read_text())["seed"],
+    )
     assert len(job_dirs) == 2
     assert (result.stdout + result.stderr).count("Building the activation store") == 1
     assert len(store_folders(cache_dir)) == 1
