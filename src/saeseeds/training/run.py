@@ -170,12 +170,15 @@ class FitRecord:
 
     steps: int
     device: str
-    precision: str
     precision_choice: dict[str, Any]
-    """How ``precision`` was chosen (:func:`saeseeds.training.step_precision.step_precision`)."""
+    """The precision and how it was chosen (``step_precision.step_precision``)."""
     started: float  # time.time() at the start of the job
     fit_time_s: float
     seeds_trained_together: list[int] | None = None
+
+    @property
+    def precision(self) -> str:
+        return self.precision_choice["precision"]
 
 
 def load_activations(
@@ -284,7 +287,6 @@ def fit_module(
     return FitRecord(
         steps=int(trainer.global_step),
         device=str(trainer.strategy.root_device),
-        precision=precision_choice["precision"],
         precision_choice=precision_choice,
         started=started,
         fit_time_s=round(fit_time_s, 3),
