@@ -27,8 +27,8 @@ from omegaconf import DictConfig, open_dict
 
 from saeseeds import contract
 from saeseeds.config import register_configs
+from saeseeds.training.job import run_job
 from saeseeds.training.run import build_source, train
-from saeseeds.training.seed_jobs import run_seeds_job
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -74,7 +74,7 @@ def bench_size(args: argparse.Namespace, n_features: int, root: Path) -> dict[st
 
     def multi() -> None:
         started = time.perf_counter()
-        metrics = run_seeds_job(compose_config([*common, f"seeds={seeds}"], root / "multi"))
+        metrics = run_job(compose_config([*common, f"seeds={seeds}"], root / "multi"))
         times["multi_wall_s"] = time.perf_counter() - started
         times["multi_fit_s"] = metrics[seeds[0]]["fit_time_s"]
 

@@ -137,7 +137,8 @@ def fit(datamodule: L.LightningDataModule, sample: torch.Tensor, args) -> tuple[
     sae = build_sae(args.d_in, TopKConfig(n_features=n_features, k=32))
     sae.initialize(sample, torch.Generator().manual_seed(0))
     module = SAETrainingModule(
-        sae,
+        [sae],
+        [0],
         lr=2e-4,
         input_scale=1.0,
         warmup_steps=10,

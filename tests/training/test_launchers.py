@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from saeseeds import contract
 from saeseeds.analysis.discovery import discover
 from saeseeds.config import register_configs
-from saeseeds.training.sweep import SweepCallback
+from saeseeds.training.lifecycle.sweep import SweepCallback
 from tests.helpers import CONF_DIR, run_app, store_folders
 
 SWEEP = ["-m", "seed=1,2", "sae.n_features=32,64"]

@@ -17,7 +17,6 @@ from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
 from saeseeds.training.job import run_job
 from saeseeds.training.run import train
-from saeseeds.training.seed_jobs import run_seeds_job
 from tests.helpers import TINY_SAE, TINY_SYNTHETIC, compose_train, offline_wandb_run, run_app
 from tests.training.test_run import InterruptAtStep
 
@@ -79,7 +78,7 @@ def test_seeds_in_one_job_write_the_folders_of_their_own_jobs(tmp_path):
     # Interrupted at step 22 (checkpoint at 20, mid-epoch), then resumed.
     job_dir = tmp_path / "job"
     with pytest.raises(SystemExit):  # Lightning exits after a graceful Ctrl-C shutdown
-        run_seeds_job(compose_train([*common, "seeds=[2,1]"], job_dir), [InterruptAtStep(22)])
+        run_job(compose_train([*common, "seeds=[2,1]"], job_dir), [InterruptAtStep(22)])
     assert not list(job_dir.glob("*/COMPLETE"))
     assert (job_dir / "checkpoints/last.ckpt").is_file()
     run_job(compose_train([*common, "seeds=[2,1]", "resume=true"], job_dir))
@@ -94,7 +93,7 @@ def test_seeds_in_one_job_write_the_folders_of_their_own_jobs(tmp_path):
     for row, seed in enumerate((2, 1)):
         own = torch.load(tmp_path / f"seed{seed}/checkpoints/last.ckpt", weights_only=True)
         tracker = job_checkpoint["state_dict"]["tokens_since_fired"][row]
-        assert torch.equal(tracker, own["state_dict"]["tokens_since_fired"])
+        assert torch.equal(tracker, own["state_dict"]["tokens_since_fired"][0])
 
     # A complete folder is skipped; a deleted one is trained again, to the same bytes, from the
     # job's final checkpoint (without its snapshots: the weights they held are gone).

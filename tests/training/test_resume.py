@@ -66,7 +66,7 @@ def test_sigterm_checkpoints_the_current_step_exits_143_and_resumes_exactly(tmp_
 
 def test_sigterm_before_training_exits_143_without_a_run(tmp_path):
     """While the data loads there is nothing to save: stop at once, no COMPLETE."""
-    from saeseeds.training.preemption import Preempted
+    from saeseeds.training.lifecycle.preemption import Preempted
 
     class TermDuringSetup:
         def __init__(self, source):
@@ -226,7 +226,7 @@ def test_in_a_multirun_resume_true_starts_the_jobs_that_never_ran(tmp_path):
     from omegaconf import OmegaConf
 
     from saeseeds import contract
-    from saeseeds.training.resume import START, plan_job
+    from saeseeds.training.lifecycle.resume import START, plan_job
 
     cfg = compose_train([*LONGER, "resume=true"], tmp_path / "never_ran")
     run_config = contract.run_config(OmegaConf.to_container(cfg, resolve=True))

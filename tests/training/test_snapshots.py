@@ -38,7 +38,7 @@ class FoldedAtStep(L.Callback):
 
     def on_train_batch_end(self, trainer, module, *args) -> None:
         if trainer.global_step == self.step:
-            folded = module.sae.folded_state(module.input_scale)  # b_enc: the live parameter
+            folded = module.saes[0].folded_state(module.input_scale)  # b_enc: the live parameter
             self.state = {name: tensor.detach().clone() for name, tensor in folded.items()}
 
 

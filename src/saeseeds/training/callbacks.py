@@ -121,7 +121,8 @@ class StopOnNonFinite(Callback):
             )
 
     def _check_weights(self, trainer: L.Trainer, module: Any) -> None:
-        seeds = getattr(module, "seeds", None)  # a multi-seed module names its SAEs by seed
+        # A job writing several seeds' folders names its SAEs by seed.
+        seeds = module.seeds if getattr(module, "prefixed", False) else None
         for index, sae in enumerate(module.trained_saes):
             for name, weight in sae.named_parameters():
                 if not bool(torch.isfinite(weight.detach()).all()):

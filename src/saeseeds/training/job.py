@@ -1,70 +1,49 @@
-"""One job of ``train.py``, from Hydra's call to its outcome.
+"""One job of ``train.py``, from Hydra's call to its outcome; a job trains S >= 1 seeds.
 
 In order: check the config (before the heavy imports, so a typo fails in about two seconds);
-decide from the job's folder whether to start, resume, skip or refuse
-(:mod:`saeseeds.training.resume`); take ownership of the folder (:func:`saeseeds.io.job_lock`,
-held until the job ends, so a second process on the same job is refused with the owner's PID and
+name every seed's folder (:mod:`saeseeds.training.seeds`); decide from the folders whether each
+seed starts, resumes, is skipped or is refused (:mod:`saeseeds.training.lifecycle.resume`); take
+ownership of the job's folder and of each folder it writes (:func:`saeseeds.io.job_lock`, held
+until the job ends, so a second process on the same job is refused with the owner's PID and
 host, and a lock left by a killed process is taken over); write ``.hydra/`` only once the job is
-accepted (Hydra's own writing is turned off in ``conf/hydra/default.yaml``, so a refused command
-never rewrites a finished folder's record); train; and record the outcome.
+accepted, so a refused command never rewrites a finished folder's record; train every seed left
+in one fit (:mod:`saeseeds.training.run`); and record the outcome.
 
-Inside a multirun every job writes a record into ``<sweep>/.saeseeds_jobs/`` (atomically) when it
-starts and when it ends, which :mod:`saeseeds.training.sweep` turns into the sweep's summary and
-the analysis uses to name deleted jobs. A refused job takes back the folder it created (Hydra's
-log file and nothing else), so bad input leaves no half-made run folder behind.
+Inside a multirun each seed writes a record into ``<sweep>/.saeseeds_jobs/``
+(:mod:`saeseeds.training.lifecycle.records`), so the sweep summary and the analysis count seeds,
+not jobs. A refused job takes back the folders it created (Hydra's log file and nothing else), so
+bad input leaves no half-made run folder behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from saeseeds import contract
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError
-from saeseeds.io import atomic_write_json, atomic_write_text, job_lock, remove_folder_if_only
-from saeseeds.training.resume import RESUME, SKIP, JobPlan, folder_state, plan_job
-from saeseeds.training.sweep import LAUNCH_ENV
+from saeseeds.io import job_lock, remove_folder_if_only
+from saeseeds.training.lifecycle.records import (
+    ACCEPTED_LEFTOVERS,
+    HYDRA_LEFTOVERS,
+    JobRecord,
+    describe_error,
+    hydra_config,
+    is_fresh,
+    is_multirun,
+    process_rank,
+    processes_started_outside,
+    remove_stale_temporaries,
+)
+from saeseeds.training.lifecycle.resume import RESUME, SKIP, START, JobPlan, folder_state, plan_runs
+from saeseeds.training.seeds import job_runs, write_hydra_files
 
 log = logging.getLogger("saeseeds")
-# Where a process started for DDP finds its rank (Lightning's order). Only rank 0 writes.
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-# What Hydra itself puts into a job folder before the job runs.
-HYDRA_LEFTOVERS = {"train.log"}
-# What a job that failed in a folder it created leaves (taken back with the folder).
-ACCEPTED_LEFTOVERS = HYDRA_LEFTOVERS | {contract.HYDRA_DIR, contract.LOCK_FILE}
-
-
-def hydra_config() -> Any | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def is_multirun(hydra_cfg: Any | None) -> bool:
-    from hydra.types import RunMode
-
-    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-
-
-def process_rank() -> int:
-    """This process's rank in a multi-process (DDP) run; 0 in a single process."""
-    for name in RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
-def processes_started_outside() -> bool:
-    """True when a launcher (torchrun, srun with several tasks) started every DDP process."""
-    return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
@@ -82,149 +61,107 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
         )
 
 
-def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as error:  # noqa: BLE001 - OmegaConf raises many interpolation errors
-        raise ConfigError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
-    return contract.run_config(resolved)
-
-
-class JobRecord:
-    """``<sweep>/.saeseeds_jobs/<job>.json``: one job's identity and outcome (multirun only)."""
-
-    def __init__(self, hydra_cfg: Any, run_dir: Path, seed: Any):
-        sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
-        try:
-            job = str(run_dir.absolute().relative_to(sweep_dir))
-        except ValueError:
-            job = run_dir.name
-        self.path = sweep_dir / contract.JOB_RECORDS_DIR / (job.replace("/", "%2F") + ".json")
-        self.payload: dict[str, Any] = {
-            "format": contract.JOB_RECORD_FORMAT,
-            "job": job,
-            "num": int(hydra_cfg.job.num),
-            "overrides": list(hydra_cfg.overrides.task),
-            "launch": os.environ.get(LAUNCH_ENV),
-            "seed": seed,
-            "action": None,
-            "outcome": "running",
-            "reason": None,
-            "config": None,
-            "config_sha256": None,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-
-    def write(self, **changes: Any) -> None:
-        self.payload.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        try:
-            atomic_write_json(self.path, self.payload)
-        except (OSError, ValueError) as error:  # the summary loses one line; the job goes on
-            log.warning("Could not write the job record %s: %s", self.path, error)
-
-
-def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: Any | None) -> None:
-    """What Hydra would have written into ``.hydra/``, once the job is accepted."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if hydra_cfg is None or hydra_cfg.output_subdir is not None:
-        return  # not a Hydra run, or Hydra wrote it itself (hydra.output_subdir was set)
-    hydra_dir = run_dir / contract.HYDRA_DIR
-    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
-    atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
-
-
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of writes killed with SIGKILL (a kill leaves the old file whole, and its
-    temporary beside it); the job owns its folder, so no other writer can be using them."""
-    for folder in (run_dir, run_dir / contract.CHECKPOINT_DIR):
-        for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
-            leftover.unlink(missing_ok=True)
-
-
-def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one job; returns its metrics (None when skipped). Raises what the job raised.
-    ``seeds=[...]``: a multi-seed job (:mod:`saeseeds.training.seed_jobs`)."""
-    if cfg.get("seeds") is not None:
-        from saeseeds.training.seed_jobs import run_seeds_job
-
-        run_seeds_job(cfg)
-        return None
+def run_job(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[int, dict[str, Any]]:
+    """Run one job; returns the metrics of the seeds it wrote, by seed ({} when every seed was
+    skipped). Raises what the job raised. ``extra_callbacks``: Lightning callbacks added to the
+    fit (tests)."""
     hydra_cfg = hydra_config()
     multirun = is_multirun(hydra_cfg)
-    run_dir = Path(str(cfg.paths.output_dir))
+    job_dir = Path(str(cfg.paths.output_dir))
     # Processes that DDP started beside rank 0 train with it; rank 0 writes every record.
     rank_zero = process_rank() == 0
-    fresh = rank_zero and run_dir.is_dir()
-    fresh = fresh and {entry.name for entry in run_dir.iterdir()} <= HYDRA_LEFTOVERS
-    record = JobRecord(hydra_cfg, run_dir, cfg.get("seed")) if multirun and rank_zero else None
-    if record is not None:
-        record.write()
-    plan: JobPlan | None = None
+    fresh_job = rank_zero and is_fresh(job_dir)
     try:
         validate_train_config(cfg)
         check_launch(cfg, multirun)
-        run_config = resolved_run_config(cfg)
-        if record is not None:
-            sha = contract.config_sha256(run_config)
-            record.write(config=run_config, config_sha256=sha)
-        state = folder_state(run_dir)
-        plan = plan_job(cfg, run_dir, run_config, auto_resume=multirun)
-        if plan.action != SKIP:
-            with job_lock(run_dir) if rank_zero else contextlib.nullcontext():
-                if folder_state(run_dir) != state:  # another process changed it meanwhile
-                    plan = plan_job(cfg, run_dir, run_config, auto_resume=multirun)
-                if plan.action != SKIP:
-                    metrics = run_accepted(cfg, plan, hydra_cfg, record, rank_zero)
-        if plan.action == SKIP:
-            log.info("Skipped %s: %s.", run_dir, plan.message)
-            if record is not None:
-                record.write(action=SKIP, outcome="skipped")
-            return None
+        runs = job_runs(cfg, hydra_cfg)
+    except BaseException as error:
+        if multirun and rank_zero:  # no seed's folder can be named: one record for the job
+            seed = cfg.get("seed") if cfg.get("seeds") is None else None
+            record = JobRecord(hydra_cfg, job_dir, seed, list(hydra_cfg.overrides.task))
+            record.write(outcome="failed", reason=describe_error(error))
+        if fresh_job:
+            remove_folder_if_only(job_dir, HYDRA_LEFTOVERS)
+        raise
+    records: dict[int, JobRecord] = {}
+    for run in runs if multirun and rank_zero else []:
+        records[run.seed] = JobRecord(hydra_cfg, run.run_dir, run.seed, run.overrides)
+        sha = contract.config_sha256(run.run_config)
+        records[run.seed].write(config=run.run_config, config_sha256=sha)
+    fresh = {run.seed for run in runs if rank_zero and not run.run_dir.exists()}
+    plan: JobPlan | None = None
+    metrics: dict[int, dict[str, Any]] = {}
+    try:
+        state = folder_state(job_dir)
+        plan = plan_runs(cfg, runs, auto_resume=multirun)
+        if plan.train_seeds:
+            with contextlib.ExitStack() as owned:  # the job's folder and each folder it writes
+                if rank_zero:
+                    owned.enter_context(job_lock(job_dir))
+                    if plan.own_folder and folder_state(job_dir) != state:
+                        plan = plan_runs(cfg, runs, auto_resume=multirun)  # changed meanwhile
+                    for run in [] if plan.own_folder else plan.to_write:
+                        owned.enter_context(job_lock(run.run_dir))
+                if plan.train_seeds:
+                    note_actions(plan, records)
+                    metrics = run_accepted(cfg, plan, hydra_cfg, rank_zero, extra_callbacks)
+        if not plan.train_seeds:
+            note_actions(plan, records)
     except SystemExit as stop:  # a stop signal (Preempted), or Lightning's exit after Ctrl-C
-        if record is not None:
-            preempted = getattr(stop, "signum", None) is not None
-            reason = str(stop) if preempted else f"interrupted (exit status {stop.code})"
-            record.write(outcome="preempted" if preempted else "interrupted", reason=reason)
+        preempted = getattr(stop, "signum", None) is not None
+        reason = str(stop) if preempted else f"interrupted (exit status {stop.code})"
+        for run in plan.to_write if plan is not None else runs:
+            if run.seed in records:
+                outcome = "preempted" if preempted else "interrupted"
+                records[run.seed].write(outcome=outcome, reason=reason)
         raise
     except BaseException as error:
-        if record is not None:
-            record.write(outcome="failed", reason=describe_error(error))
-        if fresh:  # nothing in it predates this command
-            remove_folder_if_only(run_dir, ACCEPTED_LEFTOVERS)
+        for run in runs:
+            if run.action != SKIP and run.seed in records:
+                records[run.seed].write(outcome="failed", reason=describe_error(error))
+            if run.seed in fresh:  # nothing in it predates this command
+                remove_folder_if_only(run.run_dir, ACCEPTED_LEFTOVERS)
+        if fresh_job:
+            remove_folder_if_only(job_dir, ACCEPTED_LEFTOVERS)
         raise
-    if record is not None:
-        record.write(outcome="resumed" if plan.action == RESUME else "started")
+    for run in plan.to_write:
+        if run.seed in records:
+            records[run.seed].write(outcome="resumed" if run.action == RESUME else "started")
     return metrics
 
 
+def note_actions(plan: JobPlan, records: dict[int, JobRecord]) -> None:
+    """Log the seeds skipped, and put each seed's action into its record."""
+    for run in plan.runs:
+        if run.action == SKIP:
+            message = plan.message if plan.own_folder else "already complete with this config"
+            log.info("Skipped %s: %s.", run.run_dir, message)
+        if run.seed in records:
+            records[run.seed].write(action=run.action)
+            if run.action == SKIP:
+                records[run.seed].write(outcome="skipped")
+
+
 def run_accepted(
-    cfg: DictConfig, plan: JobPlan, hydra_cfg: Any, record: JobRecord | None, rank_zero: bool
-) -> dict[str, Any]:
-    """Train a job the plan accepted, in the folder this process owns."""
-    run_dir = plan.run_dir
-    if record is not None:
-        record.write(action=plan.action)
-    if plan.action == RESUME:
-        log.info("Resuming %s %s.", run_dir, plan.message)
+    cfg: DictConfig,
+    plan: JobPlan,
+    hydra_cfg: Any,
+    rank_zero: bool,
+    extra_callbacks: list[Any] | None,
+) -> dict[int, dict[str, Any]]:
+    """Train a job the plan accepted, in the folders this process owns."""
+    if plan.resuming:
+        log.info("Resuming %s %s.", plan.job_dir, plan.message)
     if plan.damaged is not None:
-        log.warning("%s is not complete: %s; training it again.", run_dir, plan.damaged)
+        log.warning("%s is not complete: %s; training it again.", plan.job_dir, plan.damaged)
     if rank_zero:
-        if plan.damaged is not None:  # no longer complete, whatever happens next
-            (run_dir / contract.COMPLETE_MARKER).unlink(missing_ok=True)
-        remove_stale_temporaries(run_dir)
-        write_hydra_files(run_dir, cfg, hydra_cfg)
-    from saeseeds.training.run import train  # Lightning: imported only for accepted jobs
+        remove_stale_temporaries(plan.job_dir)
+        for run in plan.to_write:
+            if run.action == START:  # a damaged complete folder is no longer complete
+                (run.run_dir / contract.COMPLETE_MARKER).unlink(missing_ok=True)
+            if run.run_dir != plan.job_dir:
+                remove_stale_temporaries(run.run_dir)
+            write_hydra_files(run, cfg, hydra_cfg, plan.own_folder)
+    from saeseeds.training.run import train_plan  # Lightning: imported only for accepted jobs
 
-    return train(cfg, plan=plan)
-
-
-def describe_error(error: BaseException) -> str:
-    from saeseeds.errors import UserError
-
-    if isinstance(error, UserError):
-        return str(error)
-    first = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {first[0] if first else ''} (traceback in the job's log)"
+    return train_plan(cfg, plan, extra_callbacks)

@@ -1,14 +1,15 @@
-"""The LightningModules that train SAEs of any architecture: the loss (the sum of the SAE's named
-terms), optimiser, schedule, the decoder constraint around each step, dead-latent tracking and
-logged metrics. :class:`SAETrainingModule` trains one SAE; :class:`MultiSeedModule` trains the
-SAEs of several seeds in lockstep on the same batches, each exactly as its own module would (one
-Adam parameter group, one gradient clip, one dead-latent tracker per SAE). The maths of each
-architecture is in :mod:`saeseeds.sae`; data and files are elsewhere.
+"""The LightningModule that trains the SAEs of a job, of any architecture: the loss (the sum of
+each SAE's named terms), optimiser, schedule, the decoder constraint around each step,
+dead-latent tracking and logged metrics. A job trains S >= 1 seeds in lockstep on the same
+batches, each exactly as it would be trained alone (one Adam parameter group, one gradient clip,
+one dead-latent tracker per SAE), so one seed is simply S = 1. The maths of each architecture is
+in :mod:`saeseeds.sae`; data and files are elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -38,15 +39,21 @@ def lr_factor_schedule(
 
 
 def sae_step(
-    sae: SAE, x: Tensor, tokens_since_fired: Tensor, dead_tokens_threshold: int
+    sae: SAE,
+    x: Tensor,
+    tokens_since_fired: Tensor,
+    dead_tokens_threshold: int,
+    with_metrics: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One SAE's training loss on ``x`` and its step metrics; updates its dead-latent tracker
-    (``tokens_since_fired``, [n_features], in place)."""
+    """One SAE's training loss on ``x`` and (``with_metrics``) its step metrics; updates its
+    dead-latent tracker (``tokens_since_fired``, [n_features], in place)."""
     dead_mask = tokens_since_fired >= dead_tokens_threshold
     output = sae(x, dead_mask)
     losses = {**output.losses, **sae.weight_penalty()}  # the penalty, if any, for every SAE
     loss = sum(losses.values())
     update_dead_tracker(tokens_since_fired, output.latent_indices, output.latent_values, len(x))
+    if not with_metrics:
+        return loss, {}
     metrics = {
         "train/loss": loss,
         **{f"train/{name}": term for name, term in losses.items()},
@@ -73,46 +80,109 @@ def update_dead_tracker(
     tokens_since_fired[fired] = 0
 
 
-class _SAEModuleBase(L.LightningModule):
-    """What both modules share: the schedule, the decoder constraint and held-out evaluation of
-    each SAE in :attr:`trained_saes`, whose log keys start with :meth:`log_prefix`."""
+class SAETrainingModule(L.LightningModule):
+    """Trains the SAEs of ``seeds`` on the same batches. The loss is the sum of their losses, so
+    each SAE's gradient is exactly its own; clipping, the constraint, the Adam update and the
+    dead-latent tracker are per SAE. With ``prefixed`` (a job writing several seeds' folders)
+    metrics are logged as ``seed=S/<name>`` (:class:`saeseeds.training.loggers.SeedLogger` hands
+    each seed's to its own logger); otherwise as ``<name>``.
+
+    Step metrics are computed and logged only at the steps Lightning writes its logs
+    (``trainer.log_every_n_steps``): a value logged at any other step is thrown away, and the
+    logging itself costs as much as a small SAE's step."""
 
     def __init__(
         self,
+        saes: Sequence[SAE],
+        seeds: Sequence[int],
         lr: float,
         input_scale: float,
-        warmup_steps: int,
-        decay_start_fraction: float,
-        dead_tokens_threshold: int,
+        warmup_steps: int = 100,
+        decay_start_fraction: float = 0.8,
+        dead_tokens_threshold: int = 20_000,
+        prefixed: bool = False,
     ):
         super().__init__()
+        self.saes = nn.ModuleList(saes)
+        self.seeds = [int(seed) for seed in seeds]
+        self.prefixed = prefixed
         self.lr = lr
         self.warmup_steps, self.decay_start_fraction = warmup_steps, decay_start_fraction
         self.dead_tokens_threshold = dead_tokens_threshold
         self.input_scale = input_scale
         self.validation_totals: list[dict[str, Tensor]] = []
         self.total_steps = 1  # set in configure_optimizers, once the trainer knows the data
+        # [n_seeds, n_features]: tokens since each latent of each SAE last fired; a buffer, so it
+        # is checkpointed for resuming.
+        n_features = saes[0].n_features
+        self.register_buffer(
+            "tokens_since_fired", torch.zeros(len(saes), n_features, dtype=torch.long)
+        )
 
     @property
     def trained_saes(self) -> Sequence[SAE]:
-        raise NotImplementedError
+        return list(self.saes)
 
     def log_prefix(self, index: int) -> str:
-        return ""
+        return seed_prefix(self.seeds[index]) if self.prefixed else ""
+
+    def logs_this_step(self) -> bool:
+        """Whether Lightning writes this training step's logged values (outside a fit: yes)."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return bool(trainer._logger_connector.should_update_logs)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x = batch.float() * self.input_scale  # [batch, d_in]
+        logs = self.logs_this_step()
+        losses, fvus = [], []
+        for index, sae in enumerate(self.saes):
+            sae.set_progress(self.global_step, self.total_steps)
+            loss, metrics = sae_step(
+                sae, x, self.tokens_since_fired[index], self.dead_tokens_threshold, logs
+            )
+            losses.append(loss)
+            if logs:
+                fvus.append(metrics["train/fvu"].detach())
+                lr = self.optimizers().param_groups[index]["lr"]
+                prefix = self.log_prefix(index)
+                logged = {f"{prefix}{name}": value for name, value in {**metrics, "lr": lr}.items()}
+                self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
+        if logs:
+            self.log("fvu", torch.stack(fvus).mean(), prog_bar=True, logger=False)
+        return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs before Lightning's gradient clipping: project, then clip (Gao et al. §A.1).
-        for sae in self.trained_saes:
+        # Runs before the gradient clipping: project, then clip (Gao et al. §A.1).
+        for sae in self.saes:
             sae.before_optimizer_step()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning would clip the norm over every parameter of the optimiser, i.e. over all
+        # seeds at once; each SAE is clipped by its own norm, as it would be alone.
+        if gradient_clip_val is None or gradient_clip_val <= 0:
+            return
+        for sae in self.saes:
+            parameters = list(sae.parameters())
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        for sae in self.trained_saes:
+        for sae in self.saes:
             sae.after_optimizer_step()
 
     def configure_optimizers(self):
         # One parameter group per SAE: Adam updates each group by itself, as a lone SAE's.
-        groups = [{"params": list(sae.parameters())} for sae in self.trained_saes]
+        groups = [{"params": list(sae.parameters())} for sae in self.saes]
         optimizer = torch.optim.Adam(groups, lr=self.lr, betas=(0.9, 0.999))
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = lr_factor_schedule(
@@ -126,11 +196,11 @@ class _SAEModuleBase(L.LightningModule):
 
     # ---- held-out evaluation ----
     def on_validation_epoch_start(self) -> None:
-        self.validation_totals = [{} for _ in self.trained_saes]
+        self.validation_totals = [{} for _ in self.saes]
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch.float() * self.input_scale
-        for sae, totals in zip(self.trained_saes, self.validation_totals, strict=True):
+        for sae, totals in zip(self.saes, self.validation_totals, strict=True):
             accumulate(totals, batch_totals(x, sae(x), sae.n_features))
 
     def on_validation_epoch_end(self) -> None:
@@ -145,102 +215,21 @@ class _SAEModuleBase(L.LightningModule):
             )
 
 
-class SAETrainingModule(_SAEModuleBase):
-    """Trains one SAE."""
-
-    def __init__(
-        self,
-        sae: SAE,
-        lr: float,
-        input_scale: float,
-        warmup_steps: int = 100,
-        decay_start_fraction: float = 0.8,
-        dead_tokens_threshold: int = 20_000,
-    ):
-        super().__init__(lr, input_scale, warmup_steps, decay_start_fraction, dead_tokens_threshold)
-        self.sae = sae
-        # Tokens since each latent last fired; a buffer, so it is checkpointed for resuming.
-        self.register_buffer("tokens_since_fired", torch.zeros(sae.n_features, dtype=torch.long))
-
-    @property
-    def trained_saes(self) -> Sequence[SAE]:
-        return [self.sae]
-
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = batch.float() * self.input_scale  # [batch, d_in]
-        self.sae.set_progress(self.global_step, self.total_steps)
-        loss, metrics = sae_step(self.sae, x, self.tokens_since_fired, self.dead_tokens_threshold)
-        lr = self.optimizers().param_groups[0]["lr"]
-        self.log_dict({**metrics, "lr": lr}, on_step=True, on_epoch=False, prog_bar=False)
-        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
-        return loss
-
-
-class MultiSeedModule(_SAEModuleBase):
-    """Trains the SAEs of ``seeds`` on the same batches. The loss is the sum of their losses, so
-    each SAE's gradient is exactly its own; clipping, the constraint, the Adam update and the
-    dead-latent tracker are per SAE. Metrics are logged as ``seed=S/<name>``
-    (:class:`saeseeds.training.multiseed.SeedLogger` hands each seed's to its own logger)."""
-
-    def __init__(
-        self,
-        saes: Sequence[SAE],
-        seeds: Sequence[int],
-        lr: float,
-        input_scale: float,
-        warmup_steps: int = 100,
-        decay_start_fraction: float = 0.8,
-        dead_tokens_threshold: int = 20_000,
-    ):
-        super().__init__(lr, input_scale, warmup_steps, decay_start_fraction, dead_tokens_threshold)
-        self.saes = nn.ModuleList(saes)
-        self.seeds = [int(seed) for seed in seeds]
-        n_features = saes[0].n_features
-        # [n_seeds, n_features]: each row is one SAE's tracker, as in SAETrainingModule.
-        self.register_buffer(
-            "tokens_since_fired", torch.zeros(len(saes), n_features, dtype=torch.long)
-        )
-
-    @property
-    def trained_saes(self) -> Sequence[SAE]:
-        return list(self.saes)
-
-    def log_prefix(self, index: int) -> str:
-        return seed_prefix(self.seeds[index])
-
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = batch.float() * self.input_scale  # [batch, d_in]
-        lr = self.optimizers().param_groups[0]["lr"]
-        losses, fvus = [], []
-        for index, sae in enumerate(self.saes):
-            sae.set_progress(self.global_step, self.total_steps)
-            loss, metrics = sae_step(
-                sae, x, self.tokens_since_fired[index], self.dead_tokens_threshold
-            )
-            losses.append(loss)
-            fvus.append(metrics["train/fvu"].detach())
-            prefix = self.log_prefix(index)
-            logged = {f"{prefix}{name}": value for name, value in {**metrics, "lr": lr}.items()}
-            self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
-        self.log("fvu", torch.stack(fvus).mean(), prog_bar=True, logger=False)
-        return torch.stack(losses).sum()
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        # Lightning would clip the norm over every parameter of the optimiser, i.e. over all
-        # seeds at once; each SAE is clipped by its own norm, as its own job clips it.
-        if gradient_clip_val is None or gradient_clip_val <= 0:
-            return
-        for sae in self.saes:
-            parameters = list(sae.parameters())
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of a one-seed job written before every job trained a list of SAEs (``sae.*``
+    and a [n_features] tracker) in today's layout (``saes.0.*``, [1, n_features]), in place."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not any(name.startswith("sae.") for name in state):
+        return checkpoint
+    upgraded = {}
+    for name, tensor in state.items():
+        if name.startswith("sae."):
+            name = "saes.0." + name[len("sae.") :]
+        elif name == "tokens_since_fired" and isinstance(tensor, Tensor) and tensor.dim() == 1:
+            tensor = tensor.unsqueeze(0)
+        upgraded[name] = tensor
+    checkpoint["state_dict"] = upgraded
+    return checkpoint
 
 
 def seed_prefix(seed: int) -> str:

@@ -1,13 +1,13 @@
-"""The training app, top to bottom: validate, decide what the run folder needs (start, resume or
-skip), seed, load activations, build the SAE, fit with Lightning, evaluate on held-out data,
-write the run folder and mark it complete.
+"""The fit of a job, top to bottom: seed, load the activations once, initialise each seed's SAE,
+fit them together with Lightning on one batch stream (:class:`SAETrainingModule`), then evaluate
+and write each seed's folder (:func:`saeseeds.training.finish.finish_run`). One seed is S = 1.
 
-``train.py`` at the repository root is a thin Hydra entry point; :mod:`saeseeds.training.job`
-wraps :func:`train` for one Hydra job. Checkpoints are written atomically and checked before a
-resume (:mod:`saeseeds.training.checkpoint_io`); SIGTERM and SIGINT save one at the current step
-(:mod:`saeseeds.training.preemption`). A multi-seed job (``seeds=[...]``) reuses these steps for
-several SAEs in one fit (:mod:`saeseeds.training.multiseed`). Under DDP every process runs this
-flow up to the end of the fit; rank 0 alone evaluates and writes the run folder.
+:mod:`saeseeds.training.job` decides which seeds a job trains and where (start, resume, skip)
+and calls :func:`train_plan`; :func:`train` does the same for one seed outside a Hydra job.
+Checkpoints are written atomically and checked before a resume
+(:mod:`saeseeds.training.lifecycle.checkpoint_io`); SIGTERM and SIGINT save one at the current
+step (:mod:`saeseeds.training.lifecycle.preemption`). Under DDP every process runs this flow up
+to the end of the fit; rank 0 alone evaluates and writes the run folders.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,8 @@ from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
-from saeseeds.tracking import (
-    build_wandb_logger,
-    finish_wandb,
-    record_wandb_run,
-    wandb_run_info,
-)
-from saeseeds.training import lm_eval, run_folder
+from saeseeds.tracking import finish_wandb, record_wandb_run, wandb_run_info
 from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
-from saeseeds.training.checkpoint_io import check_data, check_shapes
 from saeseeds.training.datamodule import (
     ActivationDataModule,
     WindowedRows,
@@ -54,131 +46,134 @@ from saeseeds.training.datamodule import (
     training_rows,
     window_shards,
 )
-from saeseeds.training.heldout_codes import write_heldout_codes
-from saeseeds.training.lightning_plugins import AtomicCheckpointIO, RunRecord
-from saeseeds.training.metrics import evaluate_ground_truth, evaluate_heldout
-from saeseeds.training.module import SAETrainingModule
-from saeseeds.training.preemption import CheckpointOnSignal, StopSignals
-from saeseeds.training.resume import RESUME, SKIP, JobPlan, plan_job
-from saeseeds.training.snapshots import snapshot_cost, snapshot_writer
+from saeseeds.training.finish import FitRecord, TrainedSAE, finish_run, log_complete
+from saeseeds.training.lifecycle.checkpoint_io import check_data, check_shapes
+from saeseeds.training.lifecycle.lightning_plugins import AtomicCheckpointIO, RunRecord
+from saeseeds.training.lifecycle.preemption import CheckpointOnSignal, StopSignals
+from saeseeds.training.lifecycle.records import hydra_config, is_multirun
+from saeseeds.training.lifecycle.resume import SKIP, JobPlan, plan_runs
+from saeseeds.training.loggers import job_loggers
+from saeseeds.training.module import SAETrainingModule, upgrade_checkpoint
+from saeseeds.training.seeds import job_runs
+from saeseeds.training.snapshots import snapshot_writer
 from saeseeds.training.step_precision import step_precision
 
 log = logging.getLogger(__name__)
-TOP_EXAMPLES_PER_FEATURE = 5
 
 
-def train(
-    cfg: DictConfig, extra_callbacks: list[Callback] | None = None, plan: JobPlan | None = None
-) -> dict[str, Any]:
-    """Train one SAE as ``cfg`` says and return its final held-out metrics.
+def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train the one SAE of ``cfg`` (``seed=S``) into ``paths.output_dir`` and return its final
+    held-out metrics, outside a Hydra job's records and locks (scripts, tests). An interrupted
+    folder is resumed only with ``resume=true``; a folder already complete with this config is
+    left alone and its recorded metrics are returned."""
+    if cfg.get("seeds") is not None:
+        raise ConfigError("train() trains one seed; run a 'seeds=[...]' job with run_job().")
+    validate_train_config(cfg)
+    plan = plan_runs(cfg, job_runs(cfg, None), auto_resume=False)
+    run = plan.runs[0]
+    if run.action == SKIP:
+        log.info("Skipped %s: %s.", run.run_dir, plan.message)
+        return json.loads((run.run_dir / contract.METRICS_FILE).read_text(encoding="utf-8"))
+    return train_plan(cfg, plan, extra_callbacks)[run.seed]
 
-    ``plan`` is what the job decided about its folder; without one it is decided here, as for a
-    single run (an interrupted folder is resumed only with ``resume=true``). A folder already
-    complete with this config is left alone and its recorded metrics are returned.
-    """
+
+def train_plan(
+    cfg: DictConfig, plan: JobPlan, extra_callbacks: list[Callback] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Train ``plan.train_seeds`` in one fit and write the folders of ``plan.to_write``; returns
+    their metrics by seed."""
     started = time.time()
     sae_config = validate_train_config(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    run_config = contract.run_config(OmegaConf.to_container(cfg, resolve=True))
-    if plan is None:
-        plan = plan_job(cfg, run_dir, run_config, auto_resume=False)
-    if plan.action == SKIP:
-        log.info("Skipped %s: %s.", run_dir, plan.message)
-        return json.loads((run_dir / contract.METRICS_FILE).read_text(encoding="utf-8"))
     with StopSignals() as signals:
-        return _train(cfg, sae_config, run_dir, run_config, plan, signals, extra_callbacks, started)
+        return _train_plan(cfg, sae_config, plan, signals, started, list(extra_callbacks or []))
 
 
-def _train(
+def _train_plan(
     cfg: DictConfig,
     sae_config: SAEConfig,
-    run_dir: Path,
-    run_config: dict[str, Any],
     plan: JobPlan,
     signals: StopSignals,
-    extra_callbacks: list[Callback] | None,
     started: float,
-) -> dict[str, Any]:
-    L.seed_everything(cfg.seed, workers=True)
+    extra_callbacks: list[Callback],
+) -> dict[int, dict[str, Any]]:
+    seeds = plan.train_seeds
+    # Nothing in training draws from the global RNGs: every SAE's initialisation and the batch
+    # order have their own generators, which is why one fit can stand in for S jobs.
+    L.seed_everything(seeds[0], workers=True)
     source, splits, input_scale = load_activations(cfg, sae_config)
     rows = training_rows(splits.train, source.batch_size, window_shards(cfg), order_seed(cfg))
-    sae = initialised_sae(sae_config, rows, input_scale, cfg.seed)
-    module = SAETrainingModule(sae, **module_arguments(sae_config, sae, input_scale))
+    saes = [initialised_sae(sae_config, rows, input_scale, seed) for seed in seeds]
+    arguments = module_arguments(sae_config, saes[0], input_scale)
+    module = SAETrainingModule(saes, seeds, **arguments, prefixed=not plan.own_folder)
     datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
-    resumed = plan.checkpoint if plan.action == RESUME else None
-    precision_choice = step_precision(cfg, sae_config, sae.d_in, source.batch_size, resumed)
+    precision_choice = step_precision(
+        cfg, sae_config, saes[0].d_in, source.batch_size, plan.checkpoint
+    )
     precision = precision_choice["precision"]
-    if plan.action == RESUME and plan.checkpoint is not None and plan.ckpt_path is not None:
+    if plan.checkpoint is not None and plan.ckpt_path is not None:
+        upgrade_checkpoint(plan.checkpoint)
         check_shapes(plan.checkpoint, module, str(plan.ckpt_path))
         check_data(plan.checkpoint, splits.provenance, str(plan.ckpt_path))
         checkpoint_io.hand_over(plan.ckpt_path, plan.checkpoint)
         plan.checkpoint, ckpt_path = None, str(plan.ckpt_path)  # Lightning owns it from here
 
-    logger = build_wandb_logger(cfg, run_dir, resume=ckpt_path is not None)
-    record = RunRecord(run_config)
+    to_write = {run.seed: run for run in plan.to_write}
+    wandb_loggers, loggers = job_loggers(plan, is_multirun(hydra_config()))
+    record = RunRecord(plan.record_config, seeds)
     record.note_precision(precision_choice)
-    callbacks = training_callbacks(cfg, run_dir, splits, source.batch_size, signals, record)
+    snapshot_dirs = [to_write[seed].run_dir if seed in to_write else None for seed in seeds]
+    callbacks = training_callbacks(
+        cfg, plan.job_dir, splits, source.batch_size, signals, record, snapshot_dirs
+    )
     trainer = build_trainer(
         cfg,
         sae_config,
-        run_dir,
-        [logger] if logger is not None else [],
-        callbacks + list(extra_callbacks or []),
+        plan.job_dir,
+        loggers,
+        callbacks + extra_callbacks,
         checkpoint_io,
         precision,
     )
-    record_wandb_run(logger, run_dir)
-    log.info(
-        "Training %s on %s (%s) into %s",
-        describe(sae, cfg.seed, splits),
-        trainer.strategy.root_device,
-        precision,
-        run_dir,
-    )
+    for seed, logger in wandb_loggers.items():
+        record_wandb_run(logger, to_write[seed].run_dir)
+    device = trainer.strategy.root_device
+    what = describe(saes[0], seeds[0], splits)
+    if plan.own_folder:
+        log.info("Training %s on %s (%s) into %s", what, device, precision, plan.job_dir)
+    else:
+        folders = ", ".join(str(run.run_dir) for run in to_write.values())
+        log.info(
+            "Training %d seeds %s of %s on %s (%s); folders: %s",
+            len(seeds), seeds, what, device, precision, folders,
+        )  # fmt: skip
     fit = fit_module(trainer, module, datamodule, ckpt_path, precision_choice, started)
-    if not trainer.is_global_zero:  # DDP: rank 0 evaluates and writes the run folder
+    if not trainer.is_global_zero:  # DDP: rank 0 evaluates and writes the run folders
         return {}
+    if not plan.own_folder:
+        fit.seeds_trained_together = list(seeds)
     curve = heldout_curve(trainer)
-    metrics = finish_run(
-        cfg,
-        run_dir,
-        source,
-        splits,
-        TrainedSAE(module.sae, input_scale, curve.points if curve else {}),
-        fit,
-        wandb_run_info(trainer.logger),
-    )
-    finish_wandb(logger, metrics)
-    log_complete(run_dir, metrics)
-    return metrics
-
-
-@dataclass
-class TrainedSAE:
-    """One trained SAE (in training units) and what its training measured."""
-
-    sae: SAE
-    input_scale: float
-    heldout_fvu_curve: dict[str, float]
-
-
-@dataclass
-class FitRecord:
-    """What one ``trainer.fit`` did; shared by every SAE it trained."""
-
-    steps: int
-    device: str
-    precision_choice: dict[str, Any]
-    """The precision and how it was chosen (``step_precision.step_precision``)."""
-    started: float  # time.time() at the start of the job
-    fit_time_s: float
-    seeds_trained_together: list[int] | None = None
-
-    @property
-    def precision(self) -> str:
-        return self.precision_choice["precision"]
+    results = {}
+    for index, seed in enumerate(seeds):
+        run = to_write.get(seed)
+        if run is None:  # complete already; trained along only because the checkpoint holds it
+            continue
+        points = curve.curves[index] if curve is not None and index < len(curve.curves) else {}
+        logger = wandb_loggers.get(seed)
+        metrics = finish_run(
+            run.cfg,
+            run.run_dir,
+            source,
+            splits,
+            TrainedSAE(saes[index], input_scale, points),
+            fit,
+            wandb_run_info(logger),
+        )
+        finish_wandb(logger, metrics)
+        log_complete(run.run_dir, metrics)
+        results[seed] = metrics
+    return results
 
 
 def load_activations(
@@ -298,16 +293,6 @@ def heldout_curve(trainer: L.Trainer) -> HeldoutCurve | None:
     return curves[0] if curves else None
 
 
-def log_complete(run_dir: Path, metrics: dict[str, Any]) -> None:
-    log.info(
-        "Run complete: %s (held-out FVU %.4f, L0 %.1f, dead %.1f%%)",
-        run_dir,
-        metrics["fvu"],
-        metrics["l0"],
-        100 * metrics["dead_fraction"],
-    )
-
-
 def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
     """The ``trainer`` group as ``lightning.Trainer`` keywords: every field but the app's own,
     plus ``trainer.kwargs``; precision is chosen separately (:mod:`.step_precision`)."""
@@ -372,69 +357,3 @@ def describe(sae: SAE, seed: int, splits: ActivationSplits) -> str:
         f"a {sae.architecture} SAE (d_in={sae.d_in}, n_features={sae.n_features}"
         f"{', ' + fields if fields else ''}, seed={seed}) on {len(splits.train)} tokens"
     )
-
-
-def finish_run(
-    cfg: DictConfig,
-    run_dir: Path,
-    source: ActivationSource,
-    splits: ActivationSplits,
-    trained: TrainedSAE,
-    fit: FitRecord,
-    wandb_run: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Evaluate the folded SAE on raw held-out activations and write every contract file."""
-    folded = trained.sae.folded_state(trained.input_scale)
-    raw_sae = build_sae(trained.sae.d_in, trained.sae.config)
-    raw_sae.load_folded(folded)
-    raw_sae.eval()
-
-    metrics, fire_count, activation_sum = evaluate_heldout(
-        raw_sae, splits.heldout, source.batch_size
-    )
-    metrics.update(evaluate_ground_truth(raw_sae, source.ground_truth()))
-    context = source.text_context()
-    top_examples = None
-    if context is not None:
-        metrics.update(lm_eval.ce_loss_metrics(context, lambda x: raw_sae(x).reconstruction))
-        top_examples = lm_eval.top_examples(context, raw_sae.encode, TOP_EXAMPLES_PER_FEATURE)
-    metrics.update(
-        heldout_fvu_curve=dict(trained.heldout_fvu_curve),
-        steps=fit.steps,
-        tokens_seen=fit.steps * source.batch_size,
-        heldout_tokens=len(splits.heldout),
-        fit_time_s=fit.fit_time_s,
-        wall_time_s=round(time.time() - fit.started, 3),
-    )
-    metrics.update(snapshot_cost(run_dir))
-    codes = cfg.trainer.heldout_codes
-    metrics.update(write_heldout_codes(run_dir, raw_sae, splits.heldout, source.batch_size, codes))
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_folder.write_weights(run_dir, folded)
-    run_folder.write_feature_stats(run_dir, fire_count, activation_sum, len(splits.heldout))
-    run_folder.write_json(
-        run_dir,
-        contract.CFG_FILE,
-        run_folder.sae_cfg(trained.sae, splits.provenance, trained.input_scale, cfg.seed),
-    )
-    run_folder.write_metrics(run_dir, metrics)
-    if top_examples is not None:
-        run_folder.write_json(run_dir, contract.TOP_EXAMPLES_FILE, top_examples)
-    source.write_artifacts(run_dir)
-    run_folder.write_json(
-        run_dir,
-        contract.ENVIRONMENT_FILE,
-        run_folder.environment(
-            seed=cfg.seed,
-            device=fit.device,
-            precision=fit.precision,
-            precision_choice=fit.precision_choice,
-            provenance=splits.provenance,
-            resolved_config=resolved,
-            wandb_run=wandb_run,
-            seeds_trained_together=fit.seeds_trained_together,
-        ),
-    )
-    run_folder.mark_complete(run_dir)
-    return metrics

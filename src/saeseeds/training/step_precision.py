@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 
 from saeseeds import precision
 from saeseeds.sae import SAEConfig, build_sae
-from saeseeds.training.checkpoint_io import RECORD_KEY
-from saeseeds.training.lightning_plugins import PRECISION_FIELD
+from saeseeds.training.lifecycle.checkpoint_io import RECORD_KEY
+from saeseeds.training.lifecycle.lightning_plugins import PRECISION_FIELD
 from saeseeds.training.module import sae_step
 
 AUTO = ("auto", None)

@@ -3,11 +3,11 @@
 Every read goes through :func:`read_checkpoint`, which passes ``weights_only=True`` explicitly
 rather than relying on torch's default (``pyproject.toml`` allows torch releases where the
 default is False), and turns a missing, corrupt, truncated, unsafe or foreign file into a
-:class:`ConfigError` naming it. Every checkpoint carries the run's config under
-:data:`RECORD_KEY` (written by :class:`saeseeds.training.lightning_plugins.RunRecord`), and
-the identity of its training data; :func:`check_config`, :func:`check_shapes` and
+:class:`ConfigError` naming it. Every checkpoint carries the job's config and seeds under
+:data:`RECORD_KEY` (written by :class:`saeseeds.training.lifecycle.lightning_plugins.RunRecord`)
+and the identity of its training data; :func:`check_config`, :func:`check_shapes` and
 :func:`check_data` refuse to resume a run whose config, SAE shapes or data differ from the
-checkpoint's. Writing is :mod:`saeseeds.training.lightning_plugins`'s.
+checkpoint's. Writing is :mod:`saeseeds.training.lifecycle.lightning_plugins`'s.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def check_shapes(checkpoint: dict[str, Any], module: torch.nn.Module, what: str)
             + SAME_RUN_HINT
         )
     # The SAE's own tensors first: they name the size that differs.
-    for name, tensor in sorted(expected.items(), key=lambda item: not item[0].startswith("sae.")):
+    for name, tensor in sorted(expected.items(), key=lambda item: not item[0].startswith("saes.")):
         other = saved[name]
         if not isinstance(other, torch.Tensor) or tuple(other.shape) != tuple(tensor.shape):
             shape = list(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__

@@ -6,7 +6,7 @@ identity of its data) in every checkpoint.
 writer killed at any point, or a full disk, leaves the previous ``last.ckpt`` whole, and a full
 disk is one clear error. (Lightning's own writer stages the file in the system temporary folder
 and copies it over, which a full disk truncates.) Reads go through
-:func:`saeseeds.training.checkpoint_io.read_checkpoint` (``weights_only=True``).
+:func:`saeseeds.training.lifecycle.checkpoint_io.read_checkpoint` (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 from saeseeds import contract
 from saeseeds.io import atomic_write_bytes
-from saeseeds.training.checkpoint_io import RECORD_KEY, read_checkpoint
+from saeseeds.training.lifecycle.checkpoint_io import RECORD_KEY, read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,11 +56,16 @@ on in the precision the run started with."""
 
 
 class RunRecord(Callback):
-    """Stores the run's config, and once the data is loaded its identity, in every checkpoint,
-    for :func:`check_config` and :func:`check_data`; and the precision the run trains in."""
+    """Stores the job's config and its seeds (in SAE order), and once the data is loaded its
+    identity, in every checkpoint, for :func:`check_config`, :func:`check_data` and a resume;
+    and the precision the job trains in."""
 
-    def __init__(self, run_config: dict[str, Any]):
-        self.record = {"config": run_config, "config_sha256": contract.config_sha256(run_config)}
+    def __init__(self, config: dict[str, Any], seeds: list[int]):
+        self.record = {
+            "config": config,
+            "config_sha256": contract.config_sha256(config),
+            "seeds": [int(seed) for seed in seeds],
+        }
 
     def note_data(self, provenance: dict[str, Any]) -> None:
         """Record the identity of the data the run trains on (its source's provenance)."""
