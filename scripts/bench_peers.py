@@ -76,6 +76,7 @@ def saeseeds_step(cfg: dict, x, dead_mask):
     import torch
 
     from saeseeds.sae.topk import TopKConfig, TopKSAE
+    from saeseeds.training.module import update_dead_tracker
 
     sae = TopKSAE(cfg["d_in"], TopKConfig(n_features=cfg["n_features"], k=cfg["k"]))
     sae.initialize(x, torch.Generator().manual_seed(1))
@@ -92,10 +93,7 @@ def saeseeds_step(cfg: dict, x, dead_mask):
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
         sae.after_optimizer_step()
-        fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
-        fired[output.latent_indices[output.latent_values > 0]] = True
-        tokens_since_fired.add_(len(x))
-        tokens_since_fired[fired] = 0
+        update_dead_tracker(tokens_since_fired, output.latent_indices, output.latent_values, len(x))
 
     return step
 

@@ -68,8 +68,11 @@ def sae_step(
 def update_dead_tracker(
     tokens_since_fired: Tensor, indices: Tensor, values: Tensor, n_tokens: int
 ) -> None:
-    fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
-    fired[indices[values > 0]] = True
+    # Counted with index_add_ rather than marked through indices[values > 0]: the boolean
+    # selection (a nonzero) costs as much as a small SAE's whole step on the CPU.
+    hits = torch.zeros(tokens_since_fired.shape, dtype=values.dtype, device=values.device)
+    hits.index_add_(0, indices.reshape(-1), (values > 0).to(values.dtype).reshape(-1))
+    fired = hits > 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # DDP: each process saw one shard of the batch; a latent fired if it fired in any.
         fired_anywhere = fired.to(torch.int32)
@@ -77,7 +80,7 @@ def update_dead_tracker(
         fired = fired_anywhere.bool()
         n_tokens *= torch.distributed.get_world_size()
     tokens_since_fired += n_tokens
-    tokens_since_fired[fired] = 0
+    tokens_since_fired.masked_fill_(fired, 0)
 
 
 class SAETrainingModule(L.LightningModule):
