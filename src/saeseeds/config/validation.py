@@ -5,8 +5,8 @@ checks cover every group, whatever its schema: no number may be NaN or infinite 
 would train a NaN SAE, and comparisons such as ``lr > 0`` let NaN through), and every seed (a key
 named ``seed`` or ``*_seed``) is an integer in [0, 2^32). The SAE group is then checked by its
 architecture's own config dataclass (its ``__post_init__``), built here from the composed config,
-so each architecture owns its checks. The configs import no torch (:mod:`saeseeds.sae.configs`)
-and torch is imported here only to ask about a GPU the config names, so a typo fails in about a
+so each architecture owns its checks. The configs import no torch (:mod:`saeseeds.sae.configs`),
+and torch is imported here only where a GPU must be asked about, so a typo fails in about a
 second.
 """
 
