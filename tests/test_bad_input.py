@@ -3,8 +3,10 @@
 Each case runs the real entry script in a subprocess (two at a time) and asserts what the user
 sees and what is left on disk: the exit status; one message that names the bad value and what
 would be valid; no traceback; and no partial output (a refused command leaves no folder behind,
-and a folder that existed keeps every file as it was, Hydra's ``train.log`` aside). The cases
-that already behaved well are here too, so that they stay that way.
+and a folder that existed keeps every file as it was, Hydra's ``train.log`` aside). A mistake in a
+config value is refused before torch or Lightning is imported (Python's ``-X importtime`` report
+says what was), so it costs about a second. The cases that already behaved well are here too, so
+that they stay that way.
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ class Case:
     existing: str | None = None  # a prepared folder the command points at (copied per case)
     file_size_limit: int | None = None  # bytes; simulates a full disk (writes fail with EFBIG)
     may_add: tuple[str, ...] = ()  # files an accepted job may add to ``existing`` (.hydra/)
+    # Refused before torch or Lightning is imported: a typo costs about a second, not five.
+    before_torch: bool = False
 
 
 def train_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
     common = TRAIN if "data=activations" not in args else [*TINY_SAE, "logger=none"]
     return Case(id, "train.py", [*common, *args], expect, **kwargs)
+
+
+def config_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
+    """A train.py case refused before torch or Lightning is imported."""
+    return train_case(id, args, expect, before_torch=True, **kwargs)
 
 
 def analyze_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
@@ -72,19 +81,19 @@ def analyze_case(id: str, args: list[str], expect: list[str], **kwargs) -> Case:
 
 CASES = [
     # ---- config values (train.py) ----
-    train_case("k-not-below-n", ["sae.k=64"], ["sae.k=64 must be in 1..63"]),
-    train_case(
+    config_case("k-not-below-n", ["sae.k=64"], ["sae.k=64 must be in 1..63"]),
+    config_case(
         "n-features-not-int",
         ["sae.n_features=abc"],
         ["Value 'abc'", "could not be converted to Integer"],
         status=1,
     ),
-    train_case("unknown-sae", ["sae=huge"], ["Could not find 'sae/huge'", "topk"], status=1),
-    train_case("seed-not-int", ["seed=abc"], ["seed='abc' is not valid", "[0, 2^32)"]),
-    train_case("seed-negative", ["seed=-1"], ["seed=-1 is not valid", "[0, 2^32)"]),
-    train_case("seed-too-big", ["seed=4294967296"], ["seed=4294967296", "[0, 2^32)"]),
-    train_case("precision", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed"]),
-    train_case(
+    config_case("unknown-sae", ["sae=huge"], ["Could not find 'sae/huge'", "topk"], status=1),
+    config_case("seed-not-int", ["seed=abc"], ["seed='abc' is not valid", "[0, 2^32)"]),
+    config_case("seed-negative", ["seed=-1"], ["seed=-1 is not valid", "[0, 2^32)"]),
+    config_case("seed-too-big", ["seed=4294967296"], ["seed=4294967296", "[0, 2^32)"]),
+    config_case("precision", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed"]),
+    config_case(
         "accelerator-unknown", ["trainer.accelerator=quantum"], ["'quantum'", "'auto', 'cpu'"]
     ),
     train_case(
@@ -97,14 +106,14 @@ CASES = [
         ["trainer=gpu"],
         ["trainer.accelerator=gpu but", "trainer=default"],
     ),
-    train_case("devices-zero", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "-1"]),
-    train_case(
+    config_case("devices-zero", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "-1"]),
+    config_case(
         "max-epochs-zero",
         ["trainer.max_epochs=0"],
         ["trainer.max_epochs=0", "untrained", "trainer.max_epochs >= 1"],
     ),
-    train_case("max-steps-zero", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
-    train_case(
+    config_case("max-steps-zero", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
+    config_case(
         "checkpoint-interval",
         ["trainer.checkpoint_every_n_steps=0"],
         ["trainer.checkpoint_every_n_steps=0 must be > 0"],
@@ -114,9 +123,9 @@ CASES = [
         ["+trainer.kwargs.bogus_option=1"],
         ["bogus_option", "not valid for Lightning"],
     ),
-    train_case("logger-mode", ["logger=wandb", "logger.mode=loud"], ["logger.mode='loud'"]),
+    config_case("logger-mode", ["logger=wandb", "logger.mode=loud"], ["logger.mode='loud'"]),
     # ---- data (train.py) ----
-    train_case(
+    config_case(
         "activations-without-path",
         ["data=activations"],
         ["data.path is required", "data.path=FILE"],
@@ -148,7 +157,7 @@ CASES = [
         ["resume=true"],
         ["resume=true but", "last.ckpt does not exist", "ckpt_path=FILE"],
     ),
-    train_case(
+    config_case(
         "resume-and-ckpt-path", ["resume=true", "ckpt_path=x.ckpt"], ["either resume=true or"]
     ),
     train_case(
@@ -223,19 +232,21 @@ CASES = [
         ["last.ckpt was trained on other data", "file_sha256=", "checkpoint vs now"],
     ),
     # ---- numbers that are not numbers (train.py) ----
-    train_case("lr-infinite", ["sae.lr=inf"], ["sae.lr=inf is not valid", "must be finite"]),
-    train_case("auxk-alpha-nan", ["sae.auxk_alpha=nan"], ["sae.auxk_alpha=nan is not valid"]),
+    config_case("lr-infinite", ["sae.lr=inf"], ["sae.lr=inf is not valid", "must be finite"]),
+    config_case("auxk-alpha-nan", ["sae.auxk_alpha=nan"], ["sae.auxk_alpha=nan is not valid"]),
     Case(
         "l1-coefficient-nan",
         "train.py",
         [*RELU_L1, "sae.l1_coefficient=nan"],
         ["sae.l1_coefficient=nan is not valid", "must be finite"],
+        before_torch=True,
     ),
     Case(
         "init-decoder-norm-infinite",
         "train.py",
         [*RELU_L1, "sae.init_decoder_norm=inf"],
         ["sae.init_decoder_norm=inf is not valid", "must be finite"],
+        before_torch=True,
     ),
     train_case(
         "loss-becomes-infinite",
@@ -251,23 +262,23 @@ CASES = [
         ],
     ),
     # ---- seeds (train.py) ----
-    train_case(
+    config_case(
         "data-seed-above-2-64",
         [f"data.data_seed={ABOVE_2_64}"],
         [f"data.data_seed={ABOVE_2_64} is not valid", "every seed is an integer in [0, 2^32)"],
     ),
-    train_case("data-seed-negative", ["data.data_seed=-1"], ["data.data_seed=-1 is not valid"]),
-    train_case(
+    config_case("data-seed-negative", ["data.data_seed=-1"], ["data.data_seed=-1 is not valid"]),
+    config_case(
         "control-seed-above-2-64",
         [f"data.control_seed={ABOVE_2_64}"],
         [f"data.control_seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
     ),
-    train_case(
+    config_case(
         "split-seed-above-2-64",
         ["data=activations", "data.path={tmp}/replaced.npy", f"data.split_seed={ABOVE_2_64}"],
         [f"data.split_seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
     ),
-    train_case(
+    config_case(
         "model-seed-above-2-64",
         [f"model.seed={ABOVE_2_64}"],
         [f"model.seed={ABOVE_2_64} is not valid", "[0, 2^32)"],
@@ -285,13 +296,13 @@ CASES = [
         ["logger=none", "model.device=cuda"],
         ["model.device=cuda but", "no CUDA GPU", "model.device=auto", "model.device=cpu"],
     ),
-    train_case(
+    config_case(
         "run-folder-name-too-long",
         [f"hydra.run.dir={{tmp}}/{TOO_LONG}"],
         ["cannot write the output folder", "is 300 bytes long", "hydra.run.dir=PATH"],
     ),
     # ---- output folders (train.py) ----
-    train_case(
+    config_case(
         "unwritable-output-folder",
         ["hydra.run.dir={tmp}/a_file/run"],
         ["cannot write the output folder", "is not a folder", "hydra.run.dir=PATH"],
@@ -301,6 +312,7 @@ CASES = [
         "train.py",
         ["-m", *TRAIN, "seed=1,2", "hydra.sweep.dir={tmp}/a_file/sweep"],
         ["cannot write the output folder", "is not a folder", "hydra.sweep.dir=PATH"],
+        before_torch=True,
     ),
     train_case(
         "full-disk-while-training",
@@ -310,6 +322,15 @@ CASES = [
         existing="interrupted",
         file_size_limit=20_000,
         may_add=(".hydra/", ".saeseeds.lock"),
+    ),
+    # ---- build_store.py ----
+    Case(
+        "build-store-n-tokens-not-int",
+        "build_store.py",
+        ["data.n_tokens=abc"],
+        ["Value 'abc'", "could not be converted to Integer"],
+        status=1,
+        before_torch=True,
     ),
     # ---- analyze.py ----
     analyze_case(
@@ -458,8 +479,14 @@ def interrupted_on_file(root: Path) -> Path:
 
 
 def run(
-    args: list[str], script: str, cwd: Path, file_size_limit: int | None = None
+    args: list[str],
+    script: str,
+    cwd: Path,
+    file_size_limit: int | None = None,
+    import_times: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """Run an entry script as a user would; ``import_times``: Python's ``-X importtime`` report
+    of every module imported goes to stderr too."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("WANDB_API_KEY", None)
 
@@ -467,8 +494,9 @@ def run(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
+    report_imports = ["-X", "importtime"] if import_times else []
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args],
+        [sys.executable, *report_imports, str(REPO_ROOT / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -476,6 +504,17 @@ def run(
         timeout=300,
         preexec_fn=limit_file_size if file_size_limit else None,
     )
+
+
+def split_import_times(stderr: str) -> tuple[set[str], str]:
+    """The top-level packages that ``-X importtime`` reports imported, and the rest of stderr."""
+    imported, rest = set(), []
+    for line in stderr.splitlines(keepends=True):
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[-1].strip().split(".")[0])
+        else:
+            rest.append(line)
+    return imported, "".join(rest)
 
 
 @dataclass
@@ -487,6 +526,7 @@ class Outcome:
     before: dict[str, str]
     after: dict[str, str]
     leftovers: list[str]
+    imported: set[str]  # top-level packages imported (cases refused before torch only)
 
 
 def _run_case(case: Case, root: Path, prepared: dict[str, Path]) -> Outcome:
@@ -502,8 +542,9 @@ def _run_case(case: Case, root: Path, prepared: dict[str, Path]) -> Outcome:
         args.append(f"hydra.run.dir={output_dir}")
     before = _tree(output_dir, LOG_FILES)
     started = time.perf_counter()
-    result = run(args, case.script, case_dir, case.file_size_limit)
+    result = run(args, case.script, case_dir, case.file_size_limit, case.before_torch)
     seconds = time.perf_counter() - started
+    imported, result.stderr = split_import_times(result.stderr)
     after = (
         {
             name: digest
@@ -513,7 +554,7 @@ def _run_case(case: Case, root: Path, prepared: dict[str, Path]) -> Outcome:
         if case.may_add
         else _tree(output_dir, LOG_FILES)
     )
-    return Outcome(result, seconds, root, output_dir, before, after, leftovers=[])
+    return Outcome(result, seconds, root, output_dir, before, after, [], imported)
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +562,10 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     """Every case, run two at a time (the machine has two cores)."""
     root = tmp_path_factory.mktemp("bad_input")
     prepared = _prepare(root)
+    # The cases refused in about a second go last, so no worker is left alone with a long one.
+    order = sorted(CASES, key=lambda case: case.before_torch)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {case.id: pool.submit(_run_case, case, root, prepared) for case in CASES}
+        futures = {case.id: pool.submit(_run_case, case, root, prepared) for case in order}
         outcomes = {case_id: future.result() for case_id, future in futures.items()}
     # Half-written files are looked for once every case has ended: while two cases run side by
     # side, one case's scan would see the other's atomic write in flight. A leftover in a case's
@@ -560,6 +603,9 @@ def test_bad_input(case: Case, outcomes: dict[str, Outcome]):
     if case.existing is None:
         assert not outcome.output_dir.exists(), sorted(outcome.output_dir.rglob("*"))
     assert outcome.leftovers == []
+    if case.before_torch:  # the report was read (Hydra is in it), and names neither
+        assert "hydra" in outcome.imported, result.stderr[-3000:]
+        assert not outcome.imported & {"torch", "lightning"}, "imported torch before refusing"
 
 
 def test_malformed_records_are_listed_and_the_report_is_written(tmp_path):

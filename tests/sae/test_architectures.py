@@ -7,7 +7,7 @@ import torch
 
 from saeseeds.contract import THRESHOLD_TENSOR, WEIGHT_TENSORS
 from saeseeds.errors import ConfigError
-from saeseeds.sae import REGISTRY, architecture, build_sae
+from saeseeds.sae import REGISTRY, architecture, architecture_config, build_sae
 from saeseeds.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saeseeds.sae.relu_l1 import ReluL1Config, ReluL1SAE
 from saeseeds.sae.topk import TopKConfig
@@ -59,6 +59,14 @@ def test_every_architecture_is_registered_with_its_yaml():
     assert {path.stem for path in (REPO_ROOT / "conf" / "sae").glob("*.yaml")} == set(REGISTRY)
     with pytest.raises(ConfigError, match="'gated' is not available; choose one of"):
         architecture("gated")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_config_names_the_sae_class_that_implements_it(name):
+    """A config that inherited its parent's ``sae_class`` would build the parent architecture."""
+    sae_class = architecture(name)
+    assert sae_class.Config is REGISTRY[name] is architecture_config(name)
+    assert sae_class.architecture == name == REGISTRY[name].architecture
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -5,8 +5,9 @@ checks cover every group, whatever its schema: no number may be NaN or infinite 
 would train a NaN SAE, and comparisons such as ``lr > 0`` let NaN through), and every seed (a key
 named ``seed`` or ``*_seed``) is an integer in [0, 2^32). The SAE group is then checked by its
 architecture's own config dataclass (its ``__post_init__``), built here from the composed config,
-so each architecture owns its checks. The checks that need no torch run first and torch is
-imported only after them, so a typo fails in well under a second.
+so each architecture owns its checks. The configs import no torch (:mod:`saeseeds.sae.configs`),
+and torch is imported here only where a GPU must be asked about, so a typo fails in about a
+second.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
     check_trainer(cfg.trainer)
     check_saved_extras(cfg.trainer)
-    return sae_config_of(cfg.sae)  # imports torch
+    return sae_config_of(cfg.sae)
 
 
 def is_seed(value: Any) -> bool:
@@ -265,9 +266,9 @@ def training_processes(trainer: DictConfig) -> int:
 
 def sae_config_of(sae: DictConfig) -> SAEConfig:
     """The architecture's config dataclass, built (and so checked) from the ``sae`` group."""
-    from saeseeds.sae import architecture
+    from saeseeds.sae import architecture_config
 
-    config_class = architecture(str(sae.architecture)).Config
+    config_class = architecture_config(str(sae.architecture))
     values = OmegaConf.to_container(sae, resolve=True)
     known = set(config_class.__dataclass_fields__)
     unknown = sorted(set(values) - known)

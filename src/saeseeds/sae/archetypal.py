@@ -31,56 +31,18 @@ follow the Top-K rule, and no extra tensor is saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saeseeds.errors import ConfigError
-from saeseeds.sae.base import register
+from saeseeds.sae.configs import ArchetypalConfig
 from saeseeds.sae.kernels import geometric_median
-from saeseeds.sae.topk import TopKConfig, TopKSAE
+from saeseeds.sae.topk import TopKSAE
 
 KMEANS_ITERATIONS = 10  # Lloyd iterations after k-means++ seeding; anchors need no more precision
 KMEANS_CHUNK_ROWS = 4096  # sample rows per distance block: bounds memory to chunk·n_anchors
-
-
-@dataclass
-class ArchetypalConfig(TopKConfig):
-    """A relaxed archetypal Top-K SAE (Fel et al. 2025): decoder rows near the data's hull."""
-
-    architecture: str = "archetypal"
-    n_anchors: int | None = None
-    """Anchor points (k-means centroids of the initialisation sample); null: n_features. At
-    least n_features, and at most sae.init_sample_size."""
-    relaxation: float = 0.1
-    """δ: bound on each row's relaxation Λ_i, as a fraction of the anchors' RMS norm."""
-    init_sample_size: int = 32_768
-    """Training activations the anchors are clustered from (several per anchor)."""
-    unit_norm_decoder: bool = False
-    """Always false: archetypal rows are combinations of anchors, not unit vectors."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.unit_norm_decoder:
-            raise ConfigError(
-                "sae.unit_norm_decoder=true is not available for sae=archetypal: its decoder "
-                "rows are combinations of data anchors, not unit vectors."
-            )
-        if not self.relaxation >= 0:
-            raise ConfigError(f"sae.relaxation={self.relaxation} must be >= 0.")
-        n_anchors = self.anchor_count
-        if not self.n_features <= n_anchors <= self.init_sample_size:
-            raise ConfigError(
-                f"sae.n_anchors={self.n_anchors} ({n_anchors} anchors) must be between "
-                f"sae.n_features={self.n_features} and sae.init_sample_size="
-                f"{self.init_sample_size} (the activations they are clustered from)."
-            )
-
-    @property
-    def anchor_count(self) -> int:
-        return self.n_features if self.n_anchors is None else self.n_anchors
 
 
 @torch.no_grad()
@@ -130,7 +92,6 @@ def kmeans(points: Tensor, n_centroids: int, generator: torch.Generator) -> Tens
     return centroids
 
 
-@register
 class ArchetypalSAE(TopKSAE):
     architecture = "archetypal"
     Config = ArchetypalConfig

@@ -1,8 +1,9 @@
-"""The interface every SAE architecture implements, its config base class, and the registry.
+"""The interface every SAE architecture implements.
 
-An architecture is one module in this package: a config dataclass (extending :class:`SAEConfig`)
-and an :class:`SAE` subclass, registered with :func:`register`. The training module, the held-out
-evaluation, the run-folder writer and the benchmarks use only this interface:
+An architecture is one module in this package, holding an :class:`SAE` subclass, and its config
+dataclass in :mod:`saeseeds.sae.configs` (registered there, and naming the subclass). The
+training module, the held-out evaluation, the run-folder writer and the benchmarks use only this
+interface:
 
 - ``initialize`` from a sample of (normalised) training activations;
 - ``encode`` (dense latents) and ``decode``;
@@ -24,15 +25,12 @@ x̂ = W_decᵀ z + b_dec. This package imports nothing of the project but :mod:`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from saeseeds.errors import ConfigError
-
-NORMALIZATIONS = ("scalar", "none")
+from saeseeds.sae.configs import SAEConfig
 
 
 class SAEOutput(NamedTuple):
@@ -41,59 +39,6 @@ class SAEOutput(NamedTuple):
     latent_indices: Tensor  # [batch, width]: the latent each value belongs to
     losses: dict[str, Tensor]  # named, weighted loss terms; the training loss is their sum
     fvu: Tensor  # scalar, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
-
-
-@dataclass
-class SAEConfig:
-    """Hyperparameters every architecture has. ``sae=<architecture>`` picks the subclass."""
-
-    architecture: str = "topk"
-    """The architecture's registered name; recorded in cfg.json."""
-    n_features: int = 4096
-    """Dictionary size (number of latents)."""
-    lr: float | None = None
-    """Adam step size; ``null`` uses the architecture's default for n_features."""
-    warmup_steps: int = 100
-    """Linear learning-rate warm-up steps (capped at 10% of training)."""
-    decay_start_fraction: float = 0.5
-    """The learning rate decays linearly to zero from this fraction of training on (the second
-    half by default: at the default length, a decay over the last 20% leaves the held-out FVU
-    still falling by 3-4% over the last quarter)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clipping threshold."""
-    dead_tokens_threshold: int = 20_000
-    """A latent is dead when it has not fired in this many training tokens (logged; AuxK)."""
-    normalize: str = "scalar"
-    """``scalar``: scale inputs so E‖x‖² = d_in while training (folded out on save); ``none``."""
-    init_sample_size: int = 8192
-    """Training activations used to initialise (e.g. the geometric-median b_dec)."""
-    weight_l2: float = 0.0
-    """λ of an L2 penalty λ(‖W_enc‖²_F + ‖W_dec‖²_F) added to the loss (Jedryszek & Crook 2026),
-    on the scale of a loss ‖x − x̂‖² per token with inputs normalised to E‖x‖² = d_in; 0: off.
-    A unit-norm decoder makes the decoder term constant, so only W_enc is then penalised."""
-
-    def __post_init__(self) -> None:
-        if self.n_features <= 0:
-            raise ConfigError(f"sae.n_features={self.n_features} must be a positive integer.")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"sae.lr={self.lr} must be > 0 (or null for the default).")
-        if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(
-                f"sae.normalize={self.normalize!r} is not valid; choose one of {NORMALIZATIONS}."
-            )
-        if not 0.0 <= self.decay_start_fraction <= 1.0:
-            raise ConfigError(
-                f"sae.decay_start_fraction={self.decay_start_fraction} must be in [0, 1]."
-            )
-        if self.warmup_steps < 0:
-            raise ConfigError(f"sae.warmup_steps={self.warmup_steps} must be >= 0.")
-        for name in ("dead_tokens_threshold", "init_sample_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"sae.{name}={getattr(self, name)} must be >= 1.")
-        if not self.grad_clip > 0:
-            raise ConfigError(f"sae.grad_clip={self.grad_clip} must be > 0.")
-        if not self.weight_l2 >= 0:
-            raise ConfigError(f"sae.weight_l2={self.weight_l2} must be >= 0.")
 
 
 class SAE(nn.Module):
@@ -198,12 +143,3 @@ def warmup_scale(step: int, total_steps: int, warmup_fraction: float) -> float:
     the first ``warmup_fraction`` of training, then 1."""
     warmup_steps = warmup_fraction * total_steps
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-
-
-REGISTRY: dict[str, type[SAE]] = {}
-
-
-def register(cls: type[SAE]) -> type[SAE]:
-    """Class decorator: make ``sae=<cls.architecture>`` available."""
-    REGISTRY[cls.architecture] = cls
-    return cls

@@ -11,15 +11,14 @@ decoder rows (``sae.unit_norm_decoder``), initialisation and AuxK are those of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAE, SAEOutput, register
+from saeseeds.sae.base import SAE, SAEOutput
+from saeseeds.sae.configs import BatchTopKConfig
 from saeseeds.sae.kernels import (
     auxk_k,
     auxk_loss,
@@ -27,24 +26,9 @@ from saeseeds.sae.kernels import (
     sparse_decode,
     tied_init,
 )
-from saeseeds.sae.topk import TopKConfig, UnitNormDecoder
+from saeseeds.sae.topk import UnitNormDecoder
 
 
-@dataclass
-class BatchTopKConfig(TopKConfig):
-    """A BatchTopK SAE (Bussmann et al. 2024): k active latents per token on average."""
-
-    architecture: str = "batchtopk"
-    threshold_decay: float = 0.99
-    """Per-step decay of the running average that estimates the inference threshold."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.threshold_decay < 1.0:
-            raise ConfigError(f"sae.threshold_decay={self.threshold_decay} must be in [0, 1).")
-
-
-@register
 class BatchTopKSAE(UnitNormDecoder, SAE):
     architecture = "batchtopk"
     Config = BatchTopKConfig

@@ -32,47 +32,15 @@ whatever its gradient, and the thresholds must travel to O(1) values (inputs hav
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register, warmup_scale
+from saeseeds.sae.base import SAE, SAEOutput, warmup_scale
+from saeseeds.sae.configs import JumpReLUConfig
 from saeseeds.sae.kernels import encoder_pre_activations, tied_init
 from saeseeds.sae.topk import UnitNormDecoder
-
-
-@dataclass
-class JumpReLUConfig(SAEConfig):
-    """A JumpReLU SAE (Rajamanoharan et al. 2024) with DeepMind's L0 penalty."""
-
-    architecture: str = "jumprelu"
-    l0_coefficient: float = 1.0
-    """λ of the L0 penalty (SAE Lens's scale); larger gives a smaller L0. Use
-    ``scripts/sweep_architectures.py`` to find the λ that reaches a target L0."""
-    l0_warmup_fraction: float = 0.1
-    """λ rises linearly from 0 to l0_coefficient over this fraction of training."""
-    threshold_init: float | None = None
-    """Initial threshold θ of every latent; null: √l0_coefficient (SAE Lens 6 uses 0.01)."""
-    bandwidth: float = 0.05
-    """Width ε of the straight-through estimator's rectangle kernel (SAE Lens 6's default)."""
-    unit_norm_decoder: bool = True
-    """Keep decoder rows at unit norm; false leaves them free (e.g. for ``sae.weight_l2``)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.l0_coefficient < 0:
-            raise ConfigError(f"sae.l0_coefficient={self.l0_coefficient} must be >= 0.")
-        if not 0.0 <= self.l0_warmup_fraction <= 1.0:
-            raise ConfigError(
-                f"sae.l0_warmup_fraction={self.l0_warmup_fraction} must be in [0, 1]."
-            )
-        if self.threshold_init is not None and not self.threshold_init >= 0:
-            raise ConfigError(f"sae.threshold_init={self.threshold_init} must be >= 0 or null.")
-        if not self.bandwidth > 0:
-            raise ConfigError(f"sae.bandwidth={self.bandwidth} must be > 0.")
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -113,7 +81,6 @@ class Step(torch.autograd.Function):
         return None, -(window * grad_step).sum(0) / ctx.bandwidth, None
 
 
-@register
 class JumpReLUSAE(UnitNormDecoder, SAE):
     architecture = "jumprelu"
     Config = JumpReLUConfig

@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AUXK_ALPHA = 1.0 / 32.0  # Gao et al. 2024, Appendix A.2
-
 
 def encoder_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
     """(x − b_dec) @ W_enc + b_enc [batch, n_features], shared by both encoder paths so they

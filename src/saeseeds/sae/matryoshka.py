@@ -17,48 +17,15 @@ BatchTopK's extra tensor ``threshold``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAEOutput, register
-from saeseeds.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from saeseeds.sae.base import SAEOutput
+from saeseeds.sae.batchtopk import BatchTopKSAE
+from saeseeds.sae.configs import MatryoshkaConfig, prefix_widths
 
 
-@dataclass
-class MatryoshkaConfig(BatchTopKConfig):
-    """A Matryoshka BatchTopK SAE (Bussmann et al. 2025): nested prefixes of the dictionary."""
-
-    architecture: str = "matryoshka"
-    prefix_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5])
-    """Widths of the inner prefixes as fractions of n_features, increasing, each in (0, 1); the
-    whole dictionary is always the last prefix."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        prefix_widths(self.prefix_fractions, self.n_features)  # raises on bad values
-
-
-def prefix_widths(fractions: list[float], n_features: int) -> list[int]:
-    """Every prefix's width in latents, the whole dictionary last."""
-    fractions = [float(fraction) for fraction in fractions]
-    if not all(0.0 < fraction < 1.0 for fraction in fractions):
-        raise ConfigError(
-            f"sae.prefix_fractions={fractions}: each must be in (0, 1) (a share of n_features; "
-            "the whole dictionary is always the last prefix)."
-        )
-    widths = [round(fraction * n_features) for fraction in fractions] + [n_features]
-    if not all(0 < a < b for a, b in zip(widths, widths[1:], strict=False)):
-        raise ConfigError(
-            f"sae.prefix_fractions={fractions} give prefix widths {widths} of "
-            f"sae.n_features={n_features}: they must increase strictly from at least 1."
-        )
-    return widths
-
-
-@register
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
     Config = MatryoshkaConfig

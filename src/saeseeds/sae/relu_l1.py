@@ -13,44 +13,17 @@ random directions, W_enc = W_decᵀ, b_enc = 0; b_dec starts at the geometric me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register, warmup_scale
+from saeseeds.sae.base import SAE, SAEOutput, warmup_scale
+from saeseeds.sae.configs import ReluL1Config
 from saeseeds.sae.kernels import encoder_pre_activations, tied_init
 
 
-@dataclass
-class ReluL1Config(SAEConfig):
-    """A ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic's April 2024 update)."""
-
-    architecture: str = "relu_l1"
-    l1_coefficient: float = 5.0
-    """λ of the sparsity penalty, on the April update's scale; larger gives a smaller L0. Use
-    ``scripts/sweep_architectures.py`` to find the λ that reaches a target L0."""
-    l1_warmup_fraction: float = 0.05
-    """λ rises linearly from 0 to l1_coefficient over this fraction of training."""
-    init_decoder_norm: float = 0.1
-    """Norm of the initial decoder rows."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.l1_coefficient < 0:
-            raise ConfigError(f"sae.l1_coefficient={self.l1_coefficient} must be >= 0.")
-        if not 0.0 <= self.l1_warmup_fraction <= 1.0:
-            raise ConfigError(
-                f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1]."
-            )
-        if not self.init_decoder_norm > 0:
-            raise ConfigError(f"sae.init_decoder_norm={self.init_decoder_norm} must be > 0.")
-
-
-@register
 class ReluL1SAE(SAE):
     architecture = "relu_l1"
     Config = ReluL1Config

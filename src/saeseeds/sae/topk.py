@@ -10,18 +10,16 @@ autograd reference path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saeseeds.errors import ConfigError
-from saeseeds.sae.base import SAE, SAEConfig, SAEOutput, register
+from saeseeds.sae.base import SAE, SAEOutput
+from saeseeds.sae.configs import TopKConfig
 from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
 from saeseeds.sae.kernels import (
-    AUXK_ALPHA,
     auxk_k,
     auxk_loss,
     encoder_pre_activations,
@@ -30,38 +28,6 @@ from saeseeds.sae.kernels import (
     sparse_decode,
     tied_init,
 )
-
-
-@dataclass
-class TopKConfig(SAEConfig):
-    """A Top-K sparse autoencoder (Gao et al. 2024)."""
-
-    architecture: str = "topk"
-    k: int = 32
-    """Number of active latents per token."""
-    auxk_alpha: float = AUXK_ALPHA
-    """Weight of the AuxK loss (Gao et al. §A.2: 1/32)."""
-    sparse_decoder: bool | None = None
-    """Decode by gathering the chosen decoder rows (true) or by a matmul over the scattered
-    [batch, n_features] code (false); null picks by size (dense for small dictionaries). The
-    maths is the same; only the speed differs."""
-    unit_norm_decoder: bool = True
-    """Keep decoder rows at unit norm (Gao et al. §A.1); false leaves them free, as Jedryszek &
-    Crook (2026) do with ``sae.weight_l2`` so that the penalty acts on the decoder too."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_k(self.k, self.n_features)
-        if self.auxk_alpha < 0:
-            raise ConfigError(f"sae.auxk_alpha={self.auxk_alpha} must be >= 0.")
-
-
-def check_k(k: int, n_features: int) -> None:
-    if not 0 < k < n_features:
-        raise ConfigError(
-            f"sae.k={k} must be in 1..{n_features - 1} (active latents per token, fewer than "
-            f"sae.n_features={n_features})."
-        )
 
 
 class UnitNormDecoder:
@@ -80,7 +46,6 @@ class UnitNormDecoder:
             normalize_rows(self.W_dec)
 
 
-@register
 class TopKSAE(UnitNormDecoder, SAE):
     architecture = "topk"
     Config = TopKConfig
