@@ -302,7 +302,7 @@ def time_pure_steps(runs: list[Path]) -> list[PureJob]:
             raise SystemExit(
                 f"{run} trained from no activation store that is still on disk "
                 f"(data_provenance.activation_store_dir={store_dir!r}); the pure steps read their "
-                "batches from it."
+                "batches from one (use --no-pure-steps for the efficiency alone)."
             )
         job = PureJob(
             run=run,
