@@ -1,6 +1,6 @@
 """One job of ``train.py``, from Hydra's call to its outcome; a job trains S >= 1 seeds.
 
-In order: check the config (before the heavy imports, so a typo fails in about two seconds);
+In order: check the config (before the heavy imports, so a typo fails in about a second);
 name every seed's folder (:mod:`saeseeds.training.seeds`); decide from the folders whether each
 seed starts, resumes, is skipped or is refused (:mod:`saeseeds.training.lifecycle.resume`); take
 ownership of the job's folder and of each folder it writes (:func:`saeseeds.io.job_lock`, held
