@@ -233,3 +233,24 @@ def test_in_a_multirun_resume_true_starts_the_jobs_that_never_ran(tmp_path):
     assert plan_job(cfg, tmp_path / "never_ran", run_config, auto_resume=True).action == START
     with pytest.raises(ConfigError, match="resume=true but .*last.ckpt does not exist"):
         plan_job(cfg, tmp_path / "never_ran", run_config, auto_resume=False)
+
+
+def test_a_checkpoint_from_before_the_one_training_flow_resumes_exactly(interrupted, tmp_path):
+    """A one-seed checkpoint written when a seed=S job had its own module (``sae.*`` tensors and a
+    [n_features] tracker) resumes to the bytes of an uninterrupted run."""
+    last = interrupted / "checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    old_layout = {}
+    for name, tensor in checkpoint["state_dict"].items():
+        if name.startswith("saes.0."):
+            name = "sae." + name[len("saes.0.") :]
+        elif name == "tokens_since_fired":
+            tensor = tensor[0]
+        old_layout[name] = tensor
+    checkpoint["state_dict"] = old_layout
+    torch.save(checkpoint, last)
+
+    train(compose_train([*LONGER, CHECKPOINT_EVERY, "resume=true"], interrupted))
+    train(compose_train([*LONGER, CHECKPOINT_EVERY], tmp_path / "straight"))
+    weights = "sae_weights.safetensors"
+    assert (interrupted / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
