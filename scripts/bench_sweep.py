@@ -199,7 +199,8 @@ def pure_step_seconds(
 
     from saeseeds.config.validation import validate_train_config
     from saeseeds.sae import build_sae
-    from saeseeds.training.module import lr_factor_schedule, update_dead_tracker
+    from saeseeds.training.metrics import evaluate_heldout
+    from saeseeds.training.module import lr_factor_schedule, sae_step
 
     sae_config = validate_train_config(cfg)
     batch_size = int(cfg.data.batch_size)
@@ -235,11 +236,9 @@ def pure_step_seconds(
         x = rows[start : start + batch_size] * input_scale  # [batch, d_in]
         sae.set_progress(step, job.steps)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            dead_mask = tokens_since_fired >= sae_config.dead_tokens_threshold
-            output = sae(x, dead_mask)
-            loss = sum({**output.losses, **sae.weight_penalty()}.values())
-            update_dead_tracker(
-                tokens_since_fired, output.latent_indices, output.latent_values, len(x)
+            # The job's own step: dead mask, forward, losses and penalty, tracker update.
+            loss, _ = sae_step(
+                sae, x, tokens_since_fired, sae_config.dead_tokens_threshold, with_metrics=False
             )
         optimizer.zero_grad()
         loss.backward()
@@ -252,21 +251,9 @@ def pure_step_seconds(
     synchronize(device)
     seconds = time.perf_counter() - started
 
-    return seconds, heldout_fvu(sae, heldout.to(device) * input_scale, batch_size)
-
-
-def heldout_fvu(sae: Any, heldout: Any, batch_size: int) -> float:
-    """Σ‖x − x̂‖² / Σ‖x − x̄‖² over all of ``heldout`` [n, d_in], as the job's metrics.json."""
-    import torch
-
-    sae.eval()
-    squared_error = 0.0
-    with torch.no_grad():
-        for start in range(0, len(heldout), batch_size):
-            x = heldout[start : start + batch_size]
-            squared_error += float((x - sae(x).reconstruction).double().pow(2).sum())
-    centred = heldout.double() - heldout.double().mean(0)
-    return squared_error / float(centred.pow(2).sum())
+    sae.eval()  # the held-out FVU as the job's metrics.json computes it
+    metrics, _, _ = evaluate_heldout(sae, heldout.to(device) * input_scale, batch_size)
+    return seconds, metrics["fvu"]
 
 
 def synchronize(device: str) -> None:
