@@ -5,6 +5,8 @@ the same weights."""
 
 from __future__ import annotations
 
+import threading
+
 import lightning as L
 import pytest
 import torch
@@ -94,6 +96,19 @@ def test_memory_holds_at_most_two_windows_whatever_the_token_count():
     assert shards.largest_read == ROWS_PER_SHARD  # shards are read one at a time
     assert rows.peak_rows <= 2 * window_rows  # the window being read and the next one
     assert rows.peak_rows < 64 * ROWS_PER_SHARD / 10
+    rows.close()
+
+
+def test_no_loader_thread_outlives_its_window():
+    # A thread that ran a parallel torch op (the permutation, generated rows) slows every
+    # parallel op of the training thread while it lives (WindowedRows' docstring).
+    rows = reader(n_rows=1000, batch=48, window=2, seed=0)
+    epoch_rows(rows.order, rows, 0)
+    loaders = [t for t in threading.enumerate() if t.name.startswith("saeseeds-window")]
+    for thread in loaders:
+        thread.join(timeout=30)
+    assert not [thread for thread in loaders if thread.is_alive()]
+    assert rows.peak_rows > 0  # windows were loaded ahead, each by a thread now ended
     rows.close()
 
 

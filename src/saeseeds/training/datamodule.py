@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import lightning as L
@@ -57,6 +57,12 @@ class WindowedRows(Dataset):
     thread meanwhile (``prefetch``), into the tensor of the window last let go when it has room,
     so a long run does not allocate (and page in) a fresh window each time. No window is loaded
     ahead whose first batch comes after ``end_step`` (the run's last step, when known).
+
+    Each load runs in a thread of its own that ends with it. A thread that has run a parallel
+    torch op (the window's permutation; a synthetic source's rows) keeps an OpenMP team of its
+    own while it lives, and then the training thread's OpenMP workers stop spin-waiting between
+    parallel regions (libgomp manages more threads than there are cores): beside one long-lived
+    loader thread a 128-latent SAE's step took 1.6x as long on 2 cores.
     ``peak_rows`` records the most training rows ever held (or being loaded) at once, for tests
     of bounded memory.
     """
@@ -68,7 +74,6 @@ class WindowedRows(Dataset):
         self._loaded: dict[tuple[int, int], tuple[Future, int]] = {}  # (future, rows) by window
         self._spare: Tensor | None = None  # the storage of the window let go last
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saeseeds-window")
         self.peak_rows = 0
 
     def __len__(self) -> int:
@@ -100,7 +105,9 @@ class WindowedRows(Dataset):
         with self._lock:
             key = (epoch, window.index)
             if key not in self._loaded:
-                self._loaded[key] = (self._pool.submit(self._load, epoch, window), window.rows)
+                loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saeseeds-window")
+                self._loaded[key] = (loader.submit(self._load, epoch, window), window.rows)
+                loader.shutdown(wait=False)  # its thread ends with this load (see the class)
                 self.peak_rows = max(self.peak_rows, sum(rows for _, rows in self._loaded.values()))
             return self._loaded[key][0]
 
@@ -127,9 +134,14 @@ class WindowedRows(Dataset):
                         self._spare = storage
 
     def close(self) -> None:
-        self._loaded.clear()
-        self._spare = None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Cancel the loads not started and wait for the rest, so no loader outlives the fit."""
+        with self._lock:
+            futures = [future for future, _ in self._loaded.values()]
+            self._loaded.clear()
+            self._spare = None
+        for future in futures:
+            future.cancel()
+        wait(futures)
 
 
 class SeededBatchSampler(Sampler[tuple[int, int]]):
