@@ -133,7 +133,7 @@ class InterruptAtStep(L.Callback):
 
 def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     common = ("seed=3", "logger=none", "trainer.checkpoint_every_n_steps=5")
-    train(train_config(*common, output_dir=tmp_path / "straight"))
+    straight_metrics = train(train_config(*common, output_dir=tmp_path / "straight"))
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit):  # Lightning exits after a graceful Ctrl-C shutdown
@@ -147,6 +147,10 @@ def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     assert metrics["steps"] == 32  # 2 epochs x 16 batches
     straight = (tmp_path / "straight" / "sae_weights.safetensors").read_bytes()
     assert (interrupted / "sae_weights.safetensors").read_bytes() == straight
+    # The held-out curve keeps the points taken before the interruption (steps 8 and 16) and
+    # takes the rest after it, as the straight run did.
+    assert list(metrics["heldout_fvu_curve"]) == ["0.25", "0.5", "0.75", "1"]
+    assert metrics["heldout_fvu_curve"] == straight_metrics["heldout_fvu_curve"]
 
 
 def test_resume_with_another_seed_is_refused(train_config, tmp_path):

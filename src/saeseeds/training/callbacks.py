@@ -8,6 +8,7 @@ only read; no RNG is touched, so runs with and without them are identical.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -36,6 +37,7 @@ class HeldoutCurve(Callback):
     def __init__(self, heldout: Tensor, batch_size: int):
         self.heldout, self.batch_size = heldout, batch_size
         self.curves: list[dict[str, float]] = []  # per SAE: "0.25" -> held-out FVU
+        self._next_due: float | None = None  # the next step with a point to take (None: unknown)
 
     @property
     def points(self) -> dict[str, float]:
@@ -43,15 +45,22 @@ class HeldoutCurve(Callback):
         return self.curves[0] if self.curves else {}
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        step = trainer.global_step
+        if self._next_due is not None and step < self._next_due:
+            return  # nothing due: every other step returns here
         saes = module.trained_saes
         self.curves.extend({} for _ in range(len(saes) - len(self.curves)))
-        total = module.total_steps
+        due = []
         for fraction in CURVE_FRACTIONS:
-            key = f"{fraction:g}"
-            if key in self.curves[0] or trainer.global_step < max(1, round(fraction * total)):
+            key, at = f"{fraction:g}", max(1, round(fraction * module.total_steps))
+            if key in self.curves[0]:
+                continue
+            if step < at:
+                due.append(at)
                 continue
             for sae, points in zip(saes, self.curves, strict=False):
                 points[key] = self._fvu(sae, module.input_scale)
+        self._next_due = min(due) if due else math.inf
 
     @torch.no_grad()
     def _fvu(self, sae: Any, input_scale: float) -> float:
@@ -72,6 +81,7 @@ class HeldoutCurve(Callback):
         if curves is None:  # a checkpoint written before several SAEs per module
             curves = [state_dict.get("points", {})]
         self.curves = [dict(curve) for curve in curves]
+        self._next_due = None
 
 
 class StopOnNonFinite(Callback):

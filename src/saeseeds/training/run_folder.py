@@ -9,6 +9,7 @@ result. This module does not train or evaluate; it only serialises what it is gi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import math
@@ -207,6 +208,7 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+@functools.cache  # what this process runs: read once, not again by each job of a sweep
 def installed_packages_hash() -> str:
     names = sorted(
         f"{dist.metadata['Name']}=={dist.version}".lower()
@@ -217,6 +219,12 @@ def installed_packages_hash() -> str:
 
 def git_state() -> dict[str, Any] | None:
     """Commit and dirty flag of the checkout this package runs from, if it is one."""
+    state = _git_state()
+    return dict(state) if state is not None else None
+
+
+@functools.cache  # the code this process imported: read once, not again by each job
+def _git_state() -> dict[str, Any] | None:
     source_dir = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
