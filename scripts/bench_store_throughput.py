@@ -51,7 +51,6 @@ from saeseeds.sae.topk import TopKConfig
 from saeseeds.training.batch_order import BatchOrder, Window
 from saeseeds.training.datamodule import (
     ActivationDataModule,
-    RowBatches,
     WindowedRows,
     init_sample,
 )
@@ -116,19 +115,28 @@ class StoreOrderBatches(Sampler[torch.Tensor]):
             yield epoch_order[index * size : (index + 1) * size]
 
 
+class RowBatches(torch.utils.data.Dataset):
+    """Indexing with a tensor of row indices returns that whole batch (no per-row collation)."""
+
+    def __init__(self, rows: torch.Tensor):  # [n_rows, d_in]
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:  # [batch, d_in]
+        return self.rows[indices]
+
+
 class InMemory(L.LightningDataModule):
-    def __init__(self, rows: torch.Tensor, order: BatchOrder, heldout: torch.Tensor):
+    def __init__(self, rows: torch.Tensor, order: BatchOrder):
         super().__init__()
-        self.rows, self.order, self.heldout = rows, order, heldout
+        self.rows, self.order = rows, order
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             RowBatches(self.rows), sampler=StoreOrderBatches(self.order), batch_size=None
         )
-
-    def val_dataloader(self) -> DataLoader:  # as the old data module had (not run here)
-        batches = [torch.arange(len(self.heldout))]
-        return DataLoader(RowBatches(self.heldout), sampler=batches, batch_size=None)
 
 
 def fit(datamodule: L.LightningDataModule, sample: torch.Tensor, args) -> tuple[float, str]:
@@ -171,7 +179,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     builder = RandomBuilder(args.d_in, args.shard_tokens)
     store, _ = ensure_store(args.work_dir, builder, args.tokens, progress=False)
     train = TrainingRows(store, args.tokens)
-    heldout = store.heldout()["activations"].float()
     order = BatchOrder(train.used_rows, args.batch_size, args.window_shards, seed=0)
     first_window = order.windows(0)[0]
     picked = torch.randperm(first_window.rows, generator=torch.Generator().manual_seed(0))[:4096]
@@ -179,11 +186,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.measure == "memory":
         in_memory = torch.cat([train.read(i) for i in range(train.n_shards)]).float()
         sample = in_memory[window_positions(order, first_window)[picked]]
-        datamodule = InMemory(in_memory, order, heldout)
+        datamodule = InMemory(in_memory, order)
     else:
         rows = WindowedRows(train, order, prefetch=not args.no_prefetch)
         sample = init_sample(rows, 4096, torch.Generator().manual_seed(0))
-        datamodule = ActivationDataModule(rows, heldout, args.batch_size)
+        datamodule = ActivationDataModule(rows, args.batch_size)
     ready = time.perf_counter() - started
     seconds, weights = fit(datamodule, sample, args)
     return {

@@ -97,11 +97,18 @@ def read_wandb_records(path: Path) -> list:
 
 
 def offline_wandb_run(run_folder: Path) -> dict:
-    """The group, name, job type, config, final summary and history length of an offline run."""
+    """The group, name, job type, config, final summary and history (its length, its keys and
+    each key's logged values in order) of an offline run."""
     import json
 
     (wandb_file,) = Path(run_folder).glob("*.wandb")
-    contents = {"config": {}, "summary": {}, "history_rows": 0, "history_keys": set()}
+    contents = {
+        "config": {},
+        "summary": {},
+        "history_rows": 0,
+        "history_keys": set(),
+        "history_values": {},
+    }
     for record in read_wandb_records(wandb_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -122,9 +129,10 @@ def offline_wandb_run(run_folder: Path) -> dict:
             )
         elif kind == "history":
             contents["history_rows"] += 1
-            contents["history_keys"].update(
-                item.key or "/".join(item.nested_key) for item in record.history.item
-            )
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                contents["history_keys"].add(key)
+                contents["history_values"].setdefault(key, []).append(json.loads(item.value_json))
     return contents
 
 

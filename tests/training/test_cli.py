@@ -75,6 +75,9 @@ def test_multirun_sweep_of_seeds_and_sizes(tmp_path):
         logged = {"train/loss", "train/mse", "train/fvu", "train/l0", "train/dead_fraction"}
         logged |= {"train/auxk", "lr", "val/fvu", "val/explained_variance", "val/l0"}
         assert logged | {"val/dead_fraction"} <= run["history_keys"]
+        # The held-out metrics are logged once per point of the held-out curve, and are it.
+        curve = metrics["heldout_fvu_curve"]
+        assert run["history_values"]["val/fvu"] == pytest.approx([curve[k] for k in sorted(curve)])
     assert groups == {f"{sweep_dir.parent.name}_{sweep_dir.name}"}
     assert names == {p.name for p in job_dirs}
     # Different seeds of one size learn different dictionaries.

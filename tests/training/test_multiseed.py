@@ -175,6 +175,7 @@ def test_multirun_of_seeds_in_one_job_matches_the_sweep_of_seeds(tmp_path):
         )
         assert runs[1]["history_keys"] == runs[0]["history_keys"]
         assert runs[1]["history_rows"] == runs[0]["history_rows"]
+        assert runs[1]["history_values"]["val/fvu"] == runs[0]["history_values"]["val/fvu"]
         assert runs[1]["summary"]["final/fvu"] == runs[0]["summary"]["final/fvu"]
 
     again = run_app(

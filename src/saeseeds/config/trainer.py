@@ -36,7 +36,6 @@ class TrainerConfig:
     2% of held-out FVU over the last quarter of training (see the README's convergence table)."""
     max_steps: int = -1
     log_every_n_steps: int = 10
-    val_check_interval: Any = 1.0
     deterministic: bool = True
     enable_progress_bar: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)

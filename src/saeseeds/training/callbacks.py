@@ -20,6 +20,7 @@ from saeseeds.errors import DataError
 from saeseeds.training.metrics import evaluate_heldout
 
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+VALIDATION_METRICS = ("fvu", "explained_variance", "l0", "dead_fraction")  # logged as val/<name>
 DIVERGED_HINT = (
     "Lower sae.lr, or check the activations for NaN/inf values and their scale "
     "(sae.normalize=scalar rescales them)."
@@ -31,8 +32,12 @@ class Diverged(DataError):
 
 
 class HeldoutCurve(Callback):
-    """Held-out FVU at fixed fractions of training, one curve per SAE the module trains
-    (``module.trained_saes``); checkpointed, so a resumed run keeps it."""
+    """Held-out metrics at fixed fractions of training, for each SAE the module trains
+    (``module.trained_saes``): logged as ``val/<name>`` (``seed=S/val/<name>`` in a job writing
+    several seeds' folders) at the step Lightning logs that batch's values under, and the FVU kept
+    as the SAE's curve; checkpointed, so a resumed run keeps it. It is the only held-out pass
+    during training (there is no Lightning validation loop: a second one over the same rows would
+    measure the same thing)."""
 
     def __init__(self, heldout: Tensor, batch_size: int):
         self.heldout, self.batch_size = heldout, batch_size
@@ -50,7 +55,7 @@ class HeldoutCurve(Callback):
             return  # nothing due: every other step returns here
         saes = module.trained_saes
         self.curves.extend({} for _ in range(len(saes) - len(self.curves)))
-        due = []
+        due, measured = [], {}  # measured: SAE index -> its metrics at this step
         for fraction in CURVE_FRACTIONS:
             key, at = f"{fraction:g}", max(1, round(fraction * module.total_steps))
             if key in self.curves[0]:
@@ -58,20 +63,38 @@ class HeldoutCurve(Callback):
             if step < at:
                 due.append(at)
                 continue
-            for sae, points in zip(saes, self.curves, strict=False):
-                points[key] = self._fvu(sae, module.input_scale)
+            for index, (sae, points) in enumerate(zip(saes, self.curves, strict=False)):
+                if index not in measured:
+                    measured[index] = self._evaluate(sae, module.input_scale)
+                points[key] = measured[index]["fvu"]
         self._next_due = min(due) if due else math.inf
+        if measured:
+            self._log(trainer, module, measured)
 
     @torch.no_grad()
-    def _fvu(self, sae: Any, input_scale: float) -> float:
+    def _evaluate(self, sae: Any, input_scale: float) -> dict[str, float]:
         was_training = sae.training
         sae.eval()
         try:
-            # FVU does not depend on the input scale, so the training-scale SAE can be used.
+            # These metrics do not depend on the input scale; the training-scale SAE sees the
+            # held-out rows in training units, as it saw its batches.
             metrics, _, _ = evaluate_heldout(sae, self.heldout * input_scale, self.batch_size)
         finally:
             sae.train(was_training)
-        return metrics["fvu"]
+        return metrics
+
+    @staticmethod
+    def _log(trainer: L.Trainer, module: Any, measured: dict[int, dict[str, float]]) -> None:
+        if not trainer.loggers:
+            return
+        values: dict[str, float] = {"epoch": trainer.current_epoch}
+        for index, metrics in measured.items():
+            prefix = module.log_prefix(index)
+            values.update({f"{prefix}val/{name}": metrics[name] for name in VALIDATION_METRICS})
+        # The step Lightning logs this batch's own values under (one behind global_step).
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"points": dict(self.points), "curves": [dict(curve) for curve in self.curves]}

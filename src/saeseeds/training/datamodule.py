@@ -36,19 +36,6 @@ def window_shards(cfg: Any) -> int:
     return int(cfg.data.get("window_shards", 4))
 
 
-class RowBatches(Dataset):
-    """Indexing with a tensor of row indices returns that whole batch (no per-row collation)."""
-
-    def __init__(self, rows: Tensor):  # [n_rows, d_in]
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
-
-    def __getitem__(self, indices: Tensor) -> Tensor:  # [batch, d_in]
-        return self.rows[indices]
-
-
 class WindowedRows(Dataset):
     """The training batch at (epoch, batch index), read from a window of shards in memory.
 
@@ -210,9 +197,12 @@ def last_step(trainer: L.Trainer | None, steps_per_epoch: int) -> int | None:
 
 
 class ActivationDataModule(L.LightningDataModule):
-    def __init__(self, rows: WindowedRows, heldout: Tensor, batch_size: int):
+    """The training batches; held-out rows are evaluated by
+    :class:`saeseeds.training.callbacks.HeldoutCurve`, so there is no validation loader."""
+
+    def __init__(self, rows: WindowedRows, batch_size: int):
         super().__init__()
-        self.rows, self.heldout_rows, self.batch_size = rows, heldout, batch_size
+        self.rows, self.batch_size = rows, batch_size
 
     def state_dict(self) -> dict[str, int]:
         return self.rows.order.state()
@@ -236,14 +226,6 @@ class ActivationDataModule(L.LightningDataModule):
         self.rows.end_step = last_step(self.trainer, self.rows.order.steps_per_epoch)
         sampler = SeededBatchSampler(self.rows.order, self._global_step)
         return ResumableLoader(self.rows, sampler=sampler, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        n_rows = len(self.heldout_rows)
-        batches = [
-            torch.arange(start, min(start + self.batch_size, n_rows))
-            for start in range(0, n_rows, self.batch_size)
-        ]
-        return DataLoader(RowBatches(self.heldout_rows), sampler=batches, batch_size=None)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":

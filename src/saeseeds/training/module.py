@@ -16,9 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from saeseeds.sae import SAE
-from saeseeds.training.metrics import accumulate, batch_totals, summarise_totals
-
-VALIDATION_METRICS = ("fvu", "explained_variance", "l0", "dead_fraction")
 
 
 def lr_factor_schedule(
@@ -113,7 +110,6 @@ class SAETrainingModule(L.LightningModule):
         self.warmup_steps, self.decay_start_fraction = warmup_steps, decay_start_fraction
         self.dead_tokens_threshold = dead_tokens_threshold
         self.input_scale = input_scale
-        self.validation_totals: list[dict[str, Tensor]] = []
         self.total_steps = 1  # set in configure_optimizers, once the trainer knows the data
         # [n_seeds, n_features]: tokens since each latent of each SAE last fired; a buffer, so it
         # is checkpointed for resuming.
@@ -196,26 +192,6 @@ class SAETrainingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    # ---- held-out evaluation ----
-    def on_validation_epoch_start(self) -> None:
-        self.validation_totals = [{} for _ in self.saes]
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = batch.float() * self.input_scale
-        for sae, totals in zip(self.saes, self.validation_totals, strict=True):
-            accumulate(totals, batch_totals(x, sae(x), sae.n_features))
-
-    def on_validation_epoch_end(self) -> None:
-        for index, totals in enumerate(self.validation_totals):
-            if not totals:
-                continue
-            metrics = summarise_totals(totals)
-            prefix = self.log_prefix(index)
-            self.log_dict(
-                {f"{prefix}val/{name}": metrics[name] for name in VALIDATION_METRICS},
-                prog_bar=False,
-            )
 
 
 def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def _train_plan(
     saes = [initialised_sae(sae_config, rows, input_scale, seed) for seed in seeds]
     arguments = module_arguments(sae_config, saes[0], input_scale)
     module = SAETrainingModule(saes, seeds, **arguments, prefixed=not plan.own_folder)
-    datamodule = ActivationDataModule(rows, splits.heldout, source.batch_size)
+    datamodule = ActivationDataModule(rows, source.batch_size)
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     precision_choice = step_precision(
