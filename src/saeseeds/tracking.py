@@ -116,6 +116,14 @@ def record_wandb_run(logger: Any, run_dir: Path) -> None:
     atomic_write_json(run_dir / WANDB_RUN_FILE, {"id": str(logger.version)})
 
 
+def start_wandb_run(logger: Any) -> None:
+    """Start ``logger``'s W&B run now rather than inside ``trainer.fit`` (Lightning starts it
+    lazily), so the fit's time is training alone: a process's first W&B run takes seconds to
+    start its service."""
+    if logger is not None:
+        _ = logger.experiment
+
+
 def build_wandb_logger(
     cfg: Any, run_dir: Path, concurrent: bool = False, resume: bool = False
 ) -> Any:

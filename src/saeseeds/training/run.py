@@ -37,7 +37,7 @@ from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
-from saeseeds.tracking import finish_wandb, record_wandb_run, wandb_run_info
+from saeseeds.tracking import finish_wandb, record_wandb_run, start_wandb_run, wandb_run_info
 from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
 from saeseeds.training.datamodule import (
     ActivationDataModule,
@@ -139,6 +139,7 @@ def _train_plan(
     )
     for seed, logger in wandb_loggers.items():
         record_wandb_run(logger, to_write[seed].run_dir)
+        start_wandb_run(logger)
     device = trainer.strategy.root_device
     what = describe(saes[0], seeds[0], splits)
     if plan.own_folder:
