@@ -3,13 +3,17 @@ for bad ones, and the cut into BOS-prefixed sequences with a held-out split that
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from saeseeds.activations import corpora
 from saeseeds.activations import sequences as sequence_module
 from saeseeds.activations.corpora import (
     PythonDocsCorpus,
@@ -34,6 +38,62 @@ def test_embedded_corpus_is_real_text_with_a_stable_identity():
     first, again = PythonDocsCorpus().identity(), PythonDocsCorpus().identity()
     assert first == again and first["kind"] == "python_docs"
     assert PythonDocsCorpus(docstrings=False).identity()["sha256"] != first["sha256"]
+
+
+LONG = "A docstring long enough to be kept as prose. " * 6
+
+
+def test_docstrings_come_in_ast_walk_order(tmp_path):
+    """The docstring walk skips expressions but keeps ``ast.walk``'s order, on which the embedded
+    corpus's text, and so every store key built from it, depends: the standard library and a
+    file with definitions nested in every kind of statement give what ``ast.walk`` gives."""
+    nested = tmp_path / "nested.py"
+    nested.write_text(
+        f'''"""{LONG}module"""
+def outer():
+    """{LONG}outer"""
+    try:
+        def in_try():
+            """{LONG}in try"""
+    except ValueError:
+        class InHandler:
+            """{LONG}in handler"""
+            async def method(self):
+                """{LONG}async method"""
+    finally:
+        pass
+    match 1:
+        case 1:
+            def in_case():
+                """{LONG}in case"""
+    if True:
+        with open(__file__):
+            def in_with():
+                """{LONG}in with"""
+    else:
+        for _ in ():
+            def in_for():
+                """{LONG}in for"""
+    return [lambda: 0 for _ in ()]
+class Top:
+    """{LONG}top"""
+'''
+    )
+
+    def walked(path: Path) -> list[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docs = (ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds))
+        return [doc for doc in docs if doc and len(doc) >= corpora._MIN_DOCSTRING_CHARS]
+
+    assert len(walked(nested)) == 9
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    for path in [nested, *stdlib]:
+        try:
+            expected = walked(path)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        assert corpora._module_docstrings(path) == expected, path
 
 
 def test_text_and_jsonl_files_give_their_documents(tmp_path):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 import sysconfig
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,30 @@ def python_docs_texts(docstrings: bool) -> tuple[str, ...]:
     return tuple(texts)
 
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# Where a definition can sit: in a statement's body, or in a clause (except, case) of one.
+_HOLDERS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
 def _module_docstrings(source: Path) -> list[str]:
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return []
-    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    docstrings = (ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, nodes))
+    docstrings = (ast.get_docstring(node) for node in _definitions(tree))
     return [doc for doc in docstrings if doc and len(doc) >= _MIN_DOCSTRING_CHARS]
+
+
+def _definitions(tree: ast.Module) -> Iterator[ast.AST]:
+    """The module, class and function nodes of ``tree`` in ``ast.walk``'s breadth-first order,
+    without walking expressions (no definition sits inside one; they are most of the nodes):
+    the corpus's text, and so the store keys built on it, stay what ``ast.walk`` gave."""
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        queue.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, _HOLDERS))
+        if isinstance(node, _DOCUMENTED):
+            yield node
 
 
 class PythonDocsCorpus(Corpus):
