@@ -12,7 +12,7 @@ from the store manifest's build seconds (held-out file and shards), each run's `
 ``fit_time_s``, and the pure steps timed here; 1.0 means no overhead at all. The efficiency's
 overhead is process start-up, model loading, W&B, held-out evaluation, CE-loss and top examples,
 and file writing; the mission ratio adds what ``trainer.fit`` spends beyond the steps (Lightning,
-logging, the data loader, validation and the held-out curve, checkpoints, snapshots). It also
+logging, the data loader, the held-out curve, checkpoints, snapshots). It also
 times W&B's start-up and finish on its own (offline), which every job pays once.
 
 A job's pure steps are its exact optimisation step in a plain loop, without Lightning, logging,
