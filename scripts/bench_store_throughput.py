@@ -159,8 +159,6 @@ def fit(datamodule: L.LightningDataModule, sample: torch.Tensor, args) -> tuple[
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         accelerator="cpu",
     )
     started = time.perf_counter()

@@ -102,6 +102,9 @@ OPERATIONAL_KEYS = (
     "threads",
     # How seeds were started: seeds=[1,2,3] trains them in one job, each exactly as its own job.
     "seeds",
+    # Retired: how often Lightning's validation loop ran (the held-out curve is now the only
+    # held-out pass). It never changed the weights, and folders written with it must still match.
+    "trainer.val_check_interval",
 )
 # Keys that vary between the runs of one condition (a group): the seed, and the operational ones.
 NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)

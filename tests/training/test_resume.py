@@ -145,6 +145,22 @@ def test_resume_ignores_operational_keys(interrupted):
     assert recorded["seed"] == 5 and recorded["sae"]["k"] == 4
 
 
+def test_folders_written_with_a_retired_trainer_key_still_match(tmp_path):
+    """Runs recorded while ``trainer.val_check_interval`` existed (Lightning's validation every
+    epoch, which never changed the weights) have today's run and condition configs, so they are
+    resumed, skipped and grouped with today's runs."""
+    from omegaconf import OmegaConf
+
+    from saeseeds import contract
+
+    today = OmegaConf.to_container(compose_train(LONGER, tmp_path), resolve=True)
+    assert "val_check_interval" not in today["trainer"]
+    before = json.loads(json.dumps(today))
+    before["trainer"]["val_check_interval"] = 1.0
+    assert contract.run_config(before) == contract.run_config(today)
+    assert contract.condition_config(before) == contract.condition_config(today)
+
+
 # What AtomicCheckpointIO.save_checkpoint does (torch.save to memory, then an atomic write),
 # without importing Lightning, so that each writer starts quickly.
 WRITER = """

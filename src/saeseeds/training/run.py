@@ -251,7 +251,6 @@ def build_trainer(
             precision=precision,
             gradient_clip_val=sae_config.grad_clip,
             enable_model_summary=False,
-            num_sanity_val_steps=0,
             # Several processes (DDP): SeededBatchSampler gives each its shard of every batch.
             use_distributed_sampler=False,
             default_root_dir=run_dir,

@@ -126,7 +126,7 @@ class CheckpointOnSignal(Callback):
             self._stop(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.signals.received is not None:  # arrived during the last validation
+        if self.signals.received is not None:  # arrived after the last step
             self._stop(trainer)
         self.signals.in_training = False
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
