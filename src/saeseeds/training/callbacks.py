@@ -55,21 +55,22 @@ class HeldoutCurve(Callback):
             return  # nothing due: every other step returns here
         saes = module.trained_saes
         self.curves.extend({} for _ in range(len(saes) - len(self.curves)))
-        due, measured = [], {}  # measured: SAE index -> its metrics at this step
+        reached, due = [], []  # keys of the points taken now; steps of the points to come
         for fraction in CURVE_FRACTIONS:
             key, at = f"{fraction:g}", max(1, round(fraction * module.total_steps))
             if key in self.curves[0]:
                 continue
             if step < at:
                 due.append(at)
-                continue
-            for index, (sae, points) in enumerate(zip(saes, self.curves, strict=False)):
-                if index not in measured:
-                    measured[index] = self._evaluate(sae, module.input_scale)
-                points[key] = measured[index]["fvu"]
+            else:
+                reached.append(key)
         self._next_due = min(due) if due else math.inf
-        if measured:
-            self._log(trainer, module, measured)
+        if not reached:
+            return
+        measured = [self._evaluate(sae, module.input_scale) for sae in saes]
+        for metrics, points in zip(measured, self.curves, strict=False):
+            points.update({key: metrics["fvu"] for key in reached})
+        self._log(trainer, module, measured)
 
     @torch.no_grad()
     def _evaluate(self, sae: Any, input_scale: float) -> dict[str, float]:
@@ -84,11 +85,11 @@ class HeldoutCurve(Callback):
         return metrics
 
     @staticmethod
-    def _log(trainer: L.Trainer, module: Any, measured: dict[int, dict[str, float]]) -> None:
+    def _log(trainer: L.Trainer, module: Any, measured: list[dict[str, float]]) -> None:
         if not trainer.loggers:
             return
         values: dict[str, float] = {"epoch": trainer.current_epoch}
-        for index, metrics in measured.items():
+        for index, metrics in enumerate(measured):
             prefix = module.log_prefix(index)
             values.update({f"{prefix}val/{name}": metrics[name] for name in VALIDATION_METRICS})
         # The step Lightning logs this batch's own values under (one behind global_step).
