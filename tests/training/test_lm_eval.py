@@ -71,6 +71,28 @@ def test_top_examples_are_marked_contexts_from_the_corpus(make_source):
     assert never_fires["features"] == {}
 
 
+def test_a_row_that_tops_several_features_gives_each_the_same_context(make_source):
+    # Contexts are built once per held-out row; each feature still gets its own example.
+    source = make_source()
+    source.load()
+    direction = torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
+    directions = torch.cat([direction, 2 * direction], dim=1)  # feature 1 = 2 x feature 0
+    top = lm_eval.top_examples(
+        source.text_context(), lambda x: torch.relu(x @ directions), n_examples=3
+    )
+    first, second = top["features"]["0"], top["features"]["1"]
+    assert len(first) == len(second) == 3
+    for one, two in zip(first, second, strict=True):
+        assert {key: one[key] for key in ("text", "token", "tokens", "token_index")} == {
+            key: two[key] for key in ("text", "token", "tokens", "token_index")
+        }
+        assert two["activation"] == pytest.approx(2 * one["activation"], rel=1e-5)
+        assert two["token_activations"] == pytest.approx(
+            [2 * value for value in one["token_activations"]], rel=1e-5
+        )
+        assert one["tokens"] is not two["tokens"]  # no list is shared between examples
+
+
 def test_text_context_needs_load_first(make_source):
     with pytest.raises(RuntimeError, match="Call load"):
         make_source().text_context()

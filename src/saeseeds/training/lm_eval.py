@@ -135,11 +135,12 @@ def top_examples(
         best_rows = rows.gather(0, order)
     features: dict[str, list[dict[str, Any]]] = {}
     if best_values is not None:
-        decoder = PieceDecoder(context.model.tokenizer)
+        windows = ContextWindows(context)
+        values, rows = best_values.T.tolist(), best_rows.T.tolist()  # [n_features][n_examples]
         for feature in torch.nonzero(best_values[0] > 0).flatten().tolist():
             features[str(feature)] = [
-                _context(context, decoder, int(row), float(value))
-                for value, row in zip(best_values[:, feature], best_rows[:, feature], strict=True)
+                windows.example(row, value)
+                for value, row in zip(values[feature], rows[feature], strict=True)
                 if value > 0
             ]
         add_token_activations(context, encode, features)
@@ -175,9 +176,32 @@ class PieceDecoder:
         return [whole[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def _context(
-    context: TextContext, decoder: PieceDecoder, row: int, activation: float
-) -> dict[str, Any]:
+class ContextWindows:
+    """The text of each held-out row's context, built once per row: the rows that are top
+    examples of several features (most, in a large dictionary) are decoded once."""
+
+    def __init__(self, context: TextContext):
+        self.context, self.decoder = context, PieceDecoder(context.model.tokenizer)
+        self._windows: dict[int, dict[str, Any]] = {}
+
+    def example(self, row: int, activation: float) -> dict[str, Any]:
+        """One top example: the row's context, with the feature's activation at the row."""
+        window = self._windows.get(row)
+        if window is None:
+            window = self._windows[row] = _window(self.context, self.decoder, row)
+        return {
+            "activation": float(f"{activation:.6g}"),
+            "text": window["text"],
+            "token": window["token"],
+            "tokens": list(window["tokens"]),
+            "token_index": window["token_index"],
+            # Held-out rows of the context's tokens (-1 where none was kept), until
+            # add_token_activations puts the feature's activations there instead.
+            "_rows": window["rows"],
+        }
+
+
+def _window(context: TextContext, decoder: PieceDecoder, row: int) -> dict[str, Any]:
     sequence, offset = divmod(row, context.kept_per_sequence)
     position = offset + context.first_position
     ids = context.heldout_tokens[sequence].tolist()
@@ -186,21 +210,17 @@ def _context(
     end = min(len(ids), position + 1 + context.context_after)
     before, after = decoder.pieces(ids[start:position]), decoder.pieces(ids[position + 1 : end])
     token = decoder.text(ids[position : position + 1])
-    text = "".join(before) + MARKER[0] + token + MARKER[1] + "".join(after)
     return {
-        "activation": float(f"{activation:.6g}"),
-        "text": text,
+        "text": "".join(before) + MARKER[0] + token + MARKER[1] + "".join(after),
         "token": token,
-        "tokens": [*before, token, *after],
+        "tokens": (*before, token, *after),
         "token_index": len(before),
-        # Held-out rows of the context's tokens (-1 where none was kept), until
-        # add_token_activations puts the feature's activations there instead.
-        "_rows": [
+        "rows": tuple(
             sequence * context.kept_per_sequence + p - context.first_position
             if p >= context.first_position
             else -1
             for p in range(start, end)
-        ],
+        ),
     }
 
 
@@ -209,25 +229,32 @@ def add_token_activations(
 ) -> None:
     """Give each context ``token_activations``: the feature's activation at each of its tokens
     (6 significant digits; None where the position kept no activation), from the held-out rows
-    ``_context`` noted; each needed row is encoded once."""
-    wanted = []
+    ``ContextWindows.example`` noted; each needed row is encoded once."""
+    items, counts, latents, flat_rows = [], [], [], []
     for feature, contexts in features.items():
         for item in contexts:
             rows = item.pop("_rows")
-            item["token_activations"] = [None] * len(rows)
-            wanted += [(row, int(feature), item, slot) for slot, row in enumerate(rows) if row >= 0]
-    if not wanted:
-        return
-    rows = torch.tensor([entry[0] for entry in wanted])
-    latents_of = torch.tensor([entry[1] for entry in wanted])
-    unique_rows, position = torch.unique(rows, return_inverse=True)
-    values = torch.empty(len(wanted))
-    order = torch.argsort(position)
-    bounds = torch.searchsorted(position[order], torch.arange(0, len(unique_rows) + 1))
-    for first in range(0, len(unique_rows), TOP_EXAMPLES_BATCH):
-        last = min(first + TOP_EXAMPLES_BATCH, len(unique_rows))
-        latents = encode(context.heldout_activations[unique_rows[first:last]].float()).cpu()
-        chosen = order[bounds[first] : bounds[last]]  # the requests for these rows
-        values[chosen] = latents[position[chosen] - first, latents_of[chosen]].float()
-    for (_, _, item, slot), value in zip(wanted, values.tolist(), strict=True):
-        item["token_activations"][slot] = float(f"{value:.6g}")
+            items.append(item)
+            counts.append(len(rows))
+            latents.append(int(feature))
+            flat_rows.extend(rows)
+    activations: list[float | None] = [None] * len(flat_rows)
+    rows = torch.tensor(flat_rows, dtype=torch.long)
+    wanted = torch.nonzero(rows >= 0).flatten()  # the positions that kept an activation
+    if len(wanted):
+        latents_of = torch.repeat_interleave(torch.tensor(latents), torch.tensor(counts))[wanted]
+        unique_rows, position = torch.unique(rows[wanted], return_inverse=True)
+        values = torch.empty(len(wanted))
+        order = torch.argsort(position)
+        bounds = torch.searchsorted(position[order], torch.arange(0, len(unique_rows) + 1))
+        for first in range(0, len(unique_rows), TOP_EXAMPLES_BATCH):
+            last = min(first + TOP_EXAMPLES_BATCH, len(unique_rows))
+            latents_now = encode(context.heldout_activations[unique_rows[first:last]].float()).cpu()
+            chosen = order[bounds[first] : bounds[last]]  # the requests for these rows
+            values[chosen] = latents_now[position[chosen] - first, latents_of[chosen]].float()
+        for slot, value in zip(wanted.tolist(), values.tolist(), strict=True):
+            activations[slot] = float(f"{value:.6g}")
+    first = 0
+    for item, count in zip(items, counts, strict=True):
+        item["token_activations"] = activations[first : first + count]
+        first += count
