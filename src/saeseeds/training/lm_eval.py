@@ -38,7 +38,7 @@ def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor
     """
     tokens = context.heldout_tokens[: context.eval_sequences].long()
     baseline = _baseline(context, tokens)
-    ce_sae, kl = _ce_and_kl(context, tokens, reconstruct, baseline["clean_log_probs"])
+    ce_sae, kl = _ce_and_kl(context, tokens, reconstruct, baseline["clean"])
     ce_clean, ce_zero = baseline["ce_clean"], baseline["ce_zero"]
     denominator = ce_zero - ce_clean
     score = (ce_zero - ce_sae) / denominator if abs(denominator) > 1e-12 else float("nan")
@@ -57,8 +57,11 @@ def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
         clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
         ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None)
         _BASELINE_MEMORY.clear()
+        first = context.first_position
         _BASELINE_MEMORY[memo_key] = {
-            "clean_log_probs": clean,
+            # The predictions scored, as log-probabilities and probabilities: the KL of every
+            # job needs both, and the exponential costs as much as the rest of the KL.
+            "clean": [(lp[:, first:-1], lp[:, first:-1].exp()) for lp in clean],
             "ce_clean": _ce(context, tokens, clean),
             "ce_zero": ce_zero,
         }
@@ -69,8 +72,10 @@ def _ce_and_kl(
     context: TextContext,
     tokens: Tensor,
     reconstruct: Callable[[Tensor], Tensor],
-    clean_log_probs: list[Tensor] | None,
+    clean: list[tuple[Tensor, Tensor]] | None,
 ) -> tuple[float, float]:
+    """CE with ``reconstruct`` spliced in, and its KL from ``clean`` (the clean model's scored
+    log-probabilities and probabilities, by forward batch; None: no KL)."""
     first = context.first_position
 
     def replace(activation: Tensor) -> Tensor:  # [batch, pos, d]
@@ -80,10 +85,12 @@ def _ce_and_kl(
 
     log_probs = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, replace)]
     kl = float("nan")
-    if clean_log_probs is not None:
+    if clean is not None:
+        # KL(clean || spliced) summed over the scored predictions: F.kl_div's own terms
+        # (exp(clean) * (clean - spliced)), with exp(clean) computed once per process.
         total = sum(
-            F.kl_div(lp[:, first:-1], clp[:, first:-1], log_target=True, reduction="sum")
-            for lp, clp in zip(log_probs, clean_log_probs, strict=True)
+            (probs * (log_probs_clean - lp[:, first:-1])).sum()
+            for lp, (log_probs_clean, probs) in zip(log_probs, clean, strict=True)
         )
         kl = float(total) / (len(tokens) * (tokens.shape[1] - 1 - first))
     return _ce(context, tokens, log_probs), kl
