@@ -90,7 +90,29 @@ def test_a_row_that_tops_several_features_gives_each_the_same_context(make_sourc
         assert two["token_activations"] == pytest.approx(
             [2 * value for value in one["token_activations"]], rel=1e-5
         )
-        assert one["tokens"] is not two["tokens"]  # no list is shared between examples
+        # No list is shared between examples.
+        assert one["tokens"] is not two["tokens"]
+        assert one["token_activations"] is not two["token_activations"]
+
+
+def test_positions_that_kept_no_activation_have_none(make_source):
+    # Without BOS, position 0 is text but keeps no activation: a context that reaches back to a
+    # sequence's start has None there, and only there (a prefix of its tokens).
+    source = make_source(prepend_bos=False)
+    source.load()
+    context = source.text_context()
+    assert context.first_position == 1 and not context.prepend_bos
+    directions = torch.randn(64, 48, generator=torch.Generator().manual_seed(2))
+    top = lm_eval.top_examples(context, lambda x: torch.relu(x @ directions), n_examples=10)
+    nones = 0
+    for examples in top["features"].values():
+        for example in examples:
+            activations = example["token_activations"]
+            kept = [value is not None for value in activations]
+            assert kept == sorted(kept)  # every None comes before every kept position
+            assert activations[example["token_index"]] is not None
+            nones += kept.count(False)
+    assert nones > 0
 
 
 def test_text_context_needs_load_first(make_source):

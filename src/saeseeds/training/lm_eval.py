@@ -22,7 +22,8 @@ from saeseeds.contract import TOP_EXAMPLES_FORMAT, TOP_EXAMPLES_MARKER
 
 MARKER = TOP_EXAMPLES_MARKER
 TOP_EXAMPLES_BATCH = 2048
-_BASELINE_MEMORY: dict[tuple, dict[str, Any]] = {}  # clean log-probs and zero-ablation CE
+# The clean model's scored log-probabilities and probabilities, its CE and the zero-ablation CE.
+_BASELINE_MEMORY: dict[tuple, dict[str, Any]] = {}
 
 
 # ---- CE-loss score ----
@@ -52,7 +53,13 @@ def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor
 
 
 def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
-    memo_key = (context.store_key, context.eval_sequences, context.model.weight_hash)
+    # The forward batch size too: the clean predictions are kept by forward batch.
+    memo_key = (
+        context.store_key,
+        context.eval_sequences,
+        context.forward_batch_size,
+        context.model.weight_hash,
+    )
     if memo_key not in _BASELINE_MEMORY:
         clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
         ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None)
