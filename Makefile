@@ -17,7 +17,7 @@ sweep: setup            ## the stability experiment: 5 seeds x 2 sizes, one mult
 analyze: setup          ## stability report for the latest multirun folder
 	$(PY) analyze.py
 
-test: setup             ## the default test suite (under 10 minutes on 2 cores)
+test: setup             ## the default test suite (9-11 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: setup        ## only the slow tests (embedded SmolLM2 end to end, big benchmarks)
