@@ -48,11 +48,13 @@ from saeseeds.activations.shards import TrainingRows
 from saeseeds.activations.store_build import ensure_store
 from saeseeds.sae import build_sae
 from saeseeds.sae.topk import TopKConfig
-from saeseeds.training.batch_order import BatchOrder, Window
+from saeseeds.training.batch_order import BatchOrder, BlockEnds, Window, blocks_from
 from saeseeds.training.datamodule import (
+    LONGEST_BLOCK,
     ActivationDataModule,
     WindowedRows,
     init_sample,
+    planned_steps,
 )
 from saeseeds.training.module import SAETrainingModule
 
@@ -93,14 +95,12 @@ def window_positions(order: BatchOrder, window: Window) -> torch.Tensor:  # [win
     return torch.cat([torch.arange(firsts[shard], firsts[shard + 1]) for shard in window.shards])
 
 
-class StoreOrderBatches(Sampler[torch.Tensor]):
-    """The training rows of every batch the store path serves, epoch after epoch."""
+class StoreOrderBatches(Sampler[list[torch.Tensor]]):
+    """The training rows of every batch the store path serves, epoch after epoch, in the blocks
+    of steps it serves them in."""
 
-    def __init__(self, order: BatchOrder):
-        self.order, self.epoch = order, 0
-
-    def __len__(self) -> int:
-        return self.order.steps_per_epoch
+    def __init__(self, order: BatchOrder, ends: BlockEnds):
+        self.order, self.ends, self.epoch = order, ends, 0
 
     def __iter__(self):
         epoch_order = torch.cat(
@@ -109,14 +109,16 @@ class StoreOrderBatches(Sampler[torch.Tensor]):
                 for window in self.order.windows(self.epoch)
             ]
         )
+        first_step = self.epoch * self.order.steps_per_epoch
         self.epoch += 1
         size = self.order.batch_size
-        for index in range(len(self)):
-            yield epoch_order[index * size : (index + 1) * size]
+        for block in blocks_from(self.order, first_step, self.ends):
+            batches = range(block.first, block.first + block.count)
+            yield [epoch_order[index * size : (index + 1) * size] for index in batches]
 
 
 class RowBatches(torch.utils.data.Dataset):
-    """Indexing with a tensor of row indices returns that whole batch (no per-row collation)."""
+    """Indexing with a block's row indices returns its whole batches (no per-row collation)."""
 
     def __init__(self, rows: torch.Tensor):  # [n_rows, d_in]
         self.rows = rows
@@ -124,8 +126,8 @@ class RowBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.rows.shape[0]
 
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:  # [batch, d_in]
-        return self.rows[indices]
+    def __getitem__(self, block: list[torch.Tensor]) -> list[torch.Tensor]:  # [batch, d_in] each
+        return [self.rows[indices] for indices in block]
 
 
 class InMemory(L.LightningDataModule):
@@ -133,10 +135,18 @@ class InMemory(L.LightningDataModule):
         super().__init__()
         self.rows, self.order = rows, order
 
+    def planned_steps(self) -> int:
+        return planned_steps(self.trainer, self.order.steps_per_epoch)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            RowBatches(self.rows), sampler=StoreOrderBatches(self.order), batch_size=None
+        # The blocks of steps the store path's data module serves (no checkpoints or fractions).
+        ends = BlockEnds(
+            every=(self.trainer.log_every_n_steps,),
+            total_steps=self.planned_steps(),
+            longest=LONGEST_BLOCK,
         )
+        sampler = StoreOrderBatches(self.order, ends)
+        return DataLoader(RowBatches(self.rows), sampler=sampler, batch_size=None)
 
 
 def fit(datamodule: L.LightningDataModule, sample: torch.Tensor, args) -> tuple[float, str]:

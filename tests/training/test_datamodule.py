@@ -12,8 +12,13 @@ import pytest
 import torch
 
 from saeseeds.activations.shards import GeneratedShards, TrainingRows
-from saeseeds.training.batch_order import BatchOrder
-from saeseeds.training.datamodule import SeededBatchSampler, WindowedRows, training_rows
+from saeseeds.training.batch_order import BatchOrder, BlockEnds, blocks_from
+from saeseeds.training.datamodule import (
+    BlockDataset,
+    SeededBatchSampler,
+    WindowedRows,
+    training_rows,
+)
 from saeseeds.training.run import train
 from tests.training.test_run import InterruptAtStep
 
@@ -69,10 +74,34 @@ def test_the_batch_at_a_step_depends_only_on_the_seed_and_the_step():
     expected = {position: rows[position].clone() for position in everything}
     for start in (0, 5, order.steps_per_epoch + 3):  # mid-epoch, and in the second epoch
         resumed = reader(n_rows=700, batch=50, window=2, seed=1)
-        sampler = SeededBatchSampler(resumed.order, lambda start=start: start)
-        served = list(sampler)
-        assert served[0] == everything[start]
-        assert all(torch.equal(resumed[position], expected[position]) for position in served)
+        ends = BlockEnds(every=(4,), longest=4)
+        sampler = SeededBatchSampler(resumed.order, ends, lambda start=start: start)
+        dataset = BlockDataset(resumed)
+        served = [batch for block in sampler for batch in dataset[block]]
+        assert len(served) == order.steps_per_epoch - start % order.steps_per_epoch  # to its end
+        for position, batch in zip(everything[start:], served, strict=False):
+            assert torch.equal(batch, expected[position])
+
+
+def test_blocks_cover_each_epoch_and_end_where_something_happens():
+    order = BatchOrder([64] * 4, batch_size=10, window_shards=2, seed=0)  # 25 steps an epoch
+    ends = BlockEnds(every=(10, 0), fractions=(0.25, 0.5), total_steps=60, longest=16)
+    assert 15 in ends and 30 in ends and 60 in ends and 20 in ends and 16 not in ends
+    for start in (0, 3, 25, 47):
+        blocks = list(blocks_from(order, start, ends))
+        epoch = start // 25
+        steps = [epoch * 25 + block.first + i for block in blocks for i in range(block.count)]
+        assert steps == list(range(start, (epoch + 1) * 25))  # every step once, in order
+        for block in blocks:
+            done = epoch * 25 + block.first + block.count  # steps done after the block
+            assert done in ends or block.first + block.count == 25  # an event, or the epoch end
+            inside = range(epoch * 25 + block.first + 1, done)
+            assert not any(step in ends for step in inside)  # nothing is due inside a block
+    # Without short intervals, a block is at most `longest` steps, aligned to its multiples.
+    long_blocks = list(blocks_from(order, 0, BlockEnds(every=(100,), longest=8)))
+    assert [block.count for block in long_blocks] == [8, 8, 8, 1]
+    # Under DDP (one step per block) every block is a single batch.
+    assert all(b.count == 1 for b in blocks_from(order, 0, BlockEnds(every=(10,), longest=1)))
 
 
 def test_ddp_shares_make_up_each_batch():

@@ -95,12 +95,13 @@ def test_sigterm_before_training_exits_143_without_a_run(tmp_path):
 
 @pytest.fixture
 def interrupted(tmp_path) -> Path:
-    """A k=4 run stopped by SIGINT at its 8th step (checkpoint there), not complete."""
+    """A k=4 run stopped by SIGINT after step 5, at the end of the next block of steps (step 8,
+    a logging step; checkpoint there), not complete."""
     import lightning as L
 
     class CtrlC(L.Callback):
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 7:
+            if trainer.global_step == 5:
                 os.kill(os.getpid(), signal.SIGINT)
 
     run_dir = tmp_path / "interrupted"
@@ -222,7 +223,7 @@ def test_a_runners_preemption_signal_is_handed_over_after_the_checkpoint(tmp_pat
 
     class Preempt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 7:
+            if trainer.global_step == 5:
                 os.kill(os.getpid(), signal.SIGUSR2)
 
     run_dir = tmp_path / "run"
@@ -234,7 +235,7 @@ def test_a_runners_preemption_signal_is_handed_over_after_the_checkpoint(tmp_pat
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert stopped.value.code == 144
-    assert seen == [8]  # the runner ran once, after the step-8 checkpoint was on disk
+    assert seen == [8]  # the runner ran once, after the checkpoint at the next block's end
     assert not (run_dir / "COMPLETE").exists()
 
 
@@ -267,6 +268,28 @@ def test_a_checkpoint_from_before_the_one_training_flow_resumes_exactly(interrup
     torch.save(checkpoint, last)
 
     train(compose_train([*LONGER, CHECKPOINT_EVERY, "resume=true"], interrupted))
+    train(compose_train([*LONGER, CHECKPOINT_EVERY], tmp_path / "straight"))
+    weights = "sae_weights.safetensors"
+    assert (interrupted / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
+
+
+def test_a_checkpoint_of_one_step_per_lightning_step_resumes_exactly(interrupted, tmp_path):
+    """A checkpoint written when each Lightning step was one optimisation step (automatic
+    optimisation counts its steps in another loop field) resumes at its step, to the bytes of an
+    uninterrupted run."""
+    last = interrupted / "checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    fit_loop = checkpoint["loops"]["fit_loop"]
+    manual = fit_loop["epoch_loop.manual_optimization.optim_step_progress"]
+    automatic = fit_loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    assert manual["total"]["completed"] == checkpoint["global_step"] == 8
+    for scope in ("total", "current"):
+        automatic["step"][scope] = dict(manual[scope])
+        manual[scope] = {"ready": 0, "completed": 0}
+    torch.save(checkpoint, last)
+
+    metrics = train(compose_train([*LONGER, CHECKPOINT_EVERY, "resume=true"], interrupted))
+    assert metrics["steps"] == 64
     train(compose_train([*LONGER, CHECKPOINT_EVERY], tmp_path / "straight"))
     weights = "sae_weights.safetensors"
     assert (interrupted / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()

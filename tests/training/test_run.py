@@ -121,13 +121,14 @@ def test_same_seed_same_weights_different_seed_different_weights(train_config, t
 
 
 class InterruptAtStep(L.Callback):
-    """Presses Ctrl-C after a given optimiser step, as a user would."""
+    """Presses Ctrl-C once ``step`` optimiser steps are done, as a user would: training sees it
+    at the end of the block of steps under way (blocks end at every log and checkpoint step)."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step >= self.step:
             raise KeyboardInterrupt
 
 
@@ -168,3 +169,23 @@ def test_resume_without_a_checkpoint_is_a_clear_error(train_config, tmp_path):
 
     with pytest.raises(ConfigError, match="resume=true but .*last.ckpt does not exist"):
         train(train_config("resume=true", "logger=none"))
+
+
+@pytest.mark.parametrize(
+    ("option", "instead"),
+    [
+        ("accumulate_grad_batches=2", "data.batch_size"),
+        ("limit_train_batches=5", "trainer.max_steps"),
+        ("gradient_clip_algorithm=value", "sae.grad_clip"),
+    ],
+)
+def test_lightning_options_that_count_steps_are_refused_before_training(
+    train_config, tmp_path, option, instead
+):
+    from saeseeds.errors import ConfigError
+
+    name = option.split("=")[0]
+    cfg = train_config("logger=none", f"+trainer.kwargs.{option}", output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=f"trainer.kwargs.{name}=.* is not supported.*{instead}"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

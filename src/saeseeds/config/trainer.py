@@ -39,7 +39,9 @@ class TrainerConfig:
     deterministic: bool = True
     enable_progress_bar: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Any other ``lightning.Trainer`` argument: ``+trainer.kwargs.accumulate_grad_batches=2``."""
+    """Any other ``lightning.Trainer`` argument: ``+trainer.kwargs.max_time=00:12:00:00``. Those
+    that count or change optimisation steps (``accumulate_grad_batches``,
+    ``limit_train_batches``, gradient clipping) are refused: the module takes its steps itself."""
     checkpoint_every_n_steps: int = 200
     """Save ``checkpoints/last.ckpt`` this often (for resuming); the app's, not Lightning's."""
     snapshots: bool = True

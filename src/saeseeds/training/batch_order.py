@@ -6,14 +6,19 @@ rows of window w are permuted by a generator seeded with (order seed, e, w), and
 order is the windows' orders one after another. Batch b of the epoch is positions
 [b·B, (b+1)·B) of it (a batch may straddle two windows), and an epoch has ``n_rows // B`` batches.
 So memory holds a window or two, never the training set, and a run resumed at any step, or
-another seed trained on the same order seed, sees exactly the same batches. This module knows
-neither files nor Lightning.
+another seed trained on the same order seed, sees exactly the same batches.
+
+Training takes its steps in blocks of consecutive batches (:func:`blocks_from`), several
+optimisation steps per turn of the training loop. A block ends at every step where something
+happens between steps (a log, a checkpoint, a held-out point: :class:`BlockEnds`), so blocks
+change when things happen, never which batches are read. This module knows neither files nor
+Lightning.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -107,7 +112,56 @@ class BatchOrder:
         }
 
 
-def batches_from(order: BatchOrder, start_step: int) -> itertools.product:
-    """(epoch, batch) of every step of the epoch that ``start_step`` falls in, from it on."""
-    epoch, offset = divmod(start_step, order.steps_per_epoch)
-    return itertools.product([epoch], range(offset, order.steps_per_epoch))
+class BlockEnds:
+    """The step counts at which a block of steps ends, because something happens once that many
+    steps are done: every multiple of each interval of ``every`` (logging, checkpoints; 0 is
+    none), the step of each of ``fractions`` of ``total_steps`` (held-out points, snapshots), and
+    ``total_steps`` itself. No block is longer than ``longest`` steps: when no interval of
+    ``every`` is that short, blocks also end at multiples of ``longest``.
+    """
+
+    def __init__(
+        self,
+        every: tuple[int, ...] = (),
+        fractions: tuple[float, ...] = (),
+        total_steps: int | None = None,
+        longest: int = 1,
+    ):
+        if longest < 1:
+            raise ConfigError(f"a block of steps must hold at least one step, got {longest}.")
+        self.marked = {fraction_step(f, total_steps) for f in fractions} if total_steps else set()
+        if total_steps:
+            self.marked.add(total_steps)
+        self.periods = sorted({period for period in every if period > 0})
+        if not self.periods or self.periods[0] > longest:  # else those already bound a block
+            self.periods.insert(0, longest)
+
+    def __contains__(self, steps_done: int) -> bool:
+        return steps_done in self.marked or any(steps_done % p == 0 for p in self.periods)
+
+
+def fraction_step(fraction: float, total_steps: int) -> int:
+    """The optimisation step at which ``fraction`` of training is done (at least step 1)."""
+    return max(1, round(fraction * total_steps))
+
+
+def blocks_from(order: BatchOrder, start_step: int, ends: BlockEnds) -> Iterator[Block]:
+    """The blocks of the epoch that ``start_step`` falls in, from it on: consecutive batches that
+    end at the epoch's end, at ``ends`` and after at most ``ends.longest`` steps."""
+    epoch, batch = divmod(start_step, order.steps_per_epoch)
+    first_step = epoch * order.steps_per_epoch
+    while batch < order.steps_per_epoch:
+        count = 1
+        while batch + count < order.steps_per_epoch and first_step + batch + count not in ends:
+            count += 1
+        yield Block(epoch, batch, count)
+        batch += count
+
+
+@dataclass(frozen=True)
+class Block:
+    """Batches ``first`` .. ``first + count - 1`` of ``epoch``: one turn of the training loop."""
+
+    epoch: int
+    first: int
+    count: int

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from saeseeds.errors import DataError
+from saeseeds.training.batch_order import fraction_step
 from saeseeds.training.metrics import evaluate_heldout
 
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -57,7 +58,7 @@ class HeldoutCurve(Callback):
         self.curves.extend({} for _ in range(len(saes) - len(self.curves)))
         reached, due = [], []  # keys of the points taken now; steps of the points to come
         for fraction in CURVE_FRACTIONS:
-            key, at = f"{fraction:g}", max(1, round(fraction * module.total_steps))
+            key, at = f"{fraction:g}", fraction_step(fraction, module.total_steps)
             if key in self.curves[0]:
                 continue
             if step < at:
@@ -112,8 +113,9 @@ class StopOnNonFinite(Callback):
     """Stops training with :class:`Diverged` once the loss or the weights are NaN or infinite, so
     such a run never writes a checkpoint past the last finite step, nor weights, nor COMPLETE.
 
-    On the CPU the loss is checked every step (free). On an accelerator a check is a host sync,
-    so each step only folds its loss into a flag kept on the device, and the flag is read every
+    It sees the losses of each block of steps (one per step) when the block ends. On the CPU
+    they are checked there (free). On an accelerator a check is a host sync, so each block only
+    folds its losses into a flag kept on the device, and the flag is read every
     ``trainer.log_every_n_steps`` steps (when Lightning logs, and syncs, anyway), before every
     checkpoint and at the end; the weights are checked before every checkpoint and at the end.
     """
@@ -127,8 +129,8 @@ class StopOnNonFinite(Callback):
         if not isinstance(loss, Tensor):
             return
         finite = torch.isfinite(loss.detach()).all()
-        if self._finite is None:
-            self._finite, self._since = finite, trainer.global_step
+        if self._finite is None:  # the loss of each step of the block just taken
+            self._finite, self._since = finite, trainer.global_step - loss.numel() + 1
         else:
             self._finite = self._finite & finite
         every = max(1, int(trainer.log_every_n_steps or 1))

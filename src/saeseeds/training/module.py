@@ -8,7 +8,8 @@ in :mod:`saeseeds.sae`; data and files are elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import lightning as L
@@ -87,9 +88,16 @@ class SAETrainingModule(L.LightningModule):
     metrics are logged as ``seed=S/<name>`` (:class:`saeseeds.training.loggers.SeedLogger` hands
     each seed's to its own logger); otherwise as ``<name>``.
 
+    Each turn of Lightning's loop hands it a block of consecutive batches
+    (:class:`saeseeds.training.datamodule.BlockBatches`), and it takes one optimisation step per
+    batch, in the order Lightning's automatic optimisation would: forward, backward, the decoder
+    constraint and gradient clipping (``on_before_optimizer_step``), the Adam step, the
+    constraint's renormalisation, the learning-rate step. ``global_step`` counts optimisation
+    steps, and Lightning's logging counter is kept equal to it.
+
     Step metrics are computed and logged only at the steps Lightning writes its logs
-    (``trainer.log_every_n_steps``): a value logged at any other step is thrown away, and the
-    logging itself costs as much as a small SAE's step."""
+    (``trainer.log_every_n_steps``, where blocks end): a value logged at any other step is thrown
+    away, and the logging itself costs as much as a small SAE's step."""
 
     def __init__(
         self,
@@ -100,15 +108,18 @@ class SAETrainingModule(L.LightningModule):
         warmup_steps: int = 100,
         decay_start_fraction: float = 0.8,
         dead_tokens_threshold: int = 20_000,
+        grad_clip: float | None = None,
         prefixed: bool = False,
     ):
         super().__init__()
+        self.automatic_optimization = False  # several optimisation steps per Lightning step
         self.saes = nn.ModuleList(saes)
         self.seeds = [int(seed) for seed in seeds]
         self.prefixed = prefixed
         self.lr = lr
         self.warmup_steps, self.decay_start_fraction = warmup_steps, decay_start_fraction
         self.dead_tokens_threshold = dead_tokens_threshold
+        self.grad_clip = grad_clip
         self.input_scale = input_scale
         self.total_steps = 1  # set in configure_optimizers, once the trainer knows the data
         # [n_seeds, n_features]: tokens since each latent of each SAE last fired; a buffer, so it
@@ -130,11 +141,29 @@ class SAETrainingModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return True
+        # Lightning counts its logging steps in turns of its loop; a block is several steps.
+        trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
         return bool(trainer._logger_connector.should_update_logs)
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = batch.float() * self.input_scale  # [batch, d_in]
-        logs = self.logs_this_step()
+    def training_step(self, block: Collection[Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step per batch of ``block``; returns their losses [steps]."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        steps, losses = len(block), []
+        for position, batch in enumerate(block):  # each batch is read when it is reached
+            logs = self.logs_this_step() and position == steps - 1
+            loss = self._loss(batch, logs)
+            optimizer.zero_grad()
+            with _outside_autocast(self.device):  # as automatic optimisation runs them
+                self.manual_backward(loss)
+                optimizer.step()  # on_before_optimizer_step: the constraint, then clipping
+                for sae in self.saes:
+                    sae.after_optimizer_step()
+                scheduler.step()
+            losses.append(loss.detach())
+        return torch.stack(losses)
+
+    def _loss(self, batch: Tensor, logs: bool) -> Tensor:
+        x = batch.to(self.device).float() * self.input_scale  # [batch, d_in]
         losses, fvus = [], []
         for index, sae in enumerate(self.saes):
             sae.set_progress(self.global_step, self.total_steps)
@@ -147,43 +176,28 @@ class SAETrainingModule(L.LightningModule):
                 lr = self.optimizers().param_groups[index]["lr"]
                 prefix = self.log_prefix(index)
                 logged = {f"{prefix}{name}": value for name, value in {**metrics, "lr": lr}.items()}
-                self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
+                self.log_dict(
+                    logged, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(x)
+                )
         if logs:
-            self.log("fvu", torch.stack(fvus).mean(), prog_bar=True, logger=False)
+            fvu = torch.stack(fvus).mean()
+            self.log("fvu", fvu, prog_bar=True, logger=False, batch_size=len(x))
         return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs before the gradient clipping: project, then clip (Gao et al. §A.1).
+        # Project, then clip (Gao et al. §A.1); each SAE is clipped by its own norm, as it
+        # would be alone (Lightning's clipping would take the norm over all seeds at once).
         for sae in self.saes:
             sae.before_optimizer_step()
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        # Lightning would clip the norm over every parameter of the optimiser, i.e. over all
-        # seeds at once; each SAE is clipped by its own norm, as it would be alone.
-        if gradient_clip_val is None or gradient_clip_val <= 0:
-            return
-        for sae in self.saes:
-            parameters = list(sae.parameters())
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        for sae in self.saes:
-            sae.after_optimizer_step()
+        if self.grad_clip is not None and self.grad_clip > 0:
+            for sae in self.saes:
+                torch.nn.utils.clip_grad_norm_(list(sae.parameters()), self.grad_clip)
 
     def configure_optimizers(self):
         # One parameter group per SAE: Adam updates each group by itself, as a lone SAE's.
         groups = [{"params": list(sae.parameters())} for sae in self.saes]
         optimizer = torch.optim.Adam(groups, lr=self.lr, betas=(0.9, 0.999))
-        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        self.total_steps = self.trainer.datamodule.planned_steps()
         schedule = lr_factor_schedule(
             self.total_steps, self.warmup_steps, self.decay_start_fraction
         )
@@ -194,9 +208,20 @@ class SAETrainingModule(L.LightningModule):
         }
 
 
+def _outside_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off, where mixed precision turned it on for the training step: automatic
+    optimisation runs the backward and the optimiser step outside it."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint of a one-seed job written before every job trained a list of SAEs (``sae.*``
-    and a [n_features] tracker) in today's layout (``saes.0.*``, [1, n_features]), in place."""
+    """A checkpoint written by an older version in today's layout, in place: the optimisation
+    steps of a fit that ran one step per Lightning step (automatic optimisation) counted where
+    today's module counts them; and a one-seed job's ``sae.*`` tensors and [n_features] tracker,
+    from before every job trained a list of SAEs, as ``saes.0.*`` and [1, n_features]."""
+    _count_steps_as_manual(checkpoint)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not any(name.startswith("sae.") for name in state):
         return checkpoint
@@ -213,3 +238,19 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def seed_prefix(seed: int) -> str:
     return f"seed={seed}/"
+
+
+def _count_steps_as_manual(checkpoint: dict[str, Any]) -> None:
+    # Lightning's global_step is the optimiser steps counted by the module's optimisation mode.
+    loops = checkpoint.get("loops")
+    fit_loop = loops.get("fit_loop") if isinstance(loops, dict) else None
+    if not isinstance(fit_loop, dict):
+        return
+    automatic = fit_loop.get("epoch_loop.automatic_optimization.optim_progress")
+    manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    if not isinstance(automatic, dict) or not isinstance(manual, dict):
+        return
+    steps = automatic["optimizer"]["step"]
+    if manual["total"]["completed"] == 0 and steps["total"]["completed"] > 0:
+        for scope in ("total", "current"):
+            manual[scope] = {key: steps[scope][key] for key in ("ready", "completed")}

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
 from saeseeds.sae import SAE, SAEConfig, build_sae
 from saeseeds.tracking import finish_wandb, record_wandb_run, start_wandb_run, wandb_run_info
-from saeseeds.training.callbacks import HeldoutCurve, StopOnNonFinite
+from saeseeds.training.callbacks import CURVE_FRACTIONS, HeldoutCurve, StopOnNonFinite
 from saeseeds.training.datamodule import (
     ActivationDataModule,
     WindowedRows,
@@ -106,7 +107,7 @@ def _train_plan(
     saes = [initialised_sae(sae_config, rows, input_scale, seed) for seed in seeds]
     arguments = module_arguments(sae_config, saes[0], input_scale)
     module = SAETrainingModule(saes, seeds, **arguments, prefixed=not plan.own_folder)
-    datamodule = ActivationDataModule(rows, source.batch_size)
+    datamodule = ActivationDataModule(rows, source.batch_size, *step_events(cfg))
     checkpoint_io = AtomicCheckpointIO()
     ckpt_path = None
     precision_choice = step_precision(
@@ -198,7 +199,18 @@ def module_arguments(sae_config: SAEConfig, sae: SAE, input_scale: float) -> dic
         warmup_steps=sae_config.warmup_steps,
         decay_start_fraction=sae_config.decay_start_fraction,
         dead_tokens_threshold=sae_config.dead_tokens_threshold,
+        grad_clip=sae_config.grad_clip,
     )
+
+
+def step_events(cfg: DictConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The step intervals and fractions of training at which the callbacks act (checkpoints; the
+    held-out curve and snapshots), where a block of steps must end."""
+    fractions = list(CURVE_FRACTIONS)
+    if cfg.trainer.get("snapshots", False):
+        fractions += list(cfg.trainer.get("snapshot_fractions") or [])
+    every = int(cfg.trainer.checkpoint_every_n_steps or 0)
+    return (every,), tuple(float(fraction) for fraction in fractions)
 
 
 def training_callbacks(
@@ -249,7 +261,6 @@ def build_trainer(
         return L.Trainer(
             **lightning_arguments(cfg.trainer),
             precision=precision,
-            gradient_clip_val=sae_config.grad_clip,
             enable_model_summary=False,
             # Several processes (DDP): SeededBatchSampler gives each its shard of every batch.
             use_distributed_sampler=False,
@@ -284,7 +295,11 @@ def fit_module(
 ) -> FitRecord:
     """``trainer.fit``, timed; refuses a fit that took no optimisation step."""
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with warnings.catch_warnings():
+        # Lightning warns that under manual optimisation a checkpoint holds the weights after
+        # the step's update: so they did under automatic optimisation, and resuming needs them.
+        warnings.filterwarnings("ignore", message=MANUAL_CHECKPOINT_WARNING, category=UserWarning)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time_s = time.perf_counter() - fit_started
     if trainer.global_step == 0:
         raise ConfigError(
@@ -305,11 +320,27 @@ def heldout_curve(trainer: L.Trainer) -> HeldoutCurve | None:
     return curves[0] if curves else None
 
 
+MANUAL_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization"
+# Lightning options about optimisation steps, which this module takes itself, and what to use.
+STEP_KWARGS = {
+    "accumulate_grad_batches": "Use a larger data.batch_size.",
+    "gradient_clip_val": "Set sae.grad_clip.",
+    "gradient_clip_algorithm": "sae.grad_clip clips each SAE's gradient norm.",
+    "limit_train_batches": "Set trainer.max_steps.",
+}
+
+
 def lightning_arguments(trainer_cfg: DictConfig) -> dict[str, Any]:
     """The ``trainer`` group as ``lightning.Trainer`` keywords: every field but the app's own,
     plus ``trainer.kwargs``; precision is chosen separately (:mod:`.step_precision`)."""
     arguments = OmegaConf.to_container(trainer_cfg, resolve=True)
     extra = arguments.pop("kwargs", {}) or {}
+    for name, instead in STEP_KWARGS.items():
+        if name in extra:
+            raise ConfigError(
+                f"trainer.kwargs.{name}={extra[name]!r} is not supported: the module takes "
+                f"several optimisation steps per Lightning batch and runs them itself. {instead}"
+            )
     for name in (*APP_FIELDS, "precision"):
         arguments.pop(name, None)
     return {**arguments, **extra}

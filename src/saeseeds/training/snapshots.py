@@ -27,14 +27,10 @@ from lightning.pytorch.callbacks import Callback
 
 from saeseeds import contract
 from saeseeds.io import atomic_save_safetensors, atomic_write_json
+from saeseeds.training.batch_order import fraction_step
 from saeseeds.training.callbacks import HeldoutCurve
 
 log = logging.getLogger(__name__)
-
-
-def fraction_step(fraction: float, total_steps: int) -> int:
-    """The optimiser step at which ``fraction`` of training is done (at least step 1)."""
-    return max(1, round(fraction * total_steps))
 
 
 class SnapshotWriter(Callback):
