@@ -75,6 +75,12 @@ def test_multirun_sweep_of_seeds_and_sizes(tmp_path):
         logged = {"train/loss", "train/mse", "train/fvu", "train/l0", "train/dead_fraction"}
         logged |= {"train/auxk", "lr", "val/fvu", "val/explained_variance", "val/l0"}
         assert logged | {"val/dead_fraction"} <= run["history_keys"]
+        # The step metrics are logged at every log_every_n_steps-th step, with the epoch.
+        every = hydra_cfg["trainer"]["log_every_n_steps"]
+        assert len(run["history_values"]["train/loss"]) == metrics["steps"] // every
+        assert len(run["history_values"]["epoch"]) == metrics["steps"] // every + len(
+            curve_keys(metrics)
+        )
         # The held-out metrics are logged once per point of the held-out curve, and are it.
         curve = metrics["heldout_fvu_curve"]
         assert run["history_values"]["val/fvu"] == pytest.approx([curve[k] for k in sorted(curve)])
@@ -107,3 +113,22 @@ def test_bad_input_fails_before_training(tmp_path, overrides, message):
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (run_dir / "checkpoints").exists()
     assert not (run_dir / "COMPLETE").exists()
+
+
+def curve_keys(metrics: dict) -> list[str]:
+    return sorted(metrics["heldout_fvu_curve"])
+
+
+def test_step_metrics_reach_the_loggers_as_lightnings_log_would_write_them():
+    import torch
+
+    from saeseeds.training.module import _logged_scalar
+
+    # A Python number is logged as a tensor of the default dtype; other dtypes are converted.
+    assert _logged_scalar(0.1) == torch.tensor(0.1, dtype=torch.float32).item() != 0.1
+    assert (
+        _logged_scalar(torch.tensor(0.1, dtype=torch.bfloat16))
+        == torch.tensor(0.1, dtype=torch.bfloat16).float().item()
+    )
+    assert _logged_scalar(torch.tensor(0.1, dtype=torch.float64)) == 0.1
+    assert isinstance(_logged_scalar(torch.tensor(3)), float)
