@@ -9,10 +9,13 @@ import torch
 from saeseeds.sae import fused_topk
 from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
 from saeseeds.sae.kernels import (
+    Workspace,
+    encoder_pre_activations,
     geometric_median,
     sampled_dots,
     sort_by_latent,
     sum_rows_by_latent,
+    with_encoder_bias,
 )
 from saeseeds.sae.topk import TopKSAE
 from tests.helpers import topk_sae
@@ -195,6 +198,26 @@ def test_fused_forward_in_blocks_of_rows_equals_one_block(monkeypatch, sparse):
     assert whole_out.losses["auxk"] > 0
     for name, grad in whole_grads.items():
         torch.testing.assert_close(blocks_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_workspace_matmul_gives_the_fresh_pre_activations_bit_for_bit(autocast):
+    """Large pre-activations are written into a buffer kept between steps; the values must be
+    those of the plain (autocast) matmul, in fp32 and under bf16 autocast alike."""
+    generator = torch.Generator().manual_seed(2)
+    x, b_dec = torch.randn(300, 40, generator=generator), torch.randn(40, generator=generator)
+    W_enc, b_enc = torch.randn(40, 200, generator=generator), torch.randn(200, generator=generator)
+    workspace = Workspace()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fresh = encoder_pre_activations(x, W_enc, b_enc, b_dec)
+        product = workspace.matmul(x - b_dec, W_enc)
+        assert product.dtype == (torch.bfloat16 if autocast else torch.float32)
+        kept = with_encoder_bias(product, b_enc)
+        assert kept.dtype == torch.float32 and torch.equal(kept, fresh)
+        # The next step, and a smaller batch, reuse the buffer's memory.
+        assert workspace.matmul(x[:100] - b_dec, W_enc).data_ptr() == product.data_ptr()
+    workspace.release()
+    assert workspace.matmul(x - b_dec, W_enc).data_ptr() != 0
 
 
 @pytest.mark.parametrize("sparse", [True, False])

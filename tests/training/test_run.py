@@ -132,6 +132,30 @@ class InterruptAtStep(L.Callback):
             raise KeyboardInterrupt
 
 
+def test_the_pre_activation_workspace_changes_no_weight_and_is_freed(
+    train_config, tmp_path, monkeypatch
+):
+    """A batch whose pre-activations exceed the block size trains from a buffer kept between
+    steps: the same bytes as the fresh tensors, and the buffer is freed when the fit ends."""
+    from saeseeds.sae import fused_topk
+
+    weights, used = [], []
+    matmul = fused_topk.Workspace.matmul
+
+    def counted(self, a, b):
+        used.append(a.shape[0])
+        return matmul(self, a, b)
+
+    monkeypatch.setattr(fused_topk.Workspace, "matmul", counted)
+    for name, block_bytes in (("fresh", 2**30), ("workspace", 4 * 64 * 100)):
+        monkeypatch.setattr(fused_topk, "PRE_ACTIVATION_BLOCK_BYTES", block_bytes)
+        train(train_config("seed=5", output_dir=tmp_path / name))
+        weights.append((tmp_path / name / "sae_weights.safetensors").read_bytes())
+        assert fused_topk.WORKSPACE._buffers == {}
+    assert weights[0] == weights[1]
+    assert used and set(used) == {256}  # every step of the second fit, the whole batch at once
+
+
 def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     common = ("seed=3", "logger=none", "trainer.checkpoint_every_n_steps=5")
     straight_metrics = train(train_config(*common, output_dir=tmp_path / "straight"))

@@ -36,21 +36,23 @@ from torch.autograd.function import once_differentiable
 
 from saeseeds.sae.kernels import (
     LatentOrder,
+    Workspace,
     encoder_pre_activations,
     sampled_dots,
     sort_by_latent,
     sum_rows_by_latent,
+    with_encoder_bias,
 )
 
 # A group is dense when it has at most this many columns per chosen entry: a dense multiply-add
 # costs roughly a tenth of a sparse one on CPU (scripts/bench_train_step.py times both paths;
 # a mixed rule, sparse decode with dense sums, measured no faster at 4096 and 128 latents).
 DENSE_COLUMNS_PER_ENTRY = 8
-# The forward computes the [batch, n_features] pre-activations in equal blocks of rows of at most
-# this size: under glibc's largest mmap threshold (32 MiB), so a block freed in one step is reused
-# by the next instead of being faulted in again; few enough that the per-call costs of the
-# matmul (packing W_enc) and of each parallel region stay small.
+# Pre-activations larger than this have their matmul written into WORKSPACE's buffer, kept
+# between steps (below it a fresh tensor comes from glibc's heap, which reuses it), and are
+# finished and searched in equal blocks of rows of at most this size.
 PRE_ACTIVATION_BLOCK_BYTES = 30 * 2**20
+WORKSPACE = Workspace()
 
 
 class Group(NamedTuple):
@@ -83,17 +85,23 @@ def select(
     group (top k_aux among the dead latents' columns: the same latents as masking the live ones
     with −inf, without a second [batch, n_features] tensor).
 
-    The pre-activations are computed and searched a block of rows at a time, never as a fresh
-    [batch, n_features] allocation (a fresh 256 MB buffer costs the operating system ~70 ms of
-    page faults per step at 4096 × 16384). Each row is searched alone, so the blocks do not
-    change which latents are chosen.
+    Large pre-activations are never a fresh [batch, n_features] allocation (a fresh 256 MB
+    tensor costs the operating system ~70 ms of page faults per step at 4096 × 16384): their
+    matmul is written into ``WORKSPACE``'s buffer, kept between steps, and the bias, any dtype
+    conversion and the search run a block of rows at a time, so their temporaries stay small.
+    Each row is searched alone, so the blocks do not change which latents are chosen.
     """
     W_enc, b_enc, b_dec = weights
     n_features = W_enc.shape[1]
     n_blocks = -(-len(x) * 4 * n_features // PRE_ACTIVATION_BLOCK_BYTES)  # ceiling
+    n_blocks = max(1, min(n_blocks, len(x)))
     tops, auxes = [], []
-    for block in x.tensor_split(max(1, min(n_blocks, len(x)))):
-        pre = encoder_pre_activations(block, W_enc, b_enc, b_dec)  # [rows, n_features]
+    if n_blocks > 1:  # large: one matmul into a buffer kept between steps, then by blocks
+        product = WORKSPACE.matmul(x - b_dec, W_enc).tensor_split(n_blocks)
+        blocks = (with_encoder_bias(part, b_enc) for part in product)
+    else:
+        blocks = iter([encoder_pre_activations(x, W_enc, b_enc, b_dec)])
+    for pre in blocks:  # [rows, n_features]
         tops.append(pre.topk(k, dim=-1, sorted=False))
         if k_aux > 0:
             auxes.append(pre.index_select(1, dead_latents).topk(k_aux, sorted=False))

@@ -37,7 +37,7 @@ from saeseeds.activations.shards import TrainingRows
 from saeseeds.config.trainer import APP_FIELDS
 from saeseeds.config.validation import validate_train_config
 from saeseeds.errors import ConfigError, DataError
-from saeseeds.sae import SAE, SAEConfig, build_sae
+from saeseeds.sae import SAE, SAEConfig, build_sae, fused_topk
 from saeseeds.tracking import finish_wandb, record_wandb_run, start_wandb_run, wandb_run_info
 from saeseeds.training.callbacks import CURVE_FRACTIONS, HeldoutCurve, StopOnNonFinite
 from saeseeds.training.datamodule import (
@@ -86,8 +86,11 @@ def train_plan(
     their metrics by seed."""
     started = time.time()
     sae_config = validate_train_config(cfg)
-    with StopSignals() as signals:
-        return _train_plan(cfg, sae_config, plan, signals, started, list(extra_callbacks or []))
+    try:
+        with StopSignals() as signals:
+            return _train_plan(cfg, sae_config, plan, signals, started, list(extra_callbacks or []))
+    finally:
+        fused_topk.WORKSPACE.release()  # the Top-K forward's buffer: the job's work is done
 
 
 def _train_plan(
