@@ -136,7 +136,7 @@ def test_the_pre_activation_workspace_changes_no_weight_and_is_freed(
     train_config, tmp_path, monkeypatch
 ):
     """A batch whose pre-activations exceed the block size trains from a buffer kept between
-    steps: the same bytes as the fresh tensors, and the buffer is freed when the fit ends."""
+    steps: the same bytes as the fresh tensors, and the buffer is freed when the job ends."""
     from saeseeds.sae import fused_topk
 
     weights, used = [], []

@@ -100,7 +100,7 @@ def select(
         product = WORKSPACE.matmul(x - b_dec, W_enc).tensor_split(n_blocks)
         blocks = (with_encoder_bias(part, b_enc) for part in product)
     else:
-        blocks = iter([encoder_pre_activations(x, W_enc, b_enc, b_dec)])
+        blocks = [encoder_pre_activations(x, W_enc, b_enc, b_dec)]
     for pre in blocks:  # [rows, n_features]
         tops.append(pre.topk(k, dim=-1, sorted=False))
         if k_aux > 0:
