@@ -216,8 +216,9 @@ def test_the_workspace_matmul_gives_the_fresh_pre_activations_bit_for_bit(autoca
         assert kept.dtype == torch.float32 and torch.equal(kept, fresh)
         # The next step, and a smaller batch, reuse the buffer's memory.
         assert workspace.matmul(x[:100] - b_dec, W_enc).data_ptr() == product.data_ptr()
-    workspace.release()
-    assert workspace.matmul(x - b_dec, W_enc).data_ptr() != 0
+        workspace.release()  # the memory goes back; the next call allocates afresh
+        assert workspace._buffers == {}
+        assert torch.equal(with_encoder_bias(workspace.matmul(x - b_dec, W_enc), b_enc), fresh)
 
 
 @pytest.mark.parametrize("sparse", [True, False])
