@@ -76,11 +76,11 @@ def saeseeds_step(cfg: dict, x, dead_mask):
     import torch
 
     from saeseeds.sae.topk import TopKConfig, TopKSAE
-    from saeseeds.training.module import update_dead_tracker
+    from saeseeds.training.module import ADAM_OPTIONS, update_dead_tracker
 
     sae = TopKSAE(cfg["d_in"], TopKConfig(n_features=cfg["n_features"], k=cfg["k"]))
     sae.initialize(x, torch.Generator().manual_seed(1))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=sae.default_lr())
+    optimizer = torch.optim.Adam(sae.parameters(), lr=sae.default_lr(), **ADAM_OPTIONS)
     tokens_since_fired = torch.zeros(cfg["n_features"], dtype=torch.long)
     mask = dead_mask if cfg["aux"] else None
 

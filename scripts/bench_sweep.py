@@ -201,7 +201,7 @@ def pure_step_seconds(
     from saeseeds.config.validation import validate_train_config
     from saeseeds.sae import build_sae
     from saeseeds.training.metrics import evaluate_heldout
-    from saeseeds.training.module import lr_factor_schedule, sae_step
+    from saeseeds.training.module import ADAM_OPTIONS, lr_factor_schedule, sae_step
 
     sae_config = validate_train_config(cfg)
     batch_size = int(cfg.data.batch_size)
@@ -213,7 +213,7 @@ def pure_step_seconds(
     sae.to(device).train()
     parameters = list(sae.parameters())
     lr = sae_config.lr if sae_config.lr is not None else sae.default_lr()
-    optimizer = torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(parameters, lr=lr, **ADAM_OPTIONS)
     schedule = lr_factor_schedule(
         job.steps, sae_config.warmup_steps, sae_config.decay_start_fraction
     )

@@ -29,6 +29,7 @@ import time
 import torch
 
 from saeseeds.sae import REGISTRY, architecture
+from saeseeds.training.module import ADAM_OPTIONS
 
 ENCODERS = {"fused": True, "plain": False}
 DECODERS = {"auto": None, "sparse": True, "dense": False}  # sae.sparse_decoder
@@ -59,7 +60,7 @@ def build(args, n_features: int, fused_encoder: bool, sparse_decoder: bool | Non
         sae.fused_encoder = fused_encoder
     sae.initialize(torch.randn(4096, args.d_in, generator=generator), generator)
     sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, **ADAM_OPTIONS)
     x = torch.randn(args.batch_size, args.d_in, generator=generator).to(device)
     dead_mask = torch.zeros(n_features, dtype=torch.bool, device=device)
     dead_mask[: int(n_features * 0.3)] = True  # AuxK active, as in a run with dead latents

@@ -156,6 +156,22 @@ def test_the_pre_activation_workspace_changes_no_weight_and_is_freed(
     assert used and set(used) == {256}  # every step of the second fit, the whole batch at once
 
 
+def test_the_for_each_adam_gives_the_bytes_of_torchs_cpu_default(
+    train_config, tmp_path, monkeypatch
+):
+    """The module's Adam updates all of an SAE's tensors at once (``foreach``), with fewer
+    temporaries than the one-tensor-at-a-time update torch uses by default on a CPU, and the
+    same arithmetic: the same weight bytes."""
+    from saeseeds.training import module
+
+    weights = []
+    for name, foreach in (("for_each", True), ("one_at_a_time", False)):
+        monkeypatch.setattr(module, "ADAM_OPTIONS", {**module.ADAM_OPTIONS, "foreach": foreach})
+        train(train_config("seed=5", output_dir=tmp_path / name))
+        weights.append((tmp_path / name / "sae_weights.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     common = ("seed=3", "logger=none", "trainer.checkpoint_every_n_steps=5")
     straight_metrics = train(train_config(*common, output_dir=tmp_path / "straight"))

@@ -20,7 +20,7 @@ from saeseeds import precision
 from saeseeds.sae import SAEConfig, build_sae
 from saeseeds.training.lifecycle.checkpoint_io import RECORD_KEY
 from saeseeds.training.lifecycle.lightning_plugins import PRECISION_FIELD
-from saeseeds.training.module import sae_step
+from saeseeds.training.module import ADAM_OPTIONS, sae_step
 
 AUTO = ("auto", None)
 LIGHTNING_PRECISION = {"bfloat16": "bf16-mixed", "float32": "32-true"}
@@ -55,7 +55,7 @@ def timed_step(d_in: int, sae_config: SAEConfig, batch_size: int, dtype: torch.d
     rows = torch.randn(min(batch_size, PROBE_BATCH), d_in, generator=generator)
     sae = build_sae(d_in, sae_config)
     sae.initialize(rows[:256], generator)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, **ADAM_OPTIONS)
     tokens_since_fired = torch.zeros(sae_config.n_features, dtype=torch.long)
 
     def step() -> None:
