@@ -8,6 +8,7 @@ forced sparse and forced dense (``sae.sparse_decoder``), in float32 and under bf
     python scripts/bench_train_step.py --n-features 512 4096 16384 --encoders fused \\
         --decoders auto --precisions fp32 bf16 --steps 15   # where bf16 autocast pays
     python scripts/bench_train_step.py --encoders fused --decoders auto --profile
+    python scripts/bench_train_step.py --encoders fused --decoders auto --phases --steps 10
     python scripts/bench_train_step.py --architecture batchtopk   # any registered architecture
 
 The variants (fused/plain, auto/sparse/dense decoder) are Top-K's; other architectures are timed
@@ -16,8 +17,10 @@ as they are. ``scripts/bench_peers.py`` compares with sparsify and SAELens.
 All variants' steps (precisions included) are timed round-robin in one process, so load from
 other jobs on a shared machine falls on all of them alike; speeds (tokens/s from the median
 step) are reported with their ratios. On a loaded machine, ``--threads 1`` avoids
-thread-barrier stalls that swamp small sizes. ``--profile`` then prints where the first
-variant's step goes (torch.profiler, operators by self time).
+thread-barrier stalls that swamp small sizes. ``--phases`` then times the first variant's step
+phase by phase (forward, backward, projection and clipping, Adam, renormalisation), and
+``--profile`` shows where it goes operator by operator (torch.profiler, by self time; the
+profiler's own cost inflates small operators).
 """
 
 from __future__ import annotations
@@ -36,16 +39,40 @@ DECODERS = {"auto": None, "sparse": True, "dense": False}  # sae.sparse_decoder
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # autocast dtype
 
 
-def train_step(sae, optimizer, x, dead_mask, autocast_dtype):
+def train_step(sae, optimizer, x, dead_mask, autocast_dtype, phases=None):
+    """One step; ``phases`` (a dict), when given, gets each phase's seconds appended."""
+    clock = PhaseClock(phases, x.device)
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         output = sae(x, dead_mask)
         loss = sum(output.losses.values())
+    clock.mark("forward (encoder, top-k, AuxK selection, decode, losses)")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    clock.mark("backward")
     sae.before_optimizer_step()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+    clock.mark("decoder-gradient projection and clipping")
     optimizer.step()
+    clock.mark("Adam")
     sae.after_optimizer_step()
+    clock.mark("decoder renormalisation")
+
+
+class PhaseClock:
+    """Seconds since the previous mark, appended to ``phases[name]``; a no-op without phases."""
+
+    def __init__(self, phases: dict | None, device: torch.device):
+        self.phases, self.device = phases, device
+        self.last = time.perf_counter() if phases is not None else 0.0
+
+    def mark(self, name: str) -> None:
+        if self.phases is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.phases.setdefault(name, []).append(now - self.last)
+        self.last = now
 
 
 def build(args, n_features: int, fused_encoder: bool, sparse_decoder: bool | None):
@@ -102,9 +129,25 @@ def measure(args, n_features: int) -> dict[tuple[str, str, str], list[float]]:
     for _ in range(args.steps):
         for variant, setup in setups.items():
             seconds[variant].append(timed_step(setup, PRECISIONS[variant[0]], device))
+    if args.phases:
+        phases(args, next(iter(setups.items())))
     if args.profile:
         profile(args, next(iter(setups.items())))
     return seconds
+
+
+def phases(args, variant_and_setup) -> None:
+    """Where one variant's step goes, timed phase by phase (no profiler overhead)."""
+    (precision, encoder, decoder), setup = variant_and_setup
+    times: dict[str, list[float]] = {}
+    for _ in range(args.steps):
+        train_step(*setup, PRECISIONS[precision], phases=times)
+    print(f"phases of {precision} {encoder} encoder, {decoder} decoder, {args.steps} steps:")
+    for name, seconds in times.items():
+        print(
+            f"  {name:58s} best {min(seconds) * 1e3:8.1f} ms, "
+            f"median {statistics.median(seconds) * 1e3:8.1f} ms"
+        )
 
 
 def profile(args, variant_and_setup) -> None:
@@ -180,6 +223,7 @@ def main() -> None:
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS)
     parser.add_argument("--bf16", action="store_true", help="same as --precisions fp32 bf16")
+    parser.add_argument("--phases", action="store_true", help="time the first variant's phases")
     parser.add_argument("--profile", action="store_true", help="profile the first variant")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--profile-rows", type=int, default=25)
