@@ -15,6 +15,7 @@ from saeseeds.sae.kernels import (
     sampled_dots,
     sort_by_latent,
     sum_rows_by_latent,
+    transposed,
     with_encoder_bias,
 )
 from saeseeds.sae.topk import TopKSAE
@@ -198,6 +199,26 @@ def test_fused_forward_in_blocks_of_rows_equals_one_block(monkeypatch, sparse):
     assert whole_out.losses["auxk"] > 0
     for name, grad in whole_grads.items():
         torch.testing.assert_close(blocks_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_blocked_transpose_is_the_transpose_in_w_encs_layout(monkeypatch):
+    """W_enc's gradient is copied into W_enc's layout by blocks of rows: the same values as
+    ``.T.contiguous()``, a last block shorter than the others included, and the gradient autograd
+    hands to W_enc is that contiguous tensor."""
+    rows = torch.randn(2 * 256 + 37, 24)
+    copied = transposed(rows)
+    assert copied.is_contiguous() and torch.equal(copied, rows.T.contiguous())
+    given = []
+
+    def recorded(rows):
+        given.append(tuple(rows.shape))
+        return transposed(rows)
+
+    monkeypatch.setattr(fused_topk, "transposed", recorded)
+    sae = topk_sae(d_in=24, n_features=600, k=4)
+    sae(torch.randn(64, 24)).losses["mse"].backward()
+    assert given == [(600, 24)]
+    assert sae.W_enc.grad.is_contiguous() and sae.W_enc.grad.stride() == sae.W_enc.stride()
 
 
 @pytest.mark.parametrize("autocast", [False, True])

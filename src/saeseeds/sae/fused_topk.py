@@ -41,6 +41,7 @@ from saeseeds.sae.kernels import (
     sampled_dots,
     sort_by_latent,
     sum_rows_by_latent,
+    transposed,
     with_encoder_bias,
 )
 
@@ -268,7 +269,8 @@ class Backward:
                 F.embedding_bag(g.latents, W_enc_rows, per_sample_weights=gp, mode="sum")
                 for g, gp in self.pre_grads
             )
-        grad_W_enc = self.grad_W_enc_rows.T
+        # W_enc's layout, copied here by blocks: autograd would copy the transposed view slower.
+        grad_W_enc = transposed(self.grad_W_enc_rows)
         return grad_x, grad_W_enc, self.grad_b_enc, self.grad_W_dec, grad_b_dec.to(self.b_dec.dtype)
 
     def dense_group(self, group: Group, grad_out: Tensor, extra: Tensor | None) -> None:
