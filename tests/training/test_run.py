@@ -156,6 +156,17 @@ def test_the_pre_activation_workspace_changes_no_weight_and_is_freed(
     assert used and set(used) == {256}  # every step of the second fit, the whole batch at once
 
 
+class AdamOptions(L.Callback):
+    """Records the ``foreach`` option of the optimizer that takes the first step."""
+
+    def __init__(self) -> None:
+        self.foreach = []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if not self.foreach:
+            self.foreach = [group["foreach"] for group in trainer.optimizers[0].param_groups]
+
+
 def test_the_for_each_adam_gives_the_bytes_of_torchs_cpu_default(
     train_config, tmp_path, monkeypatch
 ):
@@ -164,12 +175,37 @@ def test_the_for_each_adam_gives_the_bytes_of_torchs_cpu_default(
     same arithmetic: the same weight bytes."""
     from saeseeds.training import module
 
-    weights = []
+    weights, used = [], []
     for name, foreach in (("for_each", True), ("one_at_a_time", False)):
         monkeypatch.setattr(module, "ADAM_OPTIONS", {**module.ADAM_OPTIONS, "foreach": foreach})
-        train(train_config("seed=5", output_dir=tmp_path / name))
+        options = AdamOptions()
+        train(train_config("seed=5", output_dir=tmp_path / name), extra_callbacks=[options])
         weights.append((tmp_path / name / "sae_weights.safetensors").read_bytes())
+        used.append(options.foreach)
+    assert used == [[True], [False]]
     assert weights[0] == weights[1]
+
+
+def test_a_checkpoint_from_before_the_for_each_adam_resumes_with_it(train_config, tmp_path):
+    """A checkpoint whose optimizer state holds torch's default (``foreach`` None) resumes with
+    the for-each update, to the bytes of an uninterrupted run."""
+    common = ("seed=3", "logger=none", "trainer.checkpoint_every_n_steps=5")
+    train(train_config(*common, output_dir=tmp_path / "straight"))
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        train(train_config(*common, output_dir=interrupted), extra_callbacks=[InterruptAtStep(12)])
+    path = interrupted / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for group in checkpoint["optimizer_states"][0]["param_groups"]:
+        assert group["foreach"] is True
+        group["foreach"] = None  # as written before ADAM_OPTIONS
+    torch.save(checkpoint, path)
+    options = AdamOptions()
+    resumed = train_config(*common, "resume=true", output_dir=interrupted)
+    train(resumed, extra_callbacks=[options])
+    assert options.foreach == [True]
+    straight = (tmp_path / "straight" / "sae_weights.safetensors").read_bytes()
+    assert (interrupted / "sae_weights.safetensors").read_bytes() == straight
 
 
 def test_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):

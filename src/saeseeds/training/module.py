@@ -212,6 +212,14 @@ class SAETrainingModule(L.LightningModule):
             for sae in self.saes:
                 torch.nn.utils.clip_grad_norm_(list(sae.parameters()), self.grad_clip)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint written before ADAM_OPTIONS holds torch's default (foreach None) in its
+        # parameter groups, and loading the optimizer's state would bring it back: resume with
+        # today's options instead (the same arithmetic, so the same bytes).
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group["foreach"] = ADAM_OPTIONS["foreach"]
+
     def configure_optimizers(self):
         # One parameter group per SAE: Adam updates each group by itself, as a lone SAE's.
         groups = [{"params": list(sae.parameters())} for sae in self.saes]
