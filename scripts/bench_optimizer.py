@@ -7,18 +7,19 @@ Adam: milliseconds per update, and whether each gives the same weight bytes as t
 
 Each variant trains its own copy of the same SAE on the same batch (30% of latents dead, so AuxK
 runs); their steps are taken round-robin in one process, so load from other work falls on all of
-them alike. Only ``optimizer.step()`` is timed (best and median); the whole step's median is
-printed beside it. The bytes are compared after the last step: ``foreach`` runs the default's
-arithmetic element by element, fused Adam rounds differently.
+them alike. Each step is ``scripts/bench_train_step.py``'s, timed phase by phase: the Adam
+phase (best and median) and the whole step's median are printed. The bytes are compared after
+the last step: ``foreach`` runs the default's arithmetic element by element, fused Adam rounds
+differently.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from bench_train_step import train_step  # the step as timed there, phase by phase
 
 from saeseeds.sae.topk import TopKConfig, TopKSAE
 from saeseeds.training.module import ADAM_OPTIONS
@@ -40,21 +41,6 @@ def build(args, n_features: int, options: dict):
     return sae, torch.optim.Adam(sae.parameters(), lr=sae.default_lr(), **options), x, dead
 
 
-def step(sae, optimizer, x, dead) -> tuple[float, float]:
-    """(seconds of the whole step, seconds of optimizer.step())."""
-    started = time.perf_counter()
-    loss = sum(sae(x, dead).losses.values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    sae.before_optimizer_step()
-    torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-    update = time.perf_counter()
-    optimizer.step()
-    done = time.perf_counter()
-    sae.after_optimizer_step()
-    return time.perf_counter() - started, done - update
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-in", type=int, default=576)
@@ -71,15 +57,14 @@ def main() -> None:
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     for n_features in args.n_features:
         built = {name: build(args, n_features, options) for name, options in VARIANTS.items()}
-        times = {name: ([], []) for name in built}
+        phases = {name: {} for name in built}
         for round_ in range(args.warmup + args.steps):
             for name, setup in built.items():
-                whole, update = step(*setup)
-                if round_ >= args.warmup:
-                    times[name][0].append(whole)
-                    times[name][1].append(update)
+                train_step(*setup, None, phases[name] if round_ >= args.warmup else None)
         reference = built["torch CPU default"][0].state_dict()
-        for name, (whole, update) in times.items():
+        for name, timed in phases.items():
+            update = timed["Adam"]
+            whole = [sum(parts) for parts in zip(*timed.values(), strict=True)]
             state = built[name][0].state_dict()
             same = all(torch.equal(reference[key], state[key]) for key in reference)
             print(
