@@ -240,6 +240,24 @@ def test_inspect_and_verify_from_the_command_line(make_source, tmp_path, capsys)
     assert ActivationStore(folder).n_shards == 3
 
 
+def test_verify_names_a_missing_or_truncated_shard_before_the_last(make_source, tmp_path, capsys):
+    """Opening a store stops at the first shard of the wrong size; verify still reports it,
+    and every damaged shard after it."""
+    make_source().load()
+    (folder,) = store_folders(tmp_path / "cache")
+    truncated = shard_path(folder, 1)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    shard_path(folder, 2).unlink()
+    assert main(["verify", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "shard 1 is damaged (1000 bytes instead of" in out
+    assert "shard 2 is damaged (missing)" in out and out.endswith(": 2 problem(s)\n")
+    assert truncated.exists()  # verify without --repair only reports
+    assert main(["verify", "--repair", str(folder)]) == 1
+    capsys.readouterr()
+    assert not truncated.exists() and len(list((folder / CORRUPT_DIR).iterdir())) >= 2
+
+
 RACER = """
 import json, sys, time
 from pathlib import Path

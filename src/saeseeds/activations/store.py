@@ -177,6 +177,9 @@ class ActivationStore(ShardSequence):
         }
         # (device, inode, size, mtime) of each shard file when its bytes last matched its sha256
         self._verified: dict[int, tuple[int, ...]] = {}
+        # Shards found missing or of the wrong size, and how: opening the store stops at the
+        # first, and forgets its record, so verify reports them from here.
+        self.damaged: dict[int, str] = {}
         self.n_shards = self.complete_prefix()
 
     # ---- which shards are there ----
@@ -209,6 +212,7 @@ class ActivationStore(ShardSequence):
             return True
         what = "missing" if size is None else f"{size} bytes instead of {record['bytes']}"
         log.warning("Shard %d of %s is damaged (%s).", index, self.folder, what)
+        self.damaged[index] = what
         self.set_aside(index)
         return False
 
@@ -391,15 +395,15 @@ def verify(folder: Path, repair: bool) -> list[str]:
         store.heldout()
     except DataError as error:
         problems.append(str(error))
-    indices = sorted({*store._records, *range(store.n_shards)})
+    indices = sorted({*store._records, *store.damaged, *range(store.n_shards)})
     for index in tqdm(indices, desc="verify", unit="shard"):
         try:
-            if store.present(index):
+            if index not in store.damaged and store.present(index):
                 store.read(index)
-            else:
-                problems.append(f"shard {index}: missing or of the wrong size")
         except DataError as error:
             problems.append(str(error))
+        if index in store.damaged:
+            problems.append(f"shard {index} is damaged ({store.damaged[index]})")
     return problems
 
 
