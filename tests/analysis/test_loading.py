@@ -88,3 +88,31 @@ def test_weights_that_disagree_with_cfg_json_are_corrupt(tmp_path):
         (folder / "cfg.json").write_text(json.dumps({**cfg, "d_in": 5}))
 
     assert "W_dec has shape [6, 4], cfg.json implies [6, 5]" in rejection(tmp_path, shrink).reason
+
+
+@pytest.mark.parametrize(
+    "change, shown",
+    [
+        ({"d_in": "4"}, "d_in='4'"),
+        ({"n_features": 6.0}, "n_features=6.0"),
+        ({"seed": True}, "seed=True"),
+        ({"seed": None}, "seed=None"),
+    ],
+)
+def test_sizes_and_seeds_that_are_not_integers_are_corrupt(tmp_path, change, shown):
+    def edit(folder):
+        cfg = json.loads((folder / "cfg.json").read_text())
+        (folder / "cfg.json").write_text(json.dumps({**cfg, **change}))
+
+    error = rejection(tmp_path, edit)
+    assert error.status == "corrupt"
+    assert error.reason == f"cfg.json lacks an integer d_in/n_features/seed ({shown})"
+
+
+def test_a_missing_seed_is_named(tmp_path):
+    def drop(folder):
+        cfg = json.loads((folder / "cfg.json").read_text())
+        del cfg["seed"]
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+
+    assert rejection(tmp_path, drop).reason.endswith("(seed missing)")

@@ -220,12 +220,15 @@ def load_run(run_path: Path) -> RunFolder:
             f"contract_version {version!r}; this analysis reads "
             f"version {contract.CONTRACT_VERSION}",
         )
-    try:
-        d_in, n_features, seed = int(cfg["d_in"]), int(cfg["n_features"]), int(cfg["seed"])
-    except (KeyError, TypeError, ValueError, OverflowError) as error:
-        raise RunFolderError(
-            "corrupt", f"cfg.json lacks a valid d_in/n_features/seed ({error})"
-        ) from error
+    invalid = [
+        f"{name}={cfg[name]!r}" if name in cfg else f"{name} missing"
+        for name in ("d_in", "n_features", "seed")
+        if type(cfg.get(name)) is not int  # bool, float and str are not sizes or seeds
+    ]
+    if invalid:
+        shown = ", ".join(invalid)
+        raise RunFolderError("corrupt", f"cfg.json lacks an integer d_in/n_features/seed ({shown})")
+    d_in, n_features, seed = cfg["d_in"], cfg["n_features"], cfg["seed"]
 
     weights, _ = _read_tensors(run_path / contract.WEIGHTS_FILE, ("W_dec", "W_enc"))
     _check_shape(weights["W_dec"], (n_features, d_in), "W_dec")
