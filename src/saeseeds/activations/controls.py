@@ -3,10 +3,10 @@
 ``data.control=gaussian`` replaces a source's activations with Gaussian samples that have the
 training prefix's per-dimension mean and full covariance (exact, in float64, from the source's
 per-shard statistics), with as many training and held-out rows as the source gives and the same
-rows per shard. Training shard i is drawn from (``data.control_seed``, "train", i) and the held-out rows
-from (``data.control_seed``, "heldout"), independent of the SAE seed, so every seed of a sweep
-sees the same control data, generated in bounded memory. SAEs trained on them answer "how similar
-would seeds be on data of this geometry with nothing sparse to find?".
+rows per shard. Training shard i is drawn from (``data.control_seed``, "train", i) and the
+held-out rows from (``data.control_seed``, "heldout"), independent of the SAE seed, so every seed
+of a sweep sees the same control data, generated in bounded memory. SAEs trained on them answer
+"how similar would seeds be on data of this geometry with nothing sparse to find?".
 
 The wrapped source still loads (a language model's store is read, and the model is not run again
 once its store exists). A control hands no text to evaluation, so the CE-loss score and top
