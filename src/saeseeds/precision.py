@@ -7,8 +7,9 @@ slower. With them the gain still depends on the workload (a Top-K SAE step gains
 a matmul, because the selection does not speed up), so the workload itself is timed in both
 precisions, once per machine (CPU model, torch version, thread count) and workload shape, and
 bf16 is chosen only when it is at least :data:`MIN_SPEEDUP` times faster. A workload smaller than
-the caller's threshold is not worth timing and keeps float32 (tiny runs stay float32 everywhere,
-so they give the same weights on every machine). A cached record is used as it is, so the choice
+the caller's threshold is not worth timing and keeps float32 on a CPU (tiny runs stay float32
+on every CPU, so they give the same weights on every CPU of one capability; a CUDA device with
+bf16 takes it at any size). A cached record is used as it is, so the choice
 is fixed once measured. What the workloads are (an SAE step, a language-model forward) is the
 callers'; this module only times what it is handed and never imports the rest of the project
 but :mod:`saeseeds.io`.

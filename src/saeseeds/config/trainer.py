@@ -27,10 +27,11 @@ class TrainerConfig:
     """``null`` or ``auto`` (the same) follows the device: bf16-mixed on a CUDA device that
     supports bf16, and on a CPU with bf16 units (``amx_bf16``/``avx512_bf16``) where this SAE's
     training step, timed once per machine and cached, is at least 1.15x faster in it; else
-    32-true. Small SAEs (fewer than 2^27 encoder multiply-adds per step) are not timed and train
-    in 32-true everywhere. Any Lightning precision (``32-true``, ``bf16-mixed``, ...) is used as
-    set. The choice and its measurement are in environment.json (``precision_choice``); a
-    resumed run keeps the precision it started with."""
+    32-true. On a CPU, small SAEs (fewer than 2^27 encoder multiply-adds per step) are not timed
+    and train in 32-true; a CUDA device with bf16 takes bf16-mixed at any size. Any Lightning
+    precision (``32-true``, ``bf16-mixed``, ...) is used as set. The choice and its measurement
+    are in environment.json (``precision_choice``); a resumed run keeps the precision it started
+    with."""
     max_epochs: int = 8
     """Passes over the training tokens. 8 is where the default SAEs stop improving by more than
     2% of held-out FVU over the last quarter of training (see the README's convergence table)."""

@@ -98,7 +98,7 @@ def plan_job(
         if cfg.resume and not auto_resume:  # in a multirun, a job that never ran just starts
             raise ConfigError(
                 f"resume=true but {last} does not exist. Point hydra.run.dir at the interrupted "
-                "run's folder, or pass ckpt_path=FILE."
+                "run's folder, or replace resume=true with ckpt_path=FILE."
             )
         return FolderPlan(START, run_dir)
     # Lightning and torch, only when there is a checkpoint to read.
