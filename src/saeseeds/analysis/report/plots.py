@@ -33,6 +33,20 @@ def slug(label: str) -> str:
     return fit_name(safe, 120)
 
 
+def titled(title: str, label: str, width_inches: float, fontsize: float = 9) -> str:
+    """``title`` over the group label, the label broken after its commas into lines that fit
+    ``width_inches`` (a label of several config keys is wider than a one-panel figure)."""
+    per_line = max(20, int(width_inches * 120 / fontsize))  # about 0.6 em a character
+    lines, line = [], ""
+    for piece in label.split(","):
+        candidate = f"{line},{piece}" if line else piece
+        if line and len(candidate) > per_line:
+            lines.append(line + ",")
+            candidate = piece
+        line = candidate
+    return "\n".join([title, *lines, line])
+
+
 def _save(figure: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
@@ -54,7 +68,7 @@ def seed_heatmap(report: GroupReport, metric: str, title: str, path: Path) -> Pa
         for (i, j), value in np.ndenumerate(matrix):
             color = "black" if value > 0.6 else "white"
             axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
-    axes.set_title(f"{title}\n{report.label}", fontsize=9)
+    axes.set_title(titled(title, report.label, figure.get_figwidth()), fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.046)
     return _save(figure, path)
 
@@ -83,7 +97,7 @@ def matched_cosine_histograms(report: GroupReport, path: Path) -> Path:
             )
         axes.set_xlabel("matched decoder cosine (Hungarian)")
         axes.set_ylabel("density")
-        axes.set_title(f"{title} — {report.label}", fontsize=9)
+        axes.set_title(titled(title, report.label, 5.0), fontsize=9)
         axes.legend(fontsize=8)
     return _save(figure, path)
 
@@ -100,7 +114,7 @@ def reappearance_vs_frequency(report: GroupReport, path: Path) -> Path:
     axes.set_xlabel("firing frequency on held-out tokens (dead features at the left edge)")
     axes.set_ylabel("reappearance p_i")
     axes.set_ylim(-0.05, 1.05)
-    axes.set_title(f"Reappearance vs firing frequency — {report.label}", fontsize=9)
+    axes.set_title(titled("Reappearance vs firing frequency", report.label, 5.5), fontsize=9)
     return _save(figure, path)
 
 
@@ -113,7 +127,7 @@ def matched_cosine_vs_frequency(
     axes.set_xscale("log")
     axes.set_xlabel("firing frequency on held-out tokens")
     axes.set_ylabel("matched decoder cosine")
-    axes.set_title(f"Matched cosine vs firing frequency — {report.label}", fontsize=9)
+    axes.set_title(titled("Matched cosine vs firing frequency", report.label, 5.5), fontsize=9)
     return _save(figure, path)
 
 
@@ -123,9 +137,9 @@ def beyond_geometry(report: GroupReport, control: GroupReport, path: Path) -> Pa
     figure, axes = plt.subplots(figsize=(5.5, 3.6))
     bins = np.linspace(-0.1, 1.0, 56)
     for label, values, style in (
-        (report.label, report.best_match, {"alpha": 0.7}),
+        ("condition", report.best_match, {"alpha": 0.7}),
         (
-            f"geometry control: {control.label}",
+            "geometry control",
             control.best_match,
             {"histtype": "step", "color": "black", "linewidth": 1.5},
         ),
@@ -140,7 +154,9 @@ def beyond_geometry(report: GroupReport, control: GroupReport, path: Path) -> Pa
     axes.set_xlabel("best-match cosine to the other seeds (mean over seeds)")
     axes.set_ylabel("density")
     share = report.extras["beyond_geometry_fraction"]
-    axes.set_title(f"{share:.1%} of features beyond geometry — {report.label}", fontsize=9)
+    axes.set_title(
+        titled(f"{share:.1%} of features beyond geometry", report.label, 5.5), fontsize=9
+    )
     axes.legend(fontsize=7)
     return _save(figure, path)
 
@@ -160,12 +176,12 @@ def trajectory(report: GroupReport, control: GroupReport | None, path: Path) -> 
     share at each snapshot and at the end, beside the geometry control's (95% intervals)."""
     entry = report.extras["trajectory"]
     statistic, stability = entry["statistic"], entry["stability_statistic"]
-    groups = [(report.label, entry["rows"], {})]
+    # Short legend labels: the title names the condition and the caption its control, so the
+    # legends stay inside their panels however long the group labels are.
+    groups = [("condition", entry["rows"], {})]
     if control is not None:
         style = {"color": "black", "linestyle": "--"}
-        groups.append(
-            (f"geometry control: {control.label}", control.extras["trajectory"]["rows"], style)
-        )
+        groups.append(("geometry control", control.extras["trajectory"]["rows"], style))
     panels = [
         (STATISTIC_TITLES.get(statistic, statistic), [statistic]),
         (f"{stability.removeprefix('decoder_')} and shared", [stability, "shared"]),
@@ -184,7 +200,7 @@ def trajectory(report: GroupReport, control: GroupReport | None, path: Path) -> 
         axes.set_title(title, fontsize=9)
         axes.set_xlabel("fraction of training")
         axes.set_xlim(0, 1.05)
-        axes.legend(fontsize=6)
+        axes.legend(fontsize=7)
     if beyond:
         axes = axes_list[-1]
         rows = [row for row in entry["rows"] if "beyond_geometry_fraction" in row]
@@ -195,6 +211,9 @@ def trajectory(report: GroupReport, control: GroupReport | None, path: Path) -> 
         axes.set_xlim(0, 1.05)
         axes.set_ylim(bottom=0)
     figure.suptitle(f"Stability over training — {report.label}", fontsize=10)
+    if control is not None:
+        caption = f"geometry control: {control.label}"
+        figure.text(0.5, 0.0, caption, ha="center", va="bottom", fontsize=8)
     return _save(figure, path)
 
 
@@ -203,8 +222,8 @@ def functional_agreement(report: GroupReport, control: GroupReport | None, path:
     the group and its geometry control."""
     figure, axes = plt.subplots(figsize=(5.5, 3.8))
     for label, source, style in (
-        (report.label, report, {"s": 5, "alpha": 0.35}),
-        (f"geometry control: {control.label}" if control else "", control,
+        ("matched pairs", report, {"s": 5, "alpha": 0.35}),
+        ("geometry control's matched pairs", control,
          {"s": 5, "alpha": 0.35, "color": "black", "marker": "x"}),
     ):  # fmt: skip
         if source is None or not source.agreements:
@@ -215,8 +234,8 @@ def functional_agreement(report: GroupReport, control: GroupReport | None, path:
     axes.set_xlabel("matched decoder cosine")
     axes.set_ylabel("activation correlation on held-out tokens")
     median = report.extras["functional"]["median"]["value"]
-    axes.set_title(f"Matched features: median correlation {median:.2f} — {report.label}",
-                   fontsize=9)  # fmt: skip
+    title = f"Matched features: median correlation {median:.2f}"
+    axes.set_title(titled(title, report.label, 5.5), fontsize=9)
     axes.legend(fontsize=7)
     return _save(figure, path)
 
