@@ -8,12 +8,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "saeseeds"
+# Every top-level module and subpackage of the project, as import names.
+PROJECT = tuple(
+    sorted(
+        f"saeseeds.{path.stem}"
+        for path in PACKAGE.iterdir()
+        if path.stem != "__init__"
+        and ((path.is_dir() and (path / "__init__.py").is_file()) or path.suffix == ".py")
+    )
+)
 RULES = {
     # analysis reads run folders through the contract only: no training code, models or SAEs.
     "analysis": ("saeseeds.training", "saeseeds.activations", "saeseeds.sae", "saeseeds.config"),
     # an SAE is plain maths: nothing of the project but the error classes.
-    "sae": ("saeseeds.training", "saeseeds.activations", "saeseeds.analysis", "saeseeds.config",
-            "saeseeds.contract", "saeseeds.io", "saeseeds.tracking", "saeseeds.export"),
+    "sae": tuple(name for name in PROJECT if name not in ("saeseeds.sae", "saeseeds.errors")),
     # sources know nothing of SAEs, training or analysis.
     "activations": ("saeseeds.training", "saeseeds.analysis", "saeseeds.sae"),
     # schemas never reach into what they configure at import time.
