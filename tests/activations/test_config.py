@@ -50,6 +50,19 @@ def test_text_files_and_hf_dataset_options(tmp_path):
     assert isinstance(hf, HFDatasetCorpus) and hf.split == "train"
 
 
+def test_an_unpinned_dataset_is_warned_about_once(caplog):
+    corpus = HFDatasetCorpus("someone/unpinned-corpus")
+    with caplog.at_level("WARNING", logger="saeseeds.activations.corpora"):
+        first, second = corpus.identity(), corpus.identity()
+    assert first == second and first["revision"] is None
+    warnings = [r.getMessage() for r in caplog.records if "unpinned-corpus" in r.getMessage()]
+    assert len(warnings) == 1 and "data.corpus.revision=<commit or tag>" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="saeseeds.activations.corpora"):
+        HFDatasetCorpus("someone/pinned-corpus", revision="abc123").identity()
+    assert not caplog.records
+
+
 def test_streamed_dataset_offline_is_a_clear_error():
     corpus = HFDatasetCorpus("NeelNanda/pile-10k")
     with pytest.raises(DataError, match="not reachable.*data=pydocs"):

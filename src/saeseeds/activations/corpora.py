@@ -12,6 +12,7 @@ import ast
 import functools
 import hashlib
 import json
+import logging
 import platform
 import sysconfig
 from collections import deque
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from saeseeds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 _MIN_DOCSTRING_CHARS = 200  # shorter docstrings are mostly one-line signatures, not prose
@@ -267,6 +270,9 @@ def _decode(raw: bytes, file: Path) -> str:
 # ---- a streamed Hugging Face dataset ----
 
 
+_UNPINNED_WARNED: set[str] = set()  # datasets already warned about in this process
+
+
 class HFDatasetCorpus(Corpus):
     """A Hugging Face dataset, streamed: only as many documents as the token budget needs."""
 
@@ -282,6 +288,14 @@ class HFDatasetCorpus(Corpus):
         self.text_field, self.revision = text_field, revision
 
     def identity(self) -> dict[str, Any]:
+        if self.revision is None and self.name not in _UNPINNED_WARNED:
+            _UNPINNED_WARNED.add(self.name)
+            log.warning(
+                "Dataset %r has no data.corpus.revision: its activation store is keyed by name, "
+                "config, split and field only, so if the dataset changes on the Hub the old store "
+                "is still used. Set data.corpus.revision=<commit or tag> to pin it.",
+                self.name,
+            )
         return {
             "kind": "hf_dataset",
             "name": self.name,
