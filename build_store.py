@@ -10,12 +10,16 @@ anywhere. A user's error is one line on stderr and exit status 2.
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from saeseeds.config import register_configs
 from saeseeds.errors import UserError
+from saeseeds.io import remove_folder_if_only
 
 register_configs()
+# What Hydra writes into a job's folder (output_subdir is null: only the log).
+HYDRA_LEFTOVERS = {"build_store.log"}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="build_store")
@@ -26,6 +30,8 @@ def main(cfg: DictConfig) -> None:
         build_store(cfg)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        # A refused job leaves no folder behind (the store itself is under paths.cache_dir).
+        remove_folder_if_only(HydraConfig.get().runtime.output_dir, HYDRA_LEFTOVERS)
         sys.exit(error.exit_code)
 
 

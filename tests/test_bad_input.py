@@ -124,6 +124,11 @@ CASES = [
         ["bogus_option", "not valid for Lightning"],
     ),
     config_case("logger-mode", ["logger=wandb", "logger.mode=loud"], ["logger.mode='loud'"]),
+    config_case(
+        "log-interval-zero",
+        ["trainer.log_every_n_steps=0"],
+        ["trainer.log_every_n_steps=0 is not valid", "N >= 1"],
+    ),
     # ---- data (train.py) ----
     config_case(
         "activations-without-path",
@@ -144,6 +149,17 @@ CASES = [
         "fewer-tokens-than-a-batch",
         ["data.n_tokens=100", "data.batch_size=256"],
         ["smaller than one batch"],
+    ),
+    train_case(
+        "synthetic-noise-negative",
+        ["data.noise_std=-1"],
+        ["data.noise_std=-1.0 is not valid", ">= 0"],
+    ),
+    Case(
+        "hook-layer-negative",
+        "train.py",
+        ["logger=none", "hook.layer=-1"],
+        ["hook.layer=-1 is not valid", "layers count from 0"],
     ),
     Case(
         "hook-layer-out-of-range",
@@ -336,7 +352,37 @@ CASES = [
         status=1,
         before_torch=True,
     ),
+    Case(
+        "build-store-threads-zero",
+        "build_store.py",
+        ["threads=0"],
+        ["threads=0 is not valid", "positive number of torch CPU threads"],
+    ),
+    Case(
+        "build-store-part-out-of-range",
+        "build_store.py",
+        ["store.part=5", "store.parts=2"],
+        ["store.part=5 must be in 0..1 (store.parts=2)"],
+    ),
+    Case(
+        "build-store-of-synthetic-data",
+        "build_store.py",
+        ["data=synthetic"],
+        ["build_store.py builds stores of text data"],
+    ),
     # ---- analyze.py ----
+    analyze_case("sweep-dir-empty-list", ["sweep_dir=[]"], ["sweep_dir=[] names no folder"]),
+    analyze_case("sweep-dir-a-number", ["sweep_dir=5"], ["sweep_dir 5 does not exist"]),
+    analyze_case(
+        "bootstrap-seed-negative",
+        ["sweep_dir={tmp}/good_sweep", "bootstrap.seed=-1"],
+        ["bootstrap.seed=-1 is not valid", "[0, 2^32)"],
+    ),
+    analyze_case(
+        "shared-threshold-out-of-range",
+        ["sweep_dir={tmp}/good_sweep", "shared_threshold=2"],
+        ["shared_threshold=2.0 is not valid", "[-1, 1]"],
+    ),
     analyze_case(
         "sweep-dir-missing",
         ["sweep_dir={tmp}/nope"],

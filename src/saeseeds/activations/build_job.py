@@ -28,17 +28,35 @@ log = logging.getLogger(__name__)
 TRAINING_ONLY = ("control", "control_seed", "window_shards", "batch_size")
 
 
+def check_parts(part: Any, parts: Any) -> None:
+    """``store.part`` is one of ``store.parts`` parts."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ConfigError(f"store.parts={parts!r} must be a positive integer.")
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise ConfigError(f"store.part={part!r} must be in 0..{parts - 1} (store.parts={parts}).")
+
+
 def part_range(n_shards: int, part: int, parts: int) -> range:
     """Shards of part ``part`` of ``parts``: contiguous, disjoint, covering 0 .. n_shards−1."""
-    if not isinstance(parts, int) or parts < 1:
-        raise ConfigError(f"store.parts={parts!r} must be a positive integer.")
-    if not isinstance(part, int) or not 0 <= part < parts:
-        raise ConfigError(f"store.part={part!r} must be in 0..{parts - 1} (store.parts={parts}).")
+    check_parts(part, parts)
     return range(n_shards * part // parts, n_shards * (part + 1) // parts)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """What can be refused before any work: the part and the thread count."""
+    check_parts(cfg.store.part, cfg.store.parts)
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ConfigError(
+            f"threads={threads!r} is not valid; give a positive number of torch CPU threads, "
+            "or threads=null for torch's default."
+        )
 
 
 def build_store(cfg: DictConfig) -> dict[str, Any]:
     """Build this job's part of the store of ``cfg.data``; returns :func:`summary` of the store."""
+    check_job(cfg)
     if cfg.get("threads") is not None:
         torch.set_num_threads(int(cfg.threads))
     data = OmegaConf.to_container(cfg.data, resolve=True)

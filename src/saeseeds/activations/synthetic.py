@@ -123,6 +123,11 @@ class SyntheticSource(ActivationSource):
             raise DataError(
                 f"data.k_true={k_true} must be in [1, data.n_true_features={n_true_features}]."
             )
+        if not noise_std >= 0:  # also refuses NaN
+            raise DataError(
+                f"data.noise_std={noise_std} is not valid; the noise's standard deviation must "
+                "be >= 0 (0: no noise)."
+            )
         if not 0 <= min_magnitude <= max_magnitude:
             raise DataError(
                 f"Need 0 <= data.min_magnitude <= data.max_magnitude, "

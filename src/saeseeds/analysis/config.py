@@ -7,6 +7,7 @@ nothing of the training app's schemas.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -174,22 +175,36 @@ def validate_config(cfg: Any) -> None:
     for tau in cfg.thresholds:
         _check(-1.0 <= tau <= 1.0, f"thresholds: {tau} is not a cosine in [-1, 1].")
     _check(len(cfg.thresholds) > 0, "thresholds: give at least one τ, e.g. thresholds=[0.7,0.9].")
-    _check(-1.0 <= cfg.shared_threshold <= 1.0, "shared_threshold must be in [-1, 1].")
-    _check(-1.0 <= cfg.duplicate_threshold <= 1.0, "duplicate_threshold must be in [-1, 1].")
-    _check(-1.0 <= cfg.reappearance.threshold <= 1.0, "reappearance.threshold must be in [-1, 1].")
-    _check(
-        0.0 <= cfg.reappearance.epsilon < 0.5,
-        "reappearance.epsilon must be in [0, 0.5) so that stable and unstable do not overlap.",
-    )
-    _check(cfg.block_size >= 1, "block_size must be a positive number of rows.")
-    _check(cfg.argmax_above >= 1, "argmax_above must be a positive number of features.")
-    _check(cfg.bootstrap.n_samples >= 0, "bootstrap.n_samples must be >= 0 (0 turns it off).")
-    _check(0.0 < cfg.bootstrap.confidence < 1.0, "bootstrap.confidence must be in (0, 1).")
-    _check(
-        cfg.baseline.n_samples >= 1, "baseline.n_samples must be >= 1 (or metrics.baseline=false)."
-    )
-    _check(cfg.subspace.max_rank >= 1, "subspace.max_rank must be >= 1.")
-    _check(cfg.report.examples_per_feature >= 0, "report.examples_per_feature must be >= 0.")
+    checks = [
+        ("shared_threshold", -1.0 <= cfg.shared_threshold <= 1.0, "must be in [-1, 1]"),
+        ("duplicate_threshold", -1.0 <= cfg.duplicate_threshold <= 1.0, "must be in [-1, 1]"),
+        (
+            "reappearance.threshold",
+            -1.0 <= cfg.reappearance.threshold <= 1.0,
+            "must be in [-1, 1]",
+        ),
+        (
+            "reappearance.epsilon",
+            0.0 <= cfg.reappearance.epsilon < 0.5,
+            "must be in [0, 0.5) so that stable and unstable do not overlap",
+        ),
+        ("block_size", cfg.block_size >= 1, "must be a positive number of rows"),
+        ("argmax_above", cfg.argmax_above >= 1, "must be a positive number of features"),
+        ("bootstrap.n_samples", cfg.bootstrap.n_samples >= 0, "must be >= 0 (0 turns it off)"),
+        ("bootstrap.confidence", 0.0 < cfg.bootstrap.confidence < 1.0, "must be in (0, 1)"),
+        ("bootstrap.seed", 0 <= cfg.bootstrap.seed < 2**32, "must be an integer in [0, 2^32)"),
+        (
+            "baseline.n_samples",
+            cfg.baseline.n_samples >= 1,
+            "must be >= 1 (or metrics.baseline=false)",
+        ),
+        ("baseline.seed", 0 <= cfg.baseline.seed < 2**32, "must be an integer in [0, 2^32)"),
+        ("subspace.max_rank", cfg.subspace.max_rank >= 1, "must be >= 1"),
+        ("report.examples_per_feature", cfg.report.examples_per_feature >= 0, "must be >= 0"),
+    ]
+    for key, valid, rule in checks:
+        value = functools.reduce(getattr, key.split("."), cfg)
+        _check(valid, f"{key}={value} is not valid: it {rule}.")
     if cfg.metrics.overlap and not cfg.metrics.encoder:
         raise AnalysisConfigError(
             "metrics.overlap needs metrics.encoder=true ('shared' uses both)."

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,14 @@ def resolve_roots(sweep_dir: str | Sequence[str] | None, outputs_root: Path) -> 
     existing path is taken as it is, even when its name holds glob characters (``sweep[1]``)."""
     if sweep_dir is None or sweep_dir == "":
         return [latest_multirun(outputs_root)]
+    valid = "a folder, a glob or a list of them, e.g. sweep_dir=outputs/multirun/DATE/TIME"
+    if isinstance(sweep_dir, bool) or isinstance(sweep_dir, Mapping):
+        raise AnalysisError(f"sweep_dir={sweep_dir!r} is not valid; give {valid}.")
+    if isinstance(sweep_dir, int | float):  # a folder named 5 reaches us as the number 5
+        sweep_dir = str(sweep_dir)
     entries = [sweep_dir] if isinstance(sweep_dir, str | os.PathLike) else list(sweep_dir)
+    if not entries:
+        raise AnalysisError(f"sweep_dir=[] names no folder; give {valid}.")
     roots: list[Path] = []
     for entry in entries:
         text = os.path.expanduser(str(entry))

@@ -26,6 +26,8 @@ class HookConfig:
     has (its activations must be [batch, pos, d])."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.layer, int) and self.layer < 0:
+            raise DataError(f"hook.layer={self.layer} is not valid; layers count from 0.")
         derived = f"blocks.{self.layer}.hook_{self.point}"
         if self.name == derived and self.point not in HOOK_POINTS:
             raise DataError(

@@ -74,6 +74,11 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
         raise ConfigError(
             f"trainer.checkpoint_every_n_steps={cfg.trainer.checkpoint_every_n_steps} must be > 0."
         )
+    if cfg.trainer.log_every_n_steps < 1:
+        raise ConfigError(
+            f"trainer.log_every_n_steps={cfg.trainer.log_every_n_steps} is not valid; log every "
+            "N >= 1 steps (e.g. trainer.log_every_n_steps=10), or logger=none to log nothing."
+        )
     if cfg.resume and cfg.ckpt_path:
         raise ConfigError("Set either resume=true or ckpt_path=..., not both.")
     check_trainer(cfg.trainer)
