@@ -76,6 +76,9 @@ HIERARCHICAL_WORLD = [
     "sae.lr=0.004",
     "trainer.max_epochs=10",
 ]
+# The k of that world's SAEs: about its mean L0 (2 active features, a child with half of those
+# that are parents), far below its 32 latents.
+HIERARCHY_K = 3
 
 
 def with_preset(preset: list[str], overrides: list[str]) -> list[str]:
@@ -196,9 +199,22 @@ def chosen_architectures(names: str) -> list[str]:
     return architectures
 
 
+def target_k(k: int | None, hierarchy: bool) -> int:
+    """--k as given, else 32, or the hierarchical world's k (its SAEs have 32 latents, and a k
+    must be below that)."""
+    if k is not None:
+        return k
+    return HIERARCHY_K if hierarchy else 32
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=32, help="target L0 (the k of those with one)")
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help=f"target L0 (the k of those with one); default 32, or {HIERARCHY_K} with --hierarchy",
+    )
     parser.add_argument(
         "--architectures",
         default=DEFAULT_ARCHITECTURES,
@@ -222,6 +238,7 @@ def main() -> None:
     )
     args, overrides = parser.parse_known_args()
     architectures = chosen_architectures(args.architectures)
+    args.k = target_k(args.k, args.hierarchy)
     if args.hierarchy:
         overrides = with_preset(HIERARCHICAL_WORLD, overrides)
 

@@ -125,3 +125,11 @@ def test_the_hierarchy_preset_yields_to_the_command_line_and_the_table_reads_the
         "| topk | 2 | 50% | – | – | 5.0 (4.0–6.0) | – |",
     ]
     assert script.ground_truth_report(tmp_path / "d") is None
+
+
+def test_the_hierarchical_world_gets_a_k_below_its_width_unless_one_is_given():
+    script = load_script()
+    width = int(next(o for o in script.HIERARCHICAL_WORLD if o.startswith("sae.n_features="))[15:])
+    assert script.target_k(None, hierarchy=True) == script.HIERARCHY_K < width
+    assert script.target_k(None, hierarchy=False) == 32
+    assert script.target_k(5, hierarchy=True) == 5
