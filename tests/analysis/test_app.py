@@ -55,7 +55,7 @@ def test_report_folder_holds_every_output(stable_sweep, tmp_path, analysis_confi
     assert float(first["matched_cosine_seed2"]) <= float(first["best_cosine_seed2"]) + 1e-6
 
     report = (report_dir / "report.md").read_text()
-    assert "| condition | median matched cosine | live-only | stability@0.7" in report
+    assert "| group | median matched cosine | live-only | stability@0.7" in report
     for label in ("sae.n_features=24", "sae.n_features=40"):
         for figure in FIGURES:
             png = report_dir / "figures" / f"{label}_{figure}.png"

@@ -73,7 +73,7 @@ def _stat(report: GroupReport, metric: str, interval: bool = False) -> str:
 
 
 def published_table(reports: list[GroupReport], thresholds: list[float]) -> list[str]:
-    header = ["condition", "median matched cosine", "live-only"]
+    header = ["group", "median matched cosine", "live-only"]
     header += [f"stability@{tau:g}" for tau in thresholds] + ["shared", "isotropic chance"]
     header += ["MMCS", "matching"]
     rows = []

@@ -19,6 +19,13 @@ def number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def p_text(value: Any) -> str:
+    """A p-value for a sentence: "p = 0.012", "p < 0.001" (never "p = 0.000"), "p = –"."""
+    if isinstance(value, int | float) and math.isfinite(value) and value < 0.001:
+        return "p < 0.001"
+    return f"p = {number(value)}"
+
+
 def with_interval(entry: dict[str, float] | None, digits: int = 3) -> str:
     if not entry:
         return "–"
@@ -108,7 +115,10 @@ def trajectory_lines(report: Any) -> list[str]:
         return [f"- Stability over training: not available; {trajectory['unavailable']}.", ""]
     statistic, stability = trajectory["statistic"], trajectory["stability_statistic"]
     header = ["training", "step", "held-out FVU", STATISTIC_NAMES.get(statistic, statistic)]
-    header += ["PW-MCC", stability.removeprefix("decoder_"), "shared", "beyond geometry"]
+    header += ["PW-MCC", stability.removeprefix("decoder_"), "shared"]
+    # Only a condition with a geometry control has a beyond-geometry share.
+    beyond = any("beyond_geometry_fraction" in row for row in trajectory["rows"])
+    header += ["beyond geometry"] if beyond else []
     rows = [
         [
             _percent(row["fraction"]),
@@ -118,8 +128,8 @@ def trajectory_lines(report: Any) -> list[str]:
             with_interval(row.get("pwmcc")),
             with_interval(row.get(stability)),
             with_interval(row.get("shared")),
-            number(row.get("beyond_geometry_fraction")),
         ]
+        + ([number(row.get("beyond_geometry_fraction"))] if beyond else [])
         for row in trajectory["rows"]
     ]
     lines = ["### Stability over training", "", *table(header, rows), ""]
@@ -143,17 +153,19 @@ def convergence_lines(entry: dict[str, Any] | None) -> list[str]:
         return ["- Convergence: no held-out FVU curve and no snapshots in these runs."]
     lines = []
     if "last_quarter_relative_fvu_drop" in entry:
+        changes = entry["last_quarter_relative_fvu_drop"]
         drops = ", ".join(
-            f"seed {seed}: {drop:.1%}"
-            for seed, drop in entry["last_quarter_relative_fvu_drop"].items()
+            f"seed {seed}: {'fell' if drop >= 0 else 'rose'} {abs(drop):.1%}"
+            for seed, drop in changes.items()
         )
-        state = (
-            "**still improving** — train longer before trusting these numbers"
-            if entry["fvu_still_improving"]
-            else "converged by this criterion"
-        )
+        if entry["fvu_still_improving"]:
+            state = "**still improving** — train longer before trusting these numbers"
+        elif all(drop < 0 for drop in changes.values()):
+            state = "not improving by this criterion, but **getting worse**, not levelled off"
+        else:
+            state = "converged by this criterion"
         lines.append(
-            f"- Convergence: held-out FVU fell by {drops} over the last quarter of training; "
+            f"- Convergence: over the last quarter of training the held-out FVU {drops}; "
             f"{state} (threshold {entry['threshold']:.0%})."
         )
     stability = entry.get("stability")
@@ -200,7 +212,7 @@ def functional_lines(report: Any) -> list[str]:
     elif control:
         lines.append(
             f"- Geometry control ({control['label']}): median {number(control['median'])}; "
-            f"difference {signed_interval(control)}, p = {number(control['p_value'])} "
+            f"difference {signed_interval(control)}, {p_text(control['p_value'])} "
             f"(its stable features {number((control.get('stable') or {}).get('median'))}, "
             f"unstable {number((control.get('unstable') or {}).get('median'))})."
         )

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from saeseeds.analysis.functional import scatter_points  # noqa: E402
 from saeseeds.analysis.group_analysis import GroupReport  # noqa: E402
@@ -249,7 +250,9 @@ def overlap_vs_seeds(reports: list[GroupReport], path: Path) -> Path:
             axes.plot(m_values, [curve[m] for m in m_values], marker="o", label=report.label)
     axes.set_xlabel("number of other seeds m")
     axes.set_ylabel("share of latents shared with none")
-    axes.set_ylim(0.0, 1.0)
+    # Scaled to the curves (they often all lie near 1), with whole numbers of seeds.
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylim(top=min(1.0, axes.get_ylim()[1]) + 0.002)
     axes.set_title("Overlap vs number of seeds", fontsize=9)
     axes.legend(fontsize=7)
     return _save(figure, path)
