@@ -62,7 +62,7 @@ def test_featureless_anisotropic_data_is_indistinguishable_from_its_control(tmp_
     gaussian = result["condition"]["controls"]["gaussian"]
     low, high = gaussian["difference_ci"]
     assert low <= 0 <= high, gaussian
-    assert "is not distinguishable from the gaussian control" in result["report"]
+    assert "is not distinguishable from the geometry control" in result["report"]
 
 
 def test_sparse_features_in_an_anisotropic_space_beat_their_control(tmp_path):
@@ -85,7 +85,7 @@ def test_sparse_features_in_an_anisotropic_space_beat_their_control(tmp_path):
     assert gaussian["p_value"] < 0.05
     assert condition["controls"]["isotropic"]["difference"] > 0.5
     assert condition["beyond_geometry_fraction"] > 0.6
-    assert "beats the gaussian control" in result["report"]
+    assert "beats the geometry control" in result["report"]
     features = (result["report_dir"] / "features.csv").read_text().splitlines()
     header = features[0].split(",")
     column = header.index("beyond_geometry")

@@ -100,7 +100,7 @@ def test_shared_unstable_subspace_beats_the_geometry_control(
 
     report = (tmp_path / "report" / "report.md").read_text()
     assert (
-        "The overlap of its unstable features' subspaces beats the gaussian control's "
+        "The overlap of its unstable features' subspaces beats the geometry control's "
         f"({versus_geometry['condition']:.3f} vs {versus_geometry['control']:.3f} at rank 4"
     ) in report
     assert "it does not beat (not distinguishable from) the random-model control's" in report

@@ -188,8 +188,16 @@ def attach_controls(reports: list[Any], confidence: float, subspace_rank: int = 
         report.extras["controls"] = controls
 
 
+# What report sentences call each control: the names the rest of the report and the docs use.
+CONTROL_TITLES = {
+    "gaussian": "geometry control",
+    "random_model": "random-model control",
+    "isotropic": "isotropic null",
+}
+
+
 def _control_name(name: str) -> str:
-    return "isotropic null" if name == "isotropic" else f"{name.replace('_', '-')} control"
+    return CONTROL_TITLES.get(name, f"{name.replace('_', '-')} control")
 
 
 def subspace_sentence(report: Any) -> str:
