@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from saeseeds.activations.store import summary
 from saeseeds.activations.store_build import ensure_store, shards_for
 from saeseeds.activations.text import TextActivationSource
+from saeseeds.config.validation import thread_count
 from saeseeds.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,23 +43,13 @@ def part_range(n_shards: int, part: int, parts: int) -> range:
     return range(n_shards * part // parts, n_shards * (part + 1) // parts)
 
 
-def check_job(cfg: DictConfig) -> None:
-    """What can be refused before any work: the part and the thread count."""
-    check_parts(cfg.store.part, cfg.store.parts)
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):  # fmt: skip
-        raise ConfigError(
-            f"threads={threads!r} is not valid; give a positive number of torch CPU threads, "
-            "or threads=null for torch's default."
-        )
-
-
 def build_store(cfg: DictConfig) -> dict[str, Any]:
     """Build this job's part of the store of ``cfg.data``; returns :func:`summary` of the store."""
-    check_job(cfg)
-    if cfg.get("threads") is not None:
-        torch.set_num_threads(int(cfg.threads))
+    # Refused before any work: the part and the thread count.
+    check_parts(cfg.store.part, cfg.store.parts)
+    threads = thread_count(cfg.get("threads"))
+    if threads is not None:
+        torch.set_num_threads(threads)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for name in TRAINING_ONLY:
         data.pop(name, None)

@@ -165,6 +165,10 @@ def register_analysis_configs() -> None:
     store.store(group="schema/logger", name="logger", node=LoggerConfig)
 
 
+# Seeds as the training app takes them (numpy's legacy seeding takes 32 bits).
+MAX_SEED = 2**32
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise AnalysisConfigError(message)
@@ -192,13 +196,13 @@ def validate_config(cfg: Any) -> None:
         ("argmax_above", cfg.argmax_above >= 1, "must be a positive number of features"),
         ("bootstrap.n_samples", cfg.bootstrap.n_samples >= 0, "must be >= 0 (0 turns it off)"),
         ("bootstrap.confidence", 0.0 < cfg.bootstrap.confidence < 1.0, "must be in (0, 1)"),
-        ("bootstrap.seed", 0 <= cfg.bootstrap.seed < 2**32, "must be an integer in [0, 2^32)"),
+        ("bootstrap.seed", 0 <= cfg.bootstrap.seed < MAX_SEED, "must be an integer in [0, 2^32)"),
         (
             "baseline.n_samples",
             cfg.baseline.n_samples >= 1,
             "must be >= 1 (or metrics.baseline=false)",
         ),
-        ("baseline.seed", 0 <= cfg.baseline.seed < 2**32, "must be an integer in [0, 2^32)"),
+        ("baseline.seed", 0 <= cfg.baseline.seed < MAX_SEED, "must be an integer in [0, 2^32)"),
         ("subspace.max_rank", cfg.subspace.max_rank >= 1, "must be >= 1"),
         ("report.examples_per_feature", cfg.report.examples_per_feature >= 0, "must be >= 0"),
     ]

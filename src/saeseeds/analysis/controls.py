@@ -196,7 +196,8 @@ CONTROL_TITLES = {
 }
 
 
-def _control_name(name: str) -> str:
+def control_title(name: str) -> str:
+    """What report.md calls a control of :data:`CONTROL_NAMES`."""
     return CONTROL_TITLES.get(name, f"{name.replace('_', '-')} control")
 
 
@@ -208,14 +209,14 @@ def subspace_sentence(report: Any) -> str:
         if entry is None:
             continue
         if entry["outcome"] is None:
-            parts.append(f"cannot be compared with the {_control_name(name)}'s ({entry['reason']})")
+            parts.append(f"cannot be compared with the {control_title(name)}'s ({entry['reason']})")
             continue
         low, high = entry["difference_ci"]
         verb = {"beats": "beats", "is below": "is below"}.get(
             entry["outcome"], "does not beat (not distinguishable from)"
         )
         parts.append(
-            f"{verb} the {_control_name(name)}'s ({entry['condition']:.3f} vs "
+            f"{verb} the {control_title(name)}'s ({entry['condition']:.3f} vs "
             f"{entry['control']:.3f} at rank {entry['rank']}; difference "
             f"{entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]; random subspaces "
             f"{entry['random_expectation']:.3f})"
@@ -236,7 +237,7 @@ def verdict(report: Any) -> str:
             continue
         low, high = control["difference_ci"]
         parts.append(
-            f"{outcome(control['difference_ci'])} the {_control_name(name)} "
+            f"{outcome(control['difference_ci'])} the {control_title(name)} "
             f"({control['value']:.3f}; difference {control['difference']:+.3f} "
             f"[{low:+.3f}, {high:+.3f}], p = {control['p_value']:.3g})"
         )

@@ -86,6 +86,20 @@ def validate_train_config(cfg: DictConfig) -> SAEConfig:
     return sae_config_of(cfg.sae)
 
 
+def thread_count(value: Any) -> int | None:
+    """``threads`` (train.py and build_store.py) as a number of torch CPU threads; None leaves
+    torch's default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"threads={value!r} is not valid; use a positive integer, the positive number of "
+            "torch CPU threads per job (e.g. threads=1 with hydra/launcher=joblib "
+            "hydra.launcher.n_jobs=<cores>), or null (torch's default)."
+        )
+    return value
+
+
 def is_seed(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and 0 <= value < MAX_SEED
 

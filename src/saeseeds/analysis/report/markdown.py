@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saeseeds.analysis.controls import CONTROL_NAMES, CONTROL_TITLES, subspace_sentence, verdict
+from saeseeds.analysis.controls import CONTROL_NAMES, control_title, subspace_sentence, verdict
 from saeseeds.analysis.examples import marked_text
 from saeseeds.analysis.group_analysis import GroupReport
 from saeseeds.analysis.grouping import Group
@@ -117,7 +117,7 @@ def controls_table(reports: list[GroupReport]) -> list[str]:
             values = control["side_by_side"]
             statistic = STATISTIC_NAMES.get(control["statistic"], control["statistic"])
             rows.append(
-                [control["label"], CONTROL_TITLES.get(name, name)]
+                [control["label"], control_title(name)]
                 + [_cell(values, n, absent) for n, _ in SIDE_BY_SIDE]
                 + [
                     f"{statistic} {control['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from saeseeds import contract
+from saeseeds.config.validation import thread_count
 from saeseeds.errors import ConfigError
 from saeseeds.io import read_json, writable_folder_problem
 
@@ -56,19 +57,6 @@ def fail(message: str) -> None:
     """Exit with one line, before Hydra has created any folder or started any job."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
-
-
-def thread_count(value: Any) -> int | None:
-    """``threads`` as a number of torch CPU threads; None leaves torch's default."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"threads={value!r} is not valid; use a positive integer (torch CPU threads per job, "
-            "e.g. threads=1 with hydra/launcher=joblib hydra.launcher.n_jobs=<cores>) or null "
-            "(torch's default)."
-        )
-    return value
 
 
 def swept_values(config: DictConfig, key: str) -> list[Any]:
