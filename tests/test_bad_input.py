@@ -311,6 +311,12 @@ CASES = [
         ["deep.jsonl:2 is nested too deeply to read"],
     ),
     Case(
+        "model-eval-dtype",
+        "train.py",
+        ["logger=none", "model.eval_dtype=fp16"],
+        ["model.eval_dtype='fp16' is not valid", "'auto', 'float32', 'bfloat16'"],
+    ),
+    Case(
         "model-device-cuda-without-gpu",
         "train.py",
         ["logger=none", "model.device=cuda"],

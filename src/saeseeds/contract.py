@@ -95,10 +95,13 @@ OPERATIONAL_KEYS = (
     "data.model_cache_dir",
     "data.model.device",
     "data.model.forward_batch_size",
+    # The precision of the CE-loss forward: the weights never depend on it (docs/metrics.md).
+    "data.model.eval_dtype",
     # Streaming the activations instead of storing them: the same batches, the same SAEs.
     "data.store",
     "model.device",
     "model.forward_batch_size",
+    "model.eval_dtype",
     "threads",
     # How seeds were started: seeds=[1,2,3] trains them in one job, each exactly as its own job.
     "seeds",

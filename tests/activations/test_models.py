@@ -76,6 +76,7 @@ def test_unreachable_hub_is_detected_without_offline_flags(tmp_path, monkeypatch
         ({"path": "/no/such/folder"}, "does not exist"),
         ({"init": "trained"}, "model.init='trained' is not valid"),
         ({"dtype": "int8"}, "model.dtype='int8' is not valid"),
+        ({"eval_dtype": "float16"}, r"model.eval_dtype='float16' is not valid.*'bfloat16'"),
     ],
 )
 def test_bad_model_settings(tmp_path, fields, message):

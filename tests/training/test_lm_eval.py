@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeseeds import precision
 from saeseeds.activations.corpora import python_docs_texts
 from saeseeds.contract import TOP_EXAMPLES_FORMAT
 from saeseeds.training import lm_eval
@@ -118,3 +119,58 @@ def test_positions_that_kept_no_activation_have_none(make_source):
 def test_text_context_needs_load_first(make_source):
     with pytest.raises(RuntimeError, match="Call load"):
         make_source().text_context()
+
+
+def _scored(context, seen: list) -> dict:
+    """The CE-loss metrics of a noisy reconstruction that notes how the SAE was called."""
+    noise = torch.Generator().manual_seed(0)
+
+    def reconstruct(x):
+        seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return x + 0.3 * x.std() * torch.randn(x.shape, generator=noise)
+
+    return lm_eval.ce_loss_metrics(context, reconstruct)
+
+
+def test_the_scoring_forward_runs_under_bf16_autocast_when_asked_and_the_sae_in_float32(
+    make_source,
+):
+    exact, fast = make_source(), make_source(model={"eval_dtype": "bfloat16"})
+    exact.load()
+    fast.load()
+    seen_exact, seen_fast = [], []
+    float32, bf16 = (
+        _scored(exact.text_context(), seen_exact),
+        _scored(fast.text_context(), seen_fast),
+    )
+    # The SAE reconstructs in float32 with autocast off, in both.
+    assert set(seen_exact) == set(seen_fast) == {(torch.float32, False)}
+    choice = lm_eval.eval_precision(fast.text_context())
+    assert (choice.chosen, choice.reason) == ("bfloat16", "set by model.eval_dtype")
+    # bf16 scoring: the same quantities, not the same bits (and not float32's cached baseline).
+    for name in ("ce_clean", "ce_zero_ablation", "ce_sae", "ce_loss_score"):
+        assert bf16[name] != float32[name]
+        assert bf16[name] == pytest.approx(float32[name], rel=0.02)
+    # The tiny model (4k parameters) is not worth timing: auto keeps float32 on any CPU.
+    assert lm_eval.eval_precision(exact.text_context()).chosen == "float32"
+
+
+def test_auto_follows_the_cached_measurement_of_this_machine(make_source, tmp_path):
+    source = make_source(model_cache_dir=str(tmp_path / "machine"))
+    source.load()
+    context = source.text_context()
+    untimed = lm_eval.eval_precision(context)
+    assert untimed.chosen == "float32" and untimed.speedup is None
+    device = precision.this_device()
+    precision.write_record(
+        tmp_path / "machine",
+        device,
+        precision.PrecisionChoice(
+            untimed.workload, "bfloat16", "measured (injected)", 1.8, 0.9, 0.5, "then", device.key
+        ),
+    )
+    lm_eval._EVAL_CHOICES.clear()  # a new process on this machine
+    assert lm_eval.eval_precision(context).chosen == "bfloat16"
+    exact = make_source(model={"eval_dtype": "float32"})
+    exact.load()
+    assert _scored(context, [])["ce_clean"] != _scored(exact.text_context(), [])["ce_clean"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from saeseeds import contract
@@ -54,6 +55,25 @@ def test_seeds_streamed_in_one_job_are_the_saes_of_their_own_store_jobs(tiny_lla
         metrics = [json.loads((d / contract.METRICS_FILE).read_text()) for d in (streamed, own)]
         assert metrics[0]["ce_loss_score"] == metrics[1]["ce_loss_score"]
     assert len(store_folders(tmp_path / "cache")) == 1
+
+
+def test_scoring_in_bf16_changes_the_ce_loss_score_a_little_and_the_weights_not_at_all(
+    tiny_llama, tmp_path
+):
+    exact, fast = tmp_path / "float32", tmp_path / "bfloat16"
+    train(text_config(tiny_llama, tmp_path, "seed=1", output_dir=exact))
+    train(text_config(tiny_llama, tmp_path, "seed=1", "model.eval_dtype=bfloat16", output_dir=fast))
+    assert weights(fast) == weights(exact)
+    choices = [
+        json.loads((d / contract.ENVIRONMENT_FILE).read_text())["eval_precision_choice"]
+        for d in (exact, fast)
+    ]
+    assert [choice["chosen"] for choice in choices] == ["float32", "bfloat16"]
+    assert choices[1]["reason"] == "set by model.eval_dtype"
+    scores = [
+        json.loads((d / contract.METRICS_FILE).read_text())["ce_loss_score"] for d in (exact, fast)
+    ]
+    assert scores[0] != scores[1] and scores[1] == pytest.approx(scores[0], abs=0.02)
 
 
 def test_a_store_folder_as_data_path_trains_the_sae_of_its_text_job(tiny_llama, tmp_path):

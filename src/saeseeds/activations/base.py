@@ -57,6 +57,10 @@ class TextContext:
     context_before: int
     context_after: int
     store_key: str
+    eval_dtype: str = "auto"
+    """``model.eval_dtype``: the precision of the scoring forward (auto, float32, bfloat16)."""
+    model_cache_dir: str = "~/.cache/saeseeds"
+    """Where the measured precision choice of the scoring forward is cached."""
 
     @property
     def kept_per_sequence(self) -> int:

@@ -207,6 +207,8 @@ class TextActivationSource(ActivationSource):
             context_before=self.context_before,
             context_after=self.context_after,
             store_key=self.store_key or "",
+            eval_dtype=self.model_config.eval_dtype,
+            model_cache_dir=str(self.model_cache_dir),
         )
 
 

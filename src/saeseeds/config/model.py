@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from saeseeds.errors import DataError
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
+EVAL_DTYPES = ("auto", "float32", "bfloat16")
 MODEL_INITS = ("pretrained", "random")
 
 
@@ -35,6 +36,14 @@ class ModelConfig:
     activation store's key and recorded in provenance (``model_dtype``, ``model_dtype_choice``).
     float32 stays the default: the activations, and so the store and its key, would otherwise
     change with the machine."""
+    eval_dtype: str = "auto"
+    """Precision of the language-model forward passes that score a trained SAE (CE-loss score
+    and KL) when the model runs in float32: ``auto`` runs them under bf16 autocast where the
+    device has bf16 and this model's forward is measurably faster in it (timed once per machine,
+    like ``dtype=auto``), else in float32; ``float32`` or ``bfloat16`` as set. The SAE itself
+    always reconstructs in float32, and the weights never depend on this. A model run in bf16 or
+    float16 (``dtype``) is scored in that dtype. Recorded in environment.json
+    (``eval_precision_choice``)."""
     device: str = "auto"
     """Where the model runs: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ..."""
     forward_batch_size: int = 8
@@ -45,6 +54,10 @@ class ModelConfig:
             raise DataError(f"model.init={self.init!r} is not valid; use one of {MODEL_INITS}.")
         if self.dtype not in MODEL_DTYPES:
             raise DataError(f"model.dtype={self.dtype!r} is not valid; use one of {MODEL_DTYPES}.")
+        if self.eval_dtype not in EVAL_DTYPES:
+            raise DataError(
+                f"model.eval_dtype={self.eval_dtype!r} is not valid; use one of {EVAL_DTYPES}."
+            )
         if self.forward_batch_size <= 0:
             raise DataError(
                 f"model.forward_batch_size must be positive, got {self.forward_batch_size}."

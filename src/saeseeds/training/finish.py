@@ -72,8 +72,9 @@ def finish_run(
     )
     metrics.update(evaluate_ground_truth(raw_sae, source.ground_truth()))
     context = source.text_context()
-    top_examples = None
+    top_examples, eval_choice = None, None
     if context is not None:
+        eval_choice = lm_eval.eval_precision(context).record()
         metrics.update(lm_eval.ce_loss_metrics(context, lambda x: raw_sae(x).reconstruction))
         top_examples = lm_eval.top_examples(context, raw_sae.encode, TOP_EXAMPLES_PER_FEATURE)
     metrics.update(
@@ -108,6 +109,7 @@ def finish_run(
             device=fit.device,
             precision=fit.precision,
             precision_choice=fit.precision_choice,
+            eval_precision_choice=eval_choice,
             provenance=splits.provenance,
             resolved_config=resolved,
             wandb_run=wandb_run,

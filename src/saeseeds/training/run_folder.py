@@ -146,12 +146,14 @@ def environment(
     wandb_run: dict[str, Any] | None,
     seeds_trained_together: list[int] | None = None,
     precision_choice: dict[str, Any] | None = None,
+    eval_precision_choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """environment.json: versions, platform, git, hashes, and the run's own config record.
     ``seeds_trained_together``: the seeds of a multi-seed job (``seeds=[...]``) that trained this
     run, or None for a run trained by its own job. ``precision_choice``: how the step precision
-    was chosen (measured, fixed by the device, or set); ``reproducibility`` gathers what two runs
-    of one config must share to give byte-identical weights."""
+    was chosen (measured, fixed by the device, or set); ``eval_precision_choice``: the same for
+    the language-model forward of the CE-loss score (None without one); ``reproducibility``
+    gathers what two runs of one config must share to give byte-identical weights."""
     run_config = contract.run_config(resolved_config)
     return {
         "python": sys.version.split()[0],
@@ -167,6 +169,7 @@ def environment(
         "device": device,
         "precision": precision,
         "precision_choice": precision_choice,
+        "eval_precision_choice": eval_precision_choice,
         "reproducibility": reproducibility_conditions(device, precision, provenance),
         "git": git_state(),
         "installed_packages_sha256": installed_packages_hash(),
