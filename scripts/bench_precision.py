@@ -1,7 +1,8 @@
 """What ``auto`` precision would choose on this machine, and the gains it measures: the CPU's bf16
 units and torch capability, then the SAE training step (``trainer.precision=auto``) at each
-``--n-features`` and the language model's forward (``model.dtype=auto``), each timed in float32
-and bf16 exactly as the app times them (:mod:`saeseeds.precision`), but always afresh: the
+``--n-features``, the language model's forward (``model.dtype=auto``) and its scoring forward
+under bf16 autocast (``model.eval_dtype=auto``: the CE-loss score), each timed in float32 and bf16
+exactly as the app times them (:mod:`saeseeds.precision`), but always afresh: the
 cache under ``paths.model_cache_dir/precision`` is neither read nor written.
 
     python scripts/bench_precision.py                        # default SAE sizes and SmolLM2-135M
@@ -29,7 +30,7 @@ from saeseeds import precision
 from saeseeds.activations import models
 from saeseeds.config.model import ModelConfig
 from saeseeds.sae import SAEConfig, architecture
-from saeseeds.training import step_precision
+from saeseeds.training import lm_eval, step_precision
 
 
 def sae_rows(args: argparse.Namespace, device: precision.Device) -> list[dict]:
@@ -95,6 +96,34 @@ def model_row(args: argparse.Namespace, device: precision.Device) -> dict:
     }
 
 
+def eval_row(args: argparse.Namespace, device: precision.Device) -> dict:
+    """The scoring forward (CE-loss score) of the float32 model under bf16 autocast, as
+    ``model.eval_dtype=auto`` times it, on ``--eval-seq-len``-token sequences."""
+    name, path = ("local", args.model) if args.model else ("smollm2-135m", None)
+    loaded = models.load_model(
+        ModelConfig(name=name, path=path, device="cpu"), args.model_cache_dir
+    )
+    with tempfile.TemporaryDirectory() as empty_cache:
+        choice = lm_eval.model_eval_precision(loaded, "auto", empty_cache, args.eval_seq_len)
+    note = choice.reason
+    if choice.speedup is None:  # not timed (no bf16 units, or a small model): time it
+        choice_timed = precision.measured_choice(
+            device, "lm_eval", lm_eval.eval_probe(loaded, args.eval_seq_len)
+        )
+        note = f"not timed by auto ({choice.reason})"
+    else:
+        choice_timed = choice
+    label = name if path is None else Path(path).name
+    return {
+        "workload": f"LM scoring forward {label} (autocast)",
+        "speedup": choice_timed.speedup,
+        "float32_s": choice_timed.float32_s,
+        "bfloat16_s": choice_timed.bfloat16_s,
+        "auto_would_choose": choice.chosen,
+        "note": note,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-features", type=int, nargs="+", default=[512, 4096, 16384])
@@ -106,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="a local HF model folder (default SmolLM2)")
     parser.add_argument("--no-model", action="store_true", help="time the SAE step only")
     parser.add_argument("--model-cache-dir", default="~/.cache/saeseeds")
+    parser.add_argument(
+        "--eval-seq-len", type=int, default=128, help="tokens per sequence of the scoring forward"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, no model: a smoke run")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -130,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = sae_rows(args, device)
     if not args.no_model:
         rows.append(model_row(args, device))
+        rows.append(eval_row(args, device))
     width = max(len(row["workload"]) for row in rows)
     print(f"{'workload':<{width}}  float32 s  bf16 s    speed-up  auto chooses")
     for row in rows:

@@ -45,10 +45,19 @@ _EVAL_CHOICES: dict[tuple, precision.PrecisionChoice] = {}
 
 def eval_precision(context: TextContext) -> precision.PrecisionChoice:
     """float32 or bfloat16 (autocast) for the scoring forward passes of ``context``'s model:
-    the model's own dtype when it is not float32, ``model.eval_dtype`` when set, and for
-    ``auto`` the rule of :func:`saeseeds.precision.choose` on this model's forward (timed on
-    :data:`PROBE_SEQUENCES` held-out-length sequences, once per machine, cached)."""
-    model, seq_len = context.model, int(context.heldout_tokens.shape[1])
+    see :func:`model_eval_precision`."""
+    seq_len = int(context.heldout_tokens.shape[1])
+    return model_eval_precision(context.model, context.eval_dtype, context.model_cache_dir, seq_len)
+
+
+def model_eval_precision(
+    model: Any, eval_dtype: str, model_cache_dir: str, seq_len: int
+) -> precision.PrecisionChoice:
+    """The precision of ``model``'s (a LoadedModel) scoring forward passes: the model's own dtype
+    when it is not float32, ``eval_dtype`` when set, and for ``auto`` the rule of
+    :func:`saeseeds.precision.choose` on this model's forward under autocast (timed on
+    :data:`PROBE_SEQUENCES` sequences of ``seq_len`` tokens, once per machine, cached under
+    ``model_cache_dir``)."""
     parameters = sum(parameter.numel() for parameter in model.bridge.parameters())
     workload = (
         f"lm_eval_autocast:parameters={parameters}:layers={model.n_layers}:"
@@ -59,8 +68,8 @@ def eval_precision(context: TextContext) -> precision.PrecisionChoice:
         model.weight_hash,
         str(model.device),
         str(model.dtype),
-        context.eval_dtype,
-        str(context.model_cache_dir),
+        eval_dtype,
+        str(model_cache_dir),
         workload,
     )
     if memo_key in _EVAL_CHOICES:
@@ -73,32 +82,39 @@ def eval_precision(context: TextContext) -> precision.PrecisionChoice:
             f"the model runs in {model_dtype} (model.dtype)",
             device_key=device.key,
         )
-    elif context.eval_dtype != "auto":
+    elif eval_dtype != "auto":
         choice = precision.PrecisionChoice(
-            workload, context.eval_dtype, "set by model.eval_dtype", device_key=device.key
+            workload, eval_dtype, "set by model.eval_dtype", device_key=device.key
         )
     else:
-        vocabulary = int(model.bridge.cfg.d_vocab)
-
-        def run_in(dtype: torch.dtype) -> Callable[[], Any]:
-            generator = torch.Generator().manual_seed(0)
-            tokens = torch.randint(0, vocabulary, (PROBE_SEQUENCES, seq_len), generator=generator)
-
-            def forward() -> None:
-                with torch.no_grad(), _autocast(model.device, dtype == torch.bfloat16):
-                    model.bridge(tokens.to(model.device), return_type="logits")
-
-            return forward
-
         choice = precision.choose(
             device,
             workload,
-            context.model_cache_dir,
-            run_in,
+            model_cache_dir,
+            eval_probe(model, seq_len),
             worth_measuring=parameters >= MIN_MEASURED_PARAMETERS,
         )
     _EVAL_CHOICES[memo_key] = choice
     return choice
+
+
+def eval_probe(model: Any, seq_len: int) -> Callable[[torch.dtype], Callable[[], Any]]:
+    """What :func:`saeseeds.precision.measured_choice` times for the scoring forward: ``model``'s
+    forward on :data:`PROBE_SEQUENCES` random sequences of ``seq_len`` tokens, under bf16
+    autocast for ``torch.bfloat16``."""
+    vocabulary = int(model.bridge.cfg.d_vocab)
+
+    def run_in(dtype: torch.dtype) -> Callable[[], Any]:
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, vocabulary, (PROBE_SEQUENCES, seq_len), generator=generator)
+
+        def forward() -> None:
+            with torch.no_grad(), _autocast(model.device, dtype == torch.bfloat16):
+                model.bridge(tokens.to(model.device), return_type="logits")
+
+        return forward
+
+    return run_in
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
