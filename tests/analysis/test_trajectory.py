@@ -12,6 +12,7 @@ import pytest
 
 from saeseeds.analysis.app import run_analysis
 from saeseeds.analysis.group_stats import change_of_groups, jackknife_se
+from saeseeds.analysis.trajectory import lead_sentence
 from tests.analysis.run_folders import (
     hydra_config,
     random_directions,
@@ -156,3 +157,25 @@ def test_paired_change_cancels_what_the_two_points_share():
     assert change["difference"] == pytest.approx(0.1)
     assert change["standard_error"] == pytest.approx(0.0, abs=1e-12)
     assert jackknife_se(early, "decoder_mean") > 0.01
+
+
+@pytest.mark.parametrize(
+    ("leads", "trend", "opening"),
+    [
+        ([0.02, 0.05], "growing", "Its lead over the geometry control is growing"),
+        ([-0.05, -0.03], "growing", "It trails the geometry control, and the gap is narrowing"),
+        ([-0.03, -0.05], "shrinking", "It trails the geometry control, and the gap is widening"),
+        ([-0.03, -0.03], "flat", "It trails the geometry control, and the gap holds"),
+        (
+            [0.01, -0.02],
+            "shrinking",
+            "Its difference from the geometry control (condition − control) fell",
+        ),
+    ],
+)
+def test_the_lead_sentence_fits_the_sign_of_the_lead(leads, trend, opening):
+    change = {"difference": leads[1] - leads[0], "difference_ci": (-0.1, 0.1)}
+    sentence = lead_sentence(trend, 0.5, leads, change)
+    assert sentence.startswith(opening) and " over the last half of training: " in sentence
+    assert f"{leads[0]:+.3f} at 50% of training, {leads[1]:+.3f} at the end" in sentence
+    assert ("lead" in sentence) == (min(leads) >= 0)

@@ -256,17 +256,25 @@ def lead_change(condition: Any, control: Any, confidence: float) -> dict[str, An
 
 
 def lead_sentence(trend: str, start: float, leads: list[Any], change: dict[str, Any]) -> str:
+    """The lead's change in words that fit its sign: a lead (condition above the control at both
+    points), a gap (below at both), or a difference that changed sign."""
     low, high = change["difference_ci"]
     interval = (
         f"[{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else "no interval: fewer than 3 seeds"
     )
-    words = {
-        "growing": "is growing",
-        "shrinking": "is shrinking",
-        "flat": "is flat (no change distinguishable from 0)",
-    }
+    flat = "no change distinguishable from 0"
+    if all(lead is not None and lead >= 0 for lead in leads):
+        words = {"growing": "is growing", "shrinking": "is shrinking", "flat": f"is flat ({flat})"}
+        opening = f"Its lead over the geometry control {words[trend]}"
+    elif all(lead is not None and lead < 0 for lead in leads):
+        # The difference rising means the condition closes on the control from below.
+        words = {"growing": "is narrowing", "shrinking": "is widening", "flat": f"holds ({flat})"}
+        opening = f"It trails the geometry control, and the gap {words[trend]}"
+    else:
+        words = {"growing": "rose", "shrinking": "fell", "flat": f"did not move ({flat})"}
+        opening = f"Its difference from the geometry control (condition − control) {words[trend]}"
     return (
-        f"Its lead over the geometry control {words[trend]} over the last half of training: "
+        f"{opening} over the last half of training: "
         f"{leads[0]:+.3f} at {start:.0%} of training, {leads[1]:+.3f} at the end (change "
         f"{change['difference']:+.3f} {interval})."
     )
