@@ -53,12 +53,19 @@ def no_hub(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def fresh_memory() -> Iterator[None]:
-    """Each test starts without statistics or baselines kept in memory by an earlier one."""
-    text_source._STREAMED_STATS.clear()
-    lm_eval._BASELINE_MEMORY.clear()
+    """Each test starts without statistics, baselines, contexts or precision choices kept in
+    memory by an earlier one."""
+    memories = (
+        text_source._STREAMED_STATS,
+        lm_eval._BASELINE_MEMORY,
+        lm_eval._WINDOW_MEMORY,
+        lm_eval._EVAL_CHOICES,
+    )
+    for memory in memories:
+        memory.clear()
     yield
-    text_source._STREAMED_STATS.clear()
-    lm_eval._BASELINE_MEMORY.clear()
+    for memory in memories:
+        memory.clear()
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ OPERATIONAL_KEYS = (
     "data.model_cache_dir",
     "data.model.device",
     "data.model.forward_batch_size",
-    # The precision of the CE-loss forward: the weights never depend on it (docs/metrics.md).
+    # The precision of the CE-loss forward: the weights never depend on it (docs/scaling.md).
     "data.model.eval_dtype",
     # Streaming the activations instead of storing them: the same batches, the same SAEs.
     "data.store",

@@ -3,6 +3,8 @@ partner set, and what masking does to a real SAE's reconstruction."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from saeseeds.studies.masking import (
     heldout_metrics,
     keep_vector,
     masks_of,
+    run_config,
 )
 from saeseeds.training.metrics import evaluate_heldout
 from tests.helpers import topk_sae
@@ -81,3 +84,25 @@ def test_masking_zeroes_codes_before_decoding():
         half = heldout_metrics(sae, heldout, keep_vector(sae, np.arange(16)))
         assert half["fvu"] == pytest.approx(fvu_of(codes @ sae.W_dec + sae.b_dec), rel=1e-6)
         assert half["l0"] == pytest.approx(float((codes > 0).sum(1).double().mean()))
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [
+        (None, "float32"),  # a run from before model.eval_dtype: scored in float32
+        ({"chosen": "float32"}, "float32"),
+        ({"chosen": "bfloat16"}, "bfloat16"),
+    ],
+)
+def test_masking_scores_in_the_precision_of_the_runs_own_score(tmp_path, recorded, expected):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "model:\n  name: smollm2-135m\n  eval_dtype: auto\ndata:\n  model: ${model}\n"
+        "paths:\n  output_dir: elsewhere\n"
+    )
+    environment = {"seed": 1} if recorded is None else {"eval_precision_choice": recorded}
+    (run_dir / "environment.json").write_text(json.dumps(environment))
+    cfg = run_config(run_dir)
+    assert cfg.model.eval_dtype == expected and cfg.data.model.eval_dtype == expected
+    assert cfg.paths.output_dir == str(run_dir)

@@ -135,7 +135,9 @@ def _scored(context, seen: list) -> dict:
 def test_the_scoring_forward_runs_under_bf16_autocast_when_asked_and_the_sae_in_float32(
     make_source,
 ):
-    exact, fast = make_source(), make_source(model={"eval_dtype": "bfloat16"})
+    # On the CPU: auto on a CUDA device with bf16 would take bf16 at any size.
+    exact = make_source(model={"device": "cpu"})
+    fast = make_source(model={"device": "cpu", "eval_dtype": "bfloat16"})
     exact.load()
     fast.load()
     seen_exact, seen_fast = [], []
@@ -156,7 +158,7 @@ def test_the_scoring_forward_runs_under_bf16_autocast_when_asked_and_the_sae_in_
 
 
 def test_auto_follows_the_cached_measurement_of_this_machine(make_source, tmp_path):
-    source = make_source(model_cache_dir=str(tmp_path / "machine"))
+    source = make_source(model={"device": "cpu"}, model_cache_dir=str(tmp_path / "machine"))
     source.load()
     context = source.text_context()
     untimed = lm_eval.eval_precision(context)
@@ -171,6 +173,6 @@ def test_auto_follows_the_cached_measurement_of_this_machine(make_source, tmp_pa
     )
     lm_eval._EVAL_CHOICES.clear()  # a new process on this machine
     assert lm_eval.eval_precision(context).chosen == "bfloat16"
-    exact = make_source(model={"eval_dtype": "float32"})
+    exact = make_source(model={"device": "cpu", "eval_dtype": "float32"})
     exact.load()
     assert _scored(context, [])["ce_clean"] != _scored(exact.text_context(), [])["ce_clean"]

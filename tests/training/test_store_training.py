@@ -61,8 +61,9 @@ def test_scoring_in_bf16_changes_the_ce_loss_score_a_little_and_the_weights_not_
     tiny_llama, tmp_path
 ):
     exact, fast = tmp_path / "float32", tmp_path / "bfloat16"
-    train(text_config(tiny_llama, tmp_path, "seed=1", output_dir=exact))
-    train(text_config(tiny_llama, tmp_path, "seed=1", "model.eval_dtype=bfloat16", output_dir=fast))
+    on_cpu = ["seed=1", "model.device=cpu"]  # auto on a CUDA device with bf16 would take bf16
+    train(text_config(tiny_llama, tmp_path, *on_cpu, output_dir=exact))
+    train(text_config(tiny_llama, tmp_path, *on_cpu, "model.eval_dtype=bfloat16", output_dir=fast))
     assert weights(fast) == weights(exact)
     choices = [
         json.loads((d / contract.ENVIRONMENT_FILE).read_text())["eval_precision_choice"]

@@ -38,9 +38,10 @@ class ModelConfig:
     change with the machine."""
     eval_dtype: str = "auto"
     """Precision of the language-model forward passes that score a trained SAE (CE-loss score
-    and KL) when the model runs in float32: ``auto`` runs them under bf16 autocast where the
-    device has bf16 and this model's forward is measurably faster in it (timed once per machine,
-    like ``dtype=auto``), else in float32; ``float32`` or ``bfloat16`` as set. The SAE itself
+    and KL) when the model runs in float32: ``auto`` runs them under bf16 autocast on a CUDA
+    device with bf16 (untimed, at any size) and on a CPU with bf16 units where this model's
+    forward is measurably faster in it (timed once per machine, like ``dtype=auto``), else in
+    float32; ``float32`` or ``bfloat16`` as set. The SAE itself
     always reconstructs in float32, and the weights never depend on this. A model run in bf16 or
     float16 (``dtype``) is scored in that dtype. Recorded in environment.json
     (``eval_precision_choice``)."""

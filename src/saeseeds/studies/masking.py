@@ -38,6 +38,7 @@ from torch import Tensor
 
 from saeseeds import contract
 from saeseeds.analysis.group_stats import t_interval
+from saeseeds.config.model import EVAL_DTYPES
 from saeseeds.config.validation import sae_config_of
 from saeseeds.errors import DataError
 from saeseeds.sae import SAE, SAEOutput, build_sae
@@ -200,13 +201,20 @@ def evaluate_masks(
 
 
 def run_config(run_dir: Path) -> Any:
-    """The run's composed config (.hydra/config.yaml), with its output folder filled in."""
+    """The run's composed config (.hydra/config.yaml), with its output folder filled in and its
+    CE-loss forward in the precision the run's own score was computed in (float32 for runs
+    from before ``model.eval_dtype``), so that unmasked the score is the run's."""
     path = run_dir / contract.HYDRA_CONFIG
     if not path.is_file():
         raise DataError(f"{path} is missing: the masking experiment needs the run's config.")
     cfg = OmegaConf.load(path)
+    environment = run_dir / contract.ENVIRONMENT_FILE
+    recorded = contract_json(run_dir, contract.ENVIRONMENT_FILE) if environment.is_file() else {}
+    scored_in = (recorded.get("eval_precision_choice") or {}).get("chosen", "float32")
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
+        if "model" in cfg and scored_in in EVAL_DTYPES:
+            cfg.model.eval_dtype = scored_in
     return cfg
 
 

@@ -70,6 +70,7 @@ def model_eval_precision(
         str(model.dtype),
         eval_dtype,
         str(model_cache_dir),
+        torch.get_num_threads(),
         workload,
     )
     if memo_key in _EVAL_CHOICES:
