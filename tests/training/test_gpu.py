@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from saeseeds.config.validation import validate_train_config
+from saeseeds.training import lm_eval
 from saeseeds.training.run import train
 from saeseeds.training.step_precision import step_precision
 
@@ -38,3 +39,25 @@ def test_trains_on_gpu_with_bf16_mixed_and_saves_float32(train_config, tmp_path)
     weights = load_file(tmp_path / "run" / "sae_weights.safetensors")
     assert all(tensor.dtype == torch.float32 for tensor in weights.values())
     assert metrics["fvu"] < 0.5
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_ce_loss_forward_runs_on_the_gpu_in_bf16_with_the_sae_on_the_cpu_in_float32(
+    make_source,
+):
+    source = make_source(model={"device": "cuda"})
+    source.load()
+    context = source.text_context()
+    seen = []
+
+    def reconstruct(x):
+        seen.append((x.device.type, x.dtype, torch.is_autocast_enabled("cpu")))
+        return x
+
+    metrics = lm_eval.ce_loss_metrics(context, reconstruct)
+    # auto on a CUDA device with bf16: bf16 autocast at any size, untimed.
+    expected = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    assert lm_eval.eval_precision(context).chosen == expected
+    assert set(seen) == {("cpu", torch.float32, False)}
+    assert metrics["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
