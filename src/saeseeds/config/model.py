@@ -41,10 +41,9 @@ class ModelConfig:
     and KL) when the model runs in float32: ``auto`` runs them under bf16 autocast on a CUDA
     device with bf16 (untimed, at any size) and on a CPU with bf16 units where this model's
     forward is measurably faster in it (timed once per machine, like ``dtype=auto``), else in
-    float32; ``float32`` or ``bfloat16`` as set. The SAE itself
-    always reconstructs in float32, and the weights never depend on this. A model run in bf16 or
-    float16 (``dtype``) is scored in that dtype. Recorded in environment.json
-    (``eval_precision_choice``)."""
+    float32; ``float32`` or ``bfloat16`` as set. The SAE itself always reconstructs in float32,
+    and the weights never depend on this. A model run in bf16 or float16 (``dtype``) is scored
+    in that dtype. Recorded in environment.json (``eval_precision_choice``)."""
     device: str = "auto"
     """Where the model runs: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ..."""
     forward_batch_size: int = 8

@@ -58,12 +58,7 @@ def model_eval_precision(
     :func:`saeseeds.precision.choose` on this model's forward under autocast (timed on
     :data:`PROBE_SEQUENCES` sequences of ``seq_len`` tokens, once per machine, cached under
     ``model_cache_dir``)."""
-    parameters = sum(parameter.numel() for parameter in model.bridge.parameters())
-    workload = (
-        f"lm_eval_autocast:parameters={parameters}:layers={model.n_layers}:"
-        f"d_model={model.d_model}:tokens={PROBE_SEQUENCES}x{seq_len}"
-    )
-    device = precision.this_device(model.device)
+    # Looked up before anything is counted: every scoring forward of a job asks again.
     memo_key = (
         model.weight_hash,
         str(model.device),
@@ -71,10 +66,16 @@ def model_eval_precision(
         eval_dtype,
         str(model_cache_dir),
         torch.get_num_threads(),
-        workload,
+        seq_len,
     )
     if memo_key in _EVAL_CHOICES:
         return _EVAL_CHOICES[memo_key]
+    parameters = sum(parameter.numel() for parameter in model.bridge.parameters())
+    workload = (
+        f"lm_eval_autocast:parameters={parameters}:layers={model.n_layers}:"
+        f"d_model={model.d_model}:tokens={PROBE_SEQUENCES}x{seq_len}"
+    )
+    device = precision.this_device(model.device)
     model_dtype = str(model.dtype).removeprefix("torch.")
     if model_dtype != "float32":
         choice = precision.PrecisionChoice(
