@@ -98,3 +98,21 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path):
     recorded = environment(interrupted)
     assert recorded["precision"] == "bf16-mixed"
     assert recorded["precision_choice"]["speedup"] == 2.5  # the choice made when it started
+
+
+def test_a_block_of_bf16_steps_never_reuses_weights_cast_before_an_update(tmp_path, monkeypatch):
+    """A block of optimisation steps runs in one autocast region. Lightning's region caches no
+    casts; one that did would, without the module's care, let each forward after the first reuse
+    the bf16 weights of the block's first step. Both must train the same bytes."""
+    from lightning.pytorch.plugins.precision.amp import MixedPrecision
+
+    bf16 = ["trainer.precision=bf16-mixed", "trainer.log_every_n_steps=8"]
+    lightnings = run(tmp_path / "uncached", "uncached", *bf16)
+    monkeypatch.setattr(  # the same region with torch's default cast cache
+        MixedPrecision,
+        "autocast_context_manager",
+        lambda self: torch.autocast(self.device, dtype=torch.bfloat16, cache_enabled=True),
+    )
+    cached = run(tmp_path / "cached", "cached", *bf16)
+    weights = "sae_weights.safetensors"
+    assert (cached / weights).read_bytes() == (lightnings / weights).read_bytes()

@@ -166,6 +166,11 @@ class SAETrainingModule(L.LightningModule):
                 for sae in self.saes:
                     sae.after_optimizer_step()
                 scheduler.step()
+            # The block's steps share one autocast region. Were its cast cache on, the next
+            # forward would reuse the bf16 copies of the weights from before this update (the
+            # cache is dropped only when the outermost region exits); Lightning turns it off,
+            # and this keeps a block of steps exact whatever the region's setting.
+            torch.clear_autocast_cache()
             losses.append(loss.detach())
         return torch.stack(losses)
 
