@@ -10,7 +10,7 @@ so a child fires only with its parent, as in the synthetic absorption benchmarks
 2024; Bussmann et al. 2025). The remaining features are free. Without a hierarchy the samples are
 the same as before it existed, bit for bit.
 
-The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, i)
+The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, "train", i)
 and the held-out rows from (data_seed, "heldout"), so every SAE seed of a sweep sees the same data,
 any token count is generated in bounded memory, and a smaller budget trains on a prefix of a
 larger one's rows. The ground truth (and each feature's parent) is saved so recovery and
