@@ -158,13 +158,15 @@ def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor
 
 
 def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
-    # The forward batch size too: the clean predictions are kept by forward batch.
+    # The forward batch size too: the clean predictions are kept by forward batch; and the
+    # device, whose kernels round differently (one process may score on two).
     memo_key = (
         context.store_key,
         context.eval_sequences,
         context.forward_batch_size,
         context.model.weight_hash,
         _autocast_on(context),
+        str(context.model.device),
     )
     if memo_key not in _BASELINE_MEMORY:
         clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
