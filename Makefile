@@ -1,7 +1,7 @@
 # The few commands a person runs every day. Each one sets up .venv first if needed.
 PY := .venv/bin/python
 
-.PHONY: setup train sweep analyze test test-slow test-all lint format bench clean
+.PHONY: setup train sweep analyze test test-gpu test-slow test-all lint format bench clean
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml scripts/setup.sh
@@ -19,6 +19,9 @@ analyze: setup          ## stability report for the latest multirun folder
 
 test: setup             ## the default test suite (9-11 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" -q
+
+test-gpu: setup         ## the GPU tests, on a CUDA machine (the other tests always run on the CPU)
+	SAESEEDS_TEST_GPU=1 $(PY) -m pytest -m gpu -q
 
 test-slow: setup        ## only the slow tests (embedded SmolLM2 end to end, big benchmarks)
 	$(PY) -m pytest -m slow -q

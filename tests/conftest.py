@@ -3,7 +3,17 @@ real transformer (built locally) with text sources on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+
+# The default suite runs on the CPU everywhere, as CI does: on a GPU machine Lightning's and the
+# model's `auto` would otherwise pick the GPU and bf16-mixed, and the tests that expect CPU bytes,
+# float32 defaults or a CPU in environment.json would fail. Set before anything initialises
+# CUDA, so that in-process runs and the subprocesses the tests start see no GPU alike. The GPU
+# tests (marked gpu) run on their own: `make test-gpu` (SAESEEDS_TEST_GPU=1 pytest -m gpu).
+if os.environ.get("SAESEEDS_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path
 
 import pytest

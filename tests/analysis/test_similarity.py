@@ -28,7 +28,7 @@ def test_cpu_is_always_available_and_auto_falls_back_to_it(monkeypatch):
 def test_gpu_blocks_equal_cpu_blocks():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+        pytest.skip("needs a CUDA device: make test-gpu")
     rows, columns = random_directions(300, 64, 2), random_directions(200, 64, 3)
     on_gpu = cosine_similarity(rows, columns, device="cuda", block_size=64)
     np.testing.assert_allclose(on_gpu, cosine_similarity(rows, columns), atol=1e-5)

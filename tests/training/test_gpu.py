@@ -13,7 +13,10 @@ from saeseeds.training import lm_eval
 from saeseeds.training.run import train
 from saeseeds.training.step_precision import step_precision
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# The default suite hides CUDA (tests/conftest.py); `make test-gpu` runs these on a GPU.
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: make test-gpu"
+)
 
 
 def test_default_precision_follows_the_device(train_config, tmp_path):
