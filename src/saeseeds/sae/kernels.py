@@ -188,6 +188,8 @@ def sampled_dots(crow: Tensor, columns: Tensor, left: Tensor, right: Tensor) -> 
     n_entries = columns.numel()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        # torch 2.11 with CUDA warns on every job even though the checks are declined below.
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled")
         pattern = torch.sparse_csr_tensor(
             crow,
             columns,
