@@ -23,6 +23,7 @@ CPU threads wait on each other and the timings say more about the load than abou
     python scripts/bench_store_throughput.py        # 1M tokens, d_in 576, 512 and 16384 features
     python scripts/bench_store_throughput.py --tokens 262144 --steps 50 --n-features 512
     python scripts/bench_store_throughput.py --no-prefetch   # the store without prefetching
+    python scripts/bench_store_throughput.py --feed-only --steps 1000   # batches alone, no SAE
 """
 
 from __future__ import annotations
@@ -209,6 +210,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def feed_rate(work: Path, args: argparse.Namespace) -> float:
+    """Tokens/s of float32 batches that the store path delivers with no SAE behind it (the
+    window loads, each batch's gather and conversion): the most this CPU can feed a faster
+    device, a GPU, whose step then waits on nothing else."""
+    store, _ = ensure_store(work, RandomBuilder(args.d_in, args.shard_tokens), args.tokens)
+    train = TrainingRows(store, args.tokens)
+    order = BatchOrder(train.used_rows, args.batch_size, args.window_shards, seed=0)
+    rows = WindowedRows(train, order, prefetch=not args.no_prefetch)
+    rows.window(0, order.windows(0)[0])  # loaded before the clock, as training does
+    started = time.perf_counter()
+    for step in range(args.steps):
+        rows[divmod(step, len(rows))]
+    seconds = time.perf_counter() - started
+    rows.close()
+    return args.steps * args.batch_size / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1 << 20)
@@ -222,6 +240,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads of both (default: torch's)")
     parser.add_argument("--no-prefetch", action="store_true")
     parser.add_argument("--work-dir", type=Path)
+    parser.add_argument(
+        "--feed-only",
+        action="store_true",
+        help="no training: the tokens/s of batches the store path alone delivers",
+    )
     parser.add_argument("--measure", choices=("store", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -229,6 +252,16 @@ def main() -> None:
         return
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="saeseeds-throughput-"))
+    if args.feed_only:
+        try:
+            rate = feed_rate(work, args)
+        finally:
+            if args.work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"the store path alone: {rate:,.0f} tokens/s in float32 batches of "
+              f"{args.batch_size} (d_in {args.d_in}, {args.steps} batches, "
+              f"{torch.get_num_threads()} torch threads)")  # fmt: skip
+        return
     # Each fit runs in a process of its own, as the app's jobs do: a thread that has run torch
     # (the store's prefetching) changes how later work in the same process is scheduled.
     common = [
