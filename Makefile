@@ -21,6 +21,9 @@ test: setup             ## the default test suite (9-11 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" -q
 
 test-gpu: setup         ## the GPU tests, on a CUDA machine (the other tests always run on the CPU)
+	@$(PY) -c "import sys, torch; ok = torch.cuda.is_available(); ok or print(\
+		f'make test-gpu: torch {torch.__version__} sees no CUDA GPU here;', \
+		'the GPU tests need one and a CUDA build of torch'); sys.exit(not ok)"
 	SAESEEDS_TEST_GPU=1 $(PY) -m pytest -m gpu -q
 
 test-slow: setup        ## only the slow tests (embedded SmolLM2 end to end, big benchmarks)

@@ -40,6 +40,13 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
     assert cfg[group] is not None
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: make test-gpu")
+def test_the_gpu_trainer_validates_where_there_is_a_gpu(tmp_path):
+    """The branch of the test above that the default suite (CUDA hidden) never takes."""
+    validate_train_config(compose_train(["trainer=gpu"], tmp_path))
+
+
 def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):
     cfg = compose_train(["data=synthetic", "data.n_tokens=2048", "sae.n_features=64"], tmp_path)
     source = build_source(cfg)  # as the app builds it (data.control handled there)

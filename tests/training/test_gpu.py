@@ -34,6 +34,15 @@ def test_default_precision_follows_the_device(train_config, tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_the_default_precision_on_a_gpu_is_bf16_mixed_at_any_size(train_config, tmp_path):
+    """The GPU branch of the test above, which the default suite (CUDA hidden) never takes."""
+    cfg = train_config(f"paths.model_cache_dir={tmp_path / 'models'}")
+    expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    assert step_precision(cfg, validate_train_config(cfg), 16, 256)["precision"] == expected
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_trains_on_gpu_with_bf16_mixed_and_saves_float32(train_config, tmp_path):
     metrics = train(train_config("trainer=gpu", "logger=none"))
     environment = json.loads((tmp_path / "run" / "environment.json").read_text())
