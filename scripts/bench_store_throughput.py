@@ -213,17 +213,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def feed_rate(work: Path, args: argparse.Namespace) -> float:
     """Tokens/s of float32 batches that the store path delivers with no SAE behind it (the
     window loads, each batch's gather and conversion): the most this CPU can feed a faster
-    device, a GPU, whose step then waits on nothing else."""
+    device, a GPU. Training gathers each batch in its own thread, between steps."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     store, _ = ensure_store(work, RandomBuilder(args.d_in, args.shard_tokens), args.tokens)
     train = TrainingRows(store, args.tokens)
     order = BatchOrder(train.used_rows, args.batch_size, args.window_shards, seed=0)
     rows = WindowedRows(train, order, prefetch=not args.no_prefetch)
-    rows.window(0, order.windows(0)[0])  # loaded before the clock, as training does
-    started = time.perf_counter()
-    for step in range(args.steps):
-        rows[divmod(step, len(rows))]
-    seconds = time.perf_counter() - started
-    rows.close()
+    try:
+        rows.window(0, order.windows(0)[0])  # loaded before the clock, as training does
+        started = time.perf_counter()
+        for step in range(args.steps):
+            rows[divmod(step, len(rows))]
+        seconds = time.perf_counter() - started
+    finally:
+        rows.close()
     return args.steps * args.batch_size / seconds
 
 
