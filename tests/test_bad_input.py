@@ -155,6 +155,11 @@ CASES = [
         ["data.noise_std=-1"],
         ["data.noise_std=-1.0 is not valid", ">= 0"],
     ),
+    train_case(
+        "synthetic-sampler-unknown",
+        ["data.sampler=dense"],
+        ["data.sampler='dense' is not valid", "null", "sparse"],
+    ),
     Case(
         "hook-layer-negative",
         "train.py",

@@ -113,7 +113,7 @@ OPERATIONAL_KEYS = (
 NON_CONDITION_KEYS = ("seed", *OPERATIONAL_KEYS)
 # Keys whose null value is the behaviour from before they existed. They are left out of run
 # configs when null, so folders written before them still match (resume, skip, grouping).
-NULL_MEANS_ABSENT_KEYS = ("order_seed",)
+NULL_MEANS_ABSENT_KEYS = ("order_seed", "data.sampler")
 # Config blocks that are off when their switch key has this value (``data.hierarchy`` with
 # ``n_parents: 0``: synthetic data without a hierarchy). An off block computes nothing, so it is
 # left out of run configs, and folders written before it existed still match.
@@ -175,8 +175,8 @@ def describe_differences(recorded: dict[str, Any], current: dict[str, Any], limi
 def _null_keys(config: dict[str, Any]) -> tuple[str, ...]:
     """The keys left out of ``config`` as if absent: nulls of NULL_MEANS_ABSENT_KEYS, and off
     blocks of OFF_BLOCKS."""
-    nulls = tuple(key for key in NULL_MEANS_ABSENT_KEYS if key in config and config[key] is None)
     flat = flatten(config)
+    nulls = tuple(key for key in NULL_MEANS_ABSENT_KEYS if key in flat and flat[key] is None)
     off = tuple(
         block
         for block, (switch, value) in OFF_BLOCKS.items()

@@ -1,5 +1,7 @@
-"""The synthetic world's feature hierarchy: children fire only with their parent, one at a time,
-at the configured rate; shards stay a function of (data_seed, index); bad settings are refused."""
+"""The synthetic world: the default sampler's samples are its documented formula, bit for bit; the
+sparse sampler draws the same law from k_true distinct features per row; the feature hierarchy's
+children fire only with their parent, one at a time, at the configured rate (with either
+sampler); shards stay a function of (data_seed, index); bad settings are refused."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from saeseeds import contract
+from saeseeds.activations.shards import seeded_generator
 from saeseeds.activations.synthetic import SyntheticSource
 from saeseeds.errors import DataError
 from saeseeds.ground_truth import GroundTruth
@@ -29,8 +32,53 @@ def codes_of(source: SyntheticSource, samples: torch.Tensor) -> torch.Tensor:
     return torch.where(codes.abs() > 1e-6, codes, torch.zeros_like(codes))
 
 
-def test_children_fire_only_with_their_parent_one_at_a_time_at_the_set_rate():
-    source = SyntheticSource(**WORLD, hierarchy=HIERARCHY)
+def test_the_default_sampler_is_its_documented_formula_bit_for_bit():
+    """A uniform score per feature, the top k_true, magnitudes, the dense codes times the
+    dictionary, then the noise: the samples of every synthetic run before the sparse sampler."""
+    source = SyntheticSource(**{**WORLD, "noise_std": 0.01})
+    generator = seeded_generator(7, "train", 2)
+    active = torch.rand(300, 24, generator=generator).topk(3, dim=1).indices
+    magnitudes = 0.5 + 1.0 * torch.rand(300, 3, generator=generator)
+    codes = torch.zeros(300, 24).scatter_(1, active, magnitudes)
+    noise = 0.01 * torch.randn(300, 32, generator=generator)
+    assert torch.equal(source.train_shard(2, 300), codes @ source.true_directions + noise)
+
+
+@pytest.mark.parametrize("k_true", [3, 5])  # 5: k_true² > 24 features, the dense draw's branch
+def test_the_sparse_sampler_draws_k_true_distinct_features_uniformly(k_true):
+    source = SyntheticSource(**{**WORLD, "k_true": k_true}, sampler="sparse")
+    dense = SyntheticSource(**{**WORLD, "k_true": k_true})
+    assert torch.equal(source.true_directions, dense.true_directions)  # the same dictionary
+    samples = source.train_shard(0, 6000)
+    assert torch.equal(samples, source.train_shard(0, 6000))  # a function of (seed, index)
+    assert not torch.equal(samples, dense.train_shard(0, 6000))  # another stream
+    codes = codes_of(source, samples)
+    assert bool(((codes > 0).sum(1) == k_true).all())  # k_true distinct features, every row
+    assert bool(((codes == 0) | (codes >= 0.5 - 1e-5)).all())  # magnitudes in [0.5, 1.5]
+    assert float(codes.max()) <= 1.5 + 1e-5
+    frequency = (codes > 0).float().mean(0)  # each feature k_true/24 of the time
+    assert float((frequency - k_true / 24).abs().max()) < 0.02, frequency
+
+
+def test_the_sparse_sampler_is_part_of_the_data_identity_and_refuses_unknown_names(tmp_path):
+    def run_config(*overrides: str) -> dict:
+        cfg = compose_train(["data=synthetic", *overrides], tmp_path)
+        return contract.run_config(OmegaConf.to_container(cfg, resolve=True))
+
+    default, sparse = run_config(), run_config("data.sampler=sparse")
+    assert "sampler" not in default["data"]  # null is left out: older folders still match
+    assert sparse["data"]["sampler"] == "sparse"
+    assert contract.condition_config(sparse) != contract.condition_config(default)
+    assert "sampler" not in SyntheticSource(**WORLD).provenance()["data_identity"]
+    identity = SyntheticSource(**WORLD, sampler="sparse").provenance()["data_identity"]
+    assert identity["sampler"] == "sparse"
+    with pytest.raises(DataError, match="data.sampler='dense' is not valid; use null"):
+        SyntheticSource(**WORLD, sampler="dense")
+
+
+@pytest.mark.parametrize("sampler", [None, "sparse"])
+def test_children_fire_only_with_their_parent_one_at_a_time_at_the_set_rate(sampler):
+    source = SyntheticSource(**WORLD, hierarchy=HIERARCHY, sampler=sampler)
     codes = codes_of(source, source.train_shard(0, 4000))  # [4000, 24]
     active = codes > 0
     parents, children, free = active[:, :4], active[:, 4:16], active[:, 16:]

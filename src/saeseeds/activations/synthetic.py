@@ -10,6 +10,16 @@ so a child fires only with its parent, as in the synthetic absorption benchmarks
 2024; Bussmann et al. 2025). The remaining features are free. Without a hierarchy the samples are
 the same as before it existed, bit for bit.
 
+Two samplers draw the same distribution. The default (``data.sampler=null``, the only one before
+``sparse`` existed) gives every row a uniform score per drawable feature, takes the top k_true,
+and multiplies the dense [rows, n_true_features] codes with the dictionary: its time and memory
+grow with rows × n_true_features (about 16 GB and a minute per 65,536-row shard at 32,768 true
+features on 2 cores), and its samples are those of every synthetic run so far, bit for bit.
+``data.sampler=sparse`` draws k_true indices per row (rows with a repeat are drawn again, which
+leaves a uniformly random k-subset) and sums those rows of the dictionary (``embedding_bag``):
+time and memory grow with rows × k_true × d_in. Its random stream differs, so its samples are
+another world of the same law, and it is part of the data identity.
+
 The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, "train", i)
 and the held-out rows from (data_seed, "heldout"), so every SAE seed of a sweep sees the same data,
 any token count is generated in bounded memory, and a smaller budget trains on a prefix of a
@@ -25,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saeseeds.activations.base import ActivationSource, ActivationSplits, check_token_budget
@@ -33,6 +44,9 @@ from saeseeds.contract import GROUND_TRUTH_FILE
 from saeseeds.errors import DataError
 from saeseeds.ground_truth import DIRECTIONS_TENSOR, PARENT_TENSOR, GroundTruth
 from saeseeds.io import atomic_save_safetensors
+
+# data.sampler: null, the dense draw of every synthetic run so far, or "sparse".
+SAMPLERS = (None, "sparse")
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,7 @@ class SyntheticSource(ActivationSource):
         spectrum_decay: float = 0.0,
         shard_tokens: int = 65_536,
         hierarchy: Mapping[str, Any] | None = None,
+        sampler: str | None = None,
     ):
         if d_in <= 0 or n_true_features <= 0:
             raise DataError(
@@ -136,6 +151,12 @@ class SyntheticSource(ActivationSource):
         if heldout_tokens < 1:
             raise DataError(f"data.heldout_tokens={heldout_tokens} must be at least 1.")
         check_token_budget(n_tokens, batch_size, "data=synthetic")
+        if sampler not in SAMPLERS:
+            raise DataError(
+                f"data.sampler={sampler!r} is not valid; use null (the dense sampler of every "
+                "synthetic run so far) or sparse (cost independent of data.n_true_features)."
+            )
+        self.sampler = sampler
         self.d_in, self.n_true_features, self.k_true = d_in, n_true_features, k_true
         self.noise_std = noise_std
         self.min_magnitude, self.max_magnitude = min_magnitude, max_magnitude
@@ -159,34 +180,76 @@ class SyntheticSource(ActivationSource):
     def sample(self, n_samples: int, generator: torch.Generator) -> Tensor:  # [n_samples, d_in]
         hierarchy = self.hierarchy
         drawable = self.n_true_features - (hierarchy.n_children if hierarchy else 0)
-        scores = torch.rand(n_samples, drawable, generator=generator)
-        active = scores.topk(self.k_true, dim=1).indices  # uniform random k-subsets
+        if self.sampler == "sparse":
+            active = self._distinct_indices(n_samples, drawable, generator)
+        else:
+            scores = torch.rand(n_samples, drawable, generator=generator)
+            active = scores.topk(self.k_true, dim=1).indices  # uniform random k-subsets
         magnitudes = self._magnitudes((n_samples, self.k_true), generator)
         if hierarchy is not None:  # skip the children's block of feature ids
             active = torch.where(
                 active < hierarchy.n_parents, active, active + hierarchy.n_children
             )
-        codes = torch.zeros(n_samples, self.n_true_features).scatter_(1, active, magnitudes)
-        if hierarchy is not None:
-            self._add_children(codes, active, hierarchy, generator)
+        children = self._children(active, hierarchy, generator) if hierarchy else None
+        if self.sampler == "sparse":
+            clean = self._sparse_sum(active, magnitudes, children)
+        else:
+            codes = torch.zeros(n_samples, self.n_true_features).scatter_(1, active, magnitudes)
+            if children is not None:
+                fires, child, child_magnitudes = children
+                rows = torch.arange(n_samples).unsqueeze(1).expand_as(active)[fires]
+                codes[rows, child[fires]] = child_magnitudes[fires]
+            clean = codes @ self.true_directions
         noise = self.noise_std * torch.randn(n_samples, self.d_in, generator=generator)
-        return codes @ self.true_directions + noise
+        return clean + noise
+
+    def _distinct_indices(
+        self, n_samples: int, drawable: int, generator: torch.Generator
+    ) -> Tensor:
+        """[n_samples, k_true] distinct feature ids per row, each row a uniformly random k-subset
+        of range(drawable): k i.i.d. uniform ids, drawn again for the rows with a repeat (all
+        ordered k-tuples without repeats are equally likely, so every k-subset is). Where a
+        repeat is likely (k_true² > drawable), the rows' top-k of uniform scores instead."""
+        k = self.k_true
+        if k * k > drawable:  # a small world: the dense draw is cheap there
+            return torch.rand(n_samples, drawable, generator=generator).topk(k, dim=1).indices
+        active = torch.randint(drawable, (n_samples, k), generator=generator)
+        while True:
+            ordered = active.sort(dim=1).values
+            repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).nonzero().squeeze(1)
+            if len(repeats) == 0:
+                return active
+            active[repeats] = torch.randint(drawable, (len(repeats), k), generator=generator)
+
+    def _sparse_sum(
+        self, active: Tensor, magnitudes: Tensor, children: tuple[Tensor, Tensor, Tensor] | None
+    ) -> Tensor:
+        """Σ magnitude · direction over each row's active features (and children), from the
+        dictionary's rows alone: [rows, d_in]."""
+        if children is not None:  # a child that does not fire weighs 0
+            fires, child, child_magnitudes = children
+            active = torch.cat([active, torch.where(fires, child, 0)], dim=1)
+            magnitudes = torch.cat([magnitudes, child_magnitudes * fires], dim=1)
+        return F.embedding_bag(
+            active, self.true_directions, per_sample_weights=magnitudes, mode="sum"
+        )
 
     def _magnitudes(self, shape: tuple[int, int], generator: torch.Generator) -> Tensor:
         span = self.max_magnitude - self.min_magnitude
         return self.min_magnitude + span * torch.rand(shape, generator=generator)
 
-    def _add_children(
-        self, codes: Tensor, active: Tensor, hierarchy: Hierarchy, generator: torch.Generator
-    ) -> None:
-        """Each active parent brings one uniformly chosen child with child_probability."""
+    def _children(
+        self, active: Tensor, hierarchy: Hierarchy, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each active parent brings one uniformly chosen child with child_probability: whether
+        entry [row, j] of ``active`` brings one, its child's id and magnitude ([n, k_true] each;
+        the id and magnitude mean nothing where it brings none)."""
         brings = torch.rand(active.shape, generator=generator) < hierarchy.child_probability
         which = torch.randint(hierarchy.children_per_parent, active.shape, generator=generator)
         magnitudes = self._magnitudes(tuple(active.shape), generator)
         fires = brings & (active < hierarchy.n_parents)  # [n_samples, k_true]
-        rows = torch.arange(active.shape[0]).unsqueeze(1).expand_as(active)[fires]
-        child = hierarchy.n_parents + active[fires] * hierarchy.children_per_parent + which[fires]
-        codes[rows, child] = magnitudes[fires]
+        child = hierarchy.n_parents + active * hierarchy.children_per_parent + which
+        return fires, child, magnitudes
 
     def train_shard(self, index: int, rows: int) -> Tensor:
         return self.sample(rows, seeded_generator(self.data_seed, "train", index))
@@ -217,6 +280,8 @@ class SyntheticSource(ActivationSource):
         }
         if self.hierarchy is not None:  # absent without one: earlier identities stay valid
             world["hierarchy"] = self.hierarchy.describe()
+        if self.sampler is not None:  # likewise
+            world["sampler"] = self.sampler
         identity = {
             "kind": "synthetic",
             **world,
