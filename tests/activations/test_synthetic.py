@@ -44,14 +44,15 @@ def test_the_default_sampler_is_its_documented_formula_bit_for_bit():
     assert torch.equal(source.train_shard(2, 300), codes @ source.true_directions + noise)
 
 
-@pytest.mark.parametrize("k_true", [3, 5])  # 5: k_true² > 24 features, the dense draw's branch
+@pytest.mark.parametrize("k_true", [3, 8])  # 8: 8·7 > 2·24 features, the dense draw's branch
 def test_the_sparse_sampler_draws_k_true_distinct_features_uniformly(k_true):
     source = SyntheticSource(**{**WORLD, "k_true": k_true}, sampler="sparse")
     dense = SyntheticSource(**{**WORLD, "k_true": k_true})
     assert torch.equal(source.true_directions, dense.true_directions)  # the same dictionary
     samples = source.train_shard(0, 6000)
     assert torch.equal(samples, source.train_shard(0, 6000))  # a function of (seed, index)
-    assert not torch.equal(samples, dense.train_shard(0, 6000))  # another stream
+    if k_true == 3:  # another stream (the dense draw's branch differs by rounding only)
+        assert not torch.equal(samples, dense.train_shard(0, 6000))
     codes = codes_of(source, samples)
     assert bool(((codes > 0).sum(1) == k_true).all())  # k_true distinct features, every row
     assert bool(((codes == 0) | (codes >= 0.5 - 1e-5)).all())  # magnitudes in [0.5, 1.5]

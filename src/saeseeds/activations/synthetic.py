@@ -13,12 +13,15 @@ the same as before it existed, bit for bit.
 Two samplers draw the same distribution. The default (``data.sampler=null``, the only one before
 ``sparse`` existed) gives every row a uniform score per drawable feature, takes the top k_true,
 and multiplies the dense [rows, n_true_features] codes with the dictionary: its time and memory
-grow with rows × n_true_features (about 16 GB and a minute per 65,536-row shard at 32,768 true
-features on 2 cores), and its samples are those of every synthetic run so far, bit for bit.
+grow with rows × n_true_features (about 16 GB and close to a minute per 65,536-row shard at
+32,768 true features on 2 cores), and its samples are those of every synthetic run so far, bit
+for bit.
 ``data.sampler=sparse`` draws k_true indices per row (rows with a repeat are drawn again, which
 leaves a uniformly random k-subset) and sums those rows of the dictionary (``embedding_bag``):
 time and memory grow with rows × k_true × d_in. Its random stream differs, so its samples are
-another world of the same law, and it is part of the data identity.
+another world of the same law, and it is part of the data identity. (With k_true(k_true-1) >
+2·drawable features it draws the ids as the default does, and its samples then differ from the
+default's by rounding only.)
 
 The dictionary depends only on ``data_seed``; training shard i is drawn from (data_seed, "train", i)
 and the held-out rows from (data_seed, "heldout"), so every SAE seed of a sweep sees the same data,
@@ -208,10 +211,12 @@ class SyntheticSource(ActivationSource):
     ) -> Tensor:
         """[n_samples, k_true] distinct feature ids per row, each row a uniformly random k-subset
         of range(drawable): k i.i.d. uniform ids, drawn again for the rows with a repeat (all
-        ordered k-tuples without repeats are equally likely, so every k-subset is). Where a
-        repeat is likely (k_true² > drawable), the rows' top-k of uniform scores instead."""
+        ordered k-tuples without repeats are equally likely, so every k-subset is; a row is
+        accepted with probability about exp(-k(k-1)/2·drawable), at least 1/e here). Where a
+        repeat is likelier (k_true(k_true-1) > 2·drawable), the rows' top-k of uniform scores,
+        the default sampler's draw."""
         k = self.k_true
-        if k * k > drawable:  # a small world: the dense draw is cheap there
+        if k * (k - 1) > 2 * drawable:  # many features per row: the dense draw
             return torch.rand(n_samples, drawable, generator=generator).topk(k, dim=1).indices
         active = torch.randint(drawable, (n_samples, k), generator=generator)
         while True:
