@@ -43,8 +43,10 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: make test-gpu")
 def test_the_gpu_trainer_validates_where_there_is_a_gpu(tmp_path):
-    """The branch of the test above that the default suite (CUDA hidden) never takes."""
-    validate_train_config(compose_train(["trainer=gpu"], tmp_path))
+    """The branch of the test above that the default suite (CUDA hidden) never takes: on a GPU,
+    trainer=gpu is accepted and trains the same SAE recipe as the default trainer."""
+    on_gpu = validate_train_config(compose_train(["trainer=gpu"], tmp_path))
+    assert on_gpu == validate_train_config(compose_train([], tmp_path))
 
 
 def test_sae_trainer_and_synthetic_data_instantiate(tmp_path):

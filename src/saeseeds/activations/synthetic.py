@@ -183,11 +183,7 @@ class SyntheticSource(ActivationSource):
     def sample(self, n_samples: int, generator: torch.Generator) -> Tensor:  # [n_samples, d_in]
         hierarchy = self.hierarchy
         drawable = self.n_true_features - (hierarchy.n_children if hierarchy else 0)
-        if self.sampler == "sparse":
-            active = self._distinct_indices(n_samples, drawable, generator)
-        else:
-            scores = torch.rand(n_samples, drawable, generator=generator)
-            active = scores.topk(self.k_true, dim=1).indices  # uniform random k-subsets
+        active = self._active(n_samples, drawable, generator)  # [n_samples, k_true]
         magnitudes = self._magnitudes((n_samples, self.k_true), generator)
         if hierarchy is not None:  # skip the children's block of feature ids
             active = torch.where(
@@ -206,17 +202,15 @@ class SyntheticSource(ActivationSource):
         noise = self.noise_std * torch.randn(n_samples, self.d_in, generator=generator)
         return clean + noise
 
-    def _distinct_indices(
-        self, n_samples: int, drawable: int, generator: torch.Generator
-    ) -> Tensor:
+    def _active(self, n_samples: int, drawable: int, generator: torch.Generator) -> Tensor:
         """[n_samples, k_true] distinct feature ids per row, each row a uniformly random k-subset
-        of range(drawable): k i.i.d. uniform ids, drawn again for the rows with a repeat (all
-        ordered k-tuples without repeats are equally likely, so every k-subset is; a row is
-        accepted with probability about exp(-k(k-1)/2·drawable), at least 1/e here). Where a
-        repeat is likelier (k_true(k_true-1) > 2·drawable), the rows' top-k of uniform scores,
-        the default sampler's draw."""
+        of range(drawable). The default sampler takes each row's top k of uniform scores. The
+        sparse one draws k i.i.d. uniform ids, again for the rows with a repeat (all ordered
+        k-tuples without repeats are equally likely, so every k-subset is; a row is accepted
+        with probability about exp(-k(k-1)/2·drawable), at least 1/e here); where a repeat is
+        likelier (k_true(k_true-1) > 2·drawable) it takes the default's draw."""
         k = self.k_true
-        if k * (k - 1) > 2 * drawable:  # many features per row: the dense draw
+        if self.sampler is None or k * (k - 1) > 2 * drawable:
             return torch.rand(n_samples, drawable, generator=generator).topk(k, dim=1).indices
         active = torch.randint(drawable, (n_samples, k), generator=generator)
         while True:

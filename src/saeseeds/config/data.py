@@ -196,8 +196,7 @@ class SyntheticDataConfig(DataConfig):
     time and memory grow with rows x n_true_features. ``sparse``: k_true distinct ids per row
     summed from the dictionary's rows, the same law at a cost independent of n_true_features
     (for k_true up to about sqrt(2 x n_true_features)), with other samples (so it is part of the
-    data identity). Left out of the run's recorded
-    config when null (docs/synthetic.md)."""
+    data identity). Left out of the run's recorded config when null (docs/synthetic.md)."""
     hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
     """Off by default (n_parents=0: every feature is drawn alike). ``data.hierarchy.n_parents=8``
     makes parents whose children fire only with them; the k_true features are then drawn
