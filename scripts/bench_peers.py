@@ -25,6 +25,14 @@ drives it, with the same shapes, the same inputs and the same dead-latent mask, 
 
 ``saeseeds-bf16`` (not run by default) is the saeseeds step under bf16 autocast.
 
+On a GPU (``--device cuda``; each step is timed to the end of its kernels), sparsify runs its
+forward under bf16 autocast by itself (its ``forward`` is decorated so on CUDA), so compare it
+with ``saeseeds-bf16`` there. ``--peers-here`` imports the peers in this Python instead of their
+own venvs, for a machine that cannot build those:
+
+    python scripts/bench_peers.py --device cuda --peers-here \
+        --frameworks saeseeds saeseeds-bf16 sparsify bound --n-features 4096 16384 65536 --aux on
+
 Steps are timed round-robin (saeseeds, sparsify, SAELens, bound, repeat), so load from other jobs
 falls on all alike; the min and median step give tokens/s. ``--clock cpu`` times each step by its
 process's CPU time instead of the wall clock: on a machine shared with other jobs, with
@@ -58,6 +66,7 @@ PEERS = {  # name: (distribution, version, import name, virtual environment)
 FRAMEWORKS = ("saeseeds", "sparsify", "saelens", "bound")
 OURS = ("saeseeds", "saeseeds-bf16")
 AUXK_ALPHA = 1.0 / 32.0
+PEERS_HERE = "--peers-here" in sys.argv  # the peers from this Python, not their own venvs
 
 
 # ---- the workers: one process each, reading "step" lines, writing one JSON line per step ----
@@ -69,7 +78,7 @@ def shared_inputs(cfg: dict):
     n = cfg["n_features"]
     dead_mask = torch.zeros(n, dtype=torch.bool)
     dead_mask[torch.randperm(n, generator=generator)[: int(n * cfg["dead_fraction"])]] = True
-    return x, dead_mask
+    return x.to(cfg["device"]), dead_mask.to(cfg["device"])
 
 
 def saeseeds_step(cfg: dict, x, dead_mask):
@@ -79,9 +88,10 @@ def saeseeds_step(cfg: dict, x, dead_mask):
     from saeseeds.training.module import ADAM_OPTIONS, update_dead_tracker
 
     sae = TopKSAE(cfg["d_in"], TopKConfig(n_features=cfg["n_features"], k=cfg["k"]))
-    sae.initialize(x, torch.Generator().manual_seed(1))
+    sae.initialize(x.cpu(), torch.Generator().manual_seed(1))
+    sae.to(x.device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=sae.default_lr(), **ADAM_OPTIONS)
-    tokens_since_fired = torch.zeros(cfg["n_features"], dtype=torch.long)
+    tokens_since_fired = torch.zeros(cfg["n_features"], dtype=torch.long, device=x.device)
     mask = dead_mask if cfg["aux"] else None
 
     def step() -> None:
@@ -104,9 +114,10 @@ def sparsify_step(cfg: dict, x, dead_mask):
 
     n = cfg["n_features"]
     sae = SparseCoder(cfg["d_in"], SparseCoderConfig(num_latents=n, k=cfg["k"]))
+    sae.to(x.device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4 / math.sqrt(n / 2**14))
     sae.b_dec.data = x.mean(0)  # its trainer's first-step init
-    did_fire = torch.zeros(n, dtype=torch.bool)
+    did_fire = torch.zeros(n, dtype=torch.bool, device=x.device)
     mask = dead_mask if cfg["aux"] else None
     alpha = AUXK_ALPHA if cfg["aux"] else 0.0
 
@@ -130,11 +141,11 @@ def saelens_step(cfg: dict, x, dead_mask):
     from sae_lens.saes.sae import TrainStepInput
 
     n = cfg["n_features"]
-    config = TopKTrainingSAEConfig(d_in=cfg["d_in"], d_sae=n, k=cfg["k"], device="cpu")
+    config = TopKTrainingSAEConfig(d_in=cfg["d_in"], d_sae=n, k=cfg["k"], device=cfg["device"])
     sae = TopKTrainingSAE(config)
     optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4 / math.sqrt(n / 2**14))
-    since_fired = torch.zeros(n)
-    act_freq_scores = torch.zeros(n)
+    since_fired = torch.zeros(n, device=x.device)
+    act_freq_scores = torch.zeros(n, device=x.device)
     mask = dead_mask if cfg["aux"] else None
     steps = [0]
 
@@ -168,8 +179,8 @@ def bound_step(cfg: dict, x, dead_mask):
     import torch
 
     generator = torch.Generator().manual_seed(1)
-    W_enc = torch.randn(cfg["n_features"], cfg["d_in"], generator=generator)
-    b_enc = torch.zeros(cfg["n_features"])
+    W_enc = torch.randn(cfg["n_features"], cfg["d_in"], generator=generator).to(x.device)
+    b_enc = torch.zeros(cfg["n_features"], device=x.device)
     return lambda: torch.addmm(b_enc, x, W_enc.T)  # [batch, n_features]
 
 
@@ -180,7 +191,7 @@ def bf16_autocast(builder):
         step = builder(cfg, x, dead_mask)
 
         def autocast_step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 step()
 
         return autocast_step
@@ -194,11 +205,15 @@ def versions(framework: str) -> dict:
     import torch
 
     found = {"python": sys.version.split()[0], "torch": torch.__version__}
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
     if framework in PEERS:
         distribution = PEERS[framework][0]
         found[distribution] = importlib.metadata.version(distribution)
-    if framework in OURS:
-        found["saeseeds"] = importlib.metadata.version("saeseeds")
+    if framework in OURS:  # its source tree's version where it is not installed
+        import saeseeds
+
+        found["saeseeds"] = saeseeds.__version__
     return found
 
 
@@ -224,13 +239,15 @@ def worker(framework: str, cfg: dict) -> None:
             break
         started, cpu_started = time.perf_counter(), time.process_time()
         step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
 # ---- the orchestrator ----
 def venv_python(framework: str) -> Path:
-    if framework not in PEERS:
+    if framework not in PEERS or PEERS_HERE:
         return Path(sys.executable)
     return PEERS[framework][3] / "bin" / "python"
 
@@ -251,6 +268,9 @@ def setup(framework: str) -> None:
     """Build a peer's virtual environment if it lacks the pinned version: torch first."""
     if framework not in PEERS or has_peer(framework):
         return
+    if PEERS_HERE:
+        distribution, version, _, _ = PEERS[framework]
+        sys.exit(f"--peers-here: this Python lacks {distribution}=={version}; pip install it.")
     distribution, version, _, venv = PEERS[framework]
     print(f"building {venv} ({TORCH_SPEC}, {distribution}=={version}) ...", flush=True)
     if not venv_python(framework).is_file():
@@ -360,17 +380,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every framework alike)")
+    parser.add_argument(
+        "--peers-here",
+        action="store_true",
+        help="import the peers in this Python (where it has them) rather than their own venvs",
+    )
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time per step"
     )
     args = parser.parse_args()
+    if args.device != "cpu" and args.clock == "cpu":
+        parser.error("--clock cpu times the CPU only; use the wall clock with --device cuda")
     for framework in args.frameworks:
         setup(framework)
     if args.setup:
         return
     print(
-        f"saeseeds {saeseeds_commit()}; CPU threads: {args.threads or 'torch default'}; "
-        f"{args.clock} clock"
+        f"saeseeds {saeseeds_commit()}; device {args.device}; "
+        f"CPU threads: {args.threads or 'torch default'}; {args.clock} clock"
     )
     printed_versions = False
     for n_features in args.n_features:
@@ -383,6 +411,7 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "dead_fraction": args.dead_fraction,
                 "threads": args.threads,
+                "device": args.device,
             }
             result = measure(args.frameworks, cfg, args.rounds, args.warmup, args.clock)
             if not printed_versions:

@@ -160,7 +160,7 @@ def profile(args, variant_and_setup) -> None:
     with torch_profile(activities=activities) as profiler:
         for _ in range(args.profile_steps):
             train_step(*setup, PRECISIONS[precision])
-    sort_by = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     print(
         f"profile of {precision} {encoder} encoder, {decoder} decoder, {args.profile_steps} steps:"
     )
