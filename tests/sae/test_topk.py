@@ -355,6 +355,28 @@ def test_size_rule_picks_dense_for_small_dictionaries_only():
     assert use_dense(16384, 32, False) and not use_dense(128, 32, True)  # forced
 
 
+def test_size_rule_on_a_cuda_device_goes_dense_further_and_further_under_autocast():
+    """The rule on a CUDA device (no GPU needed: it reads only the device type and the autocast
+    state): the k latents dense up to 256 columns per entry in float32 and 1024 under autocast,
+    AuxK up to 32, as an H200 measured, and never a dense code over 2^29 entries."""
+    rows = 4096
+    assert use_dense(4096, 32, None, rows, "cuda") and not use_dense(16384, 32, None, rows, "cuda")
+    assert use_dense(4915, 288, None, rows, "cuda", auxk=True)  # 16384 latents, 30% dead
+    assert not use_dense(19660, 288, None, rows, "cuda", auxk=True)  # 65536 latents, 30% dead
+    assert not use_dense(4096, 32, None, rows, "cpu")  # the CPU's rule is unchanged
+    assert not use_dense(4915, 288, None, rows, "cpu", auxk=True)
+    previous = torch.is_autocast_enabled("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    try:
+        assert use_dense(16384, 32, None, rows, "cuda")
+        assert not use_dense(65536, 32, None, rows, "cuda")
+        assert not use_dense(16384, 32, None, rows, "cpu")
+        assert not use_dense(2**18, 288, None, rows, "cuda")  # 2^30 entries: too large
+        assert not use_dense(4096, 32, True, rows, "cuda")  # forced
+    finally:
+        torch.set_autocast_enabled("cuda", previous)
+
+
 def test_latent_order_sums_and_dot_products_match_explicit_loops():
     """The sparse backward's kernels: a stable sort by latent, each latent's weighted row sum,
     and one dot product per (row, column) entry."""

@@ -71,7 +71,10 @@ class TopKSAE(UnitNormDecoder, SAE):
     def decode_latents(
         self, values: Tensor, indices: Tensor, decoder: Tensor, bias: bool = True
     ) -> Tensor:
-        if not use_dense(self.n_features, values.shape[1], self.config.sparse_decoder):
+        rows, device_type = values.shape[0], values.device.type
+        if not use_dense(
+            self.n_features, values.shape[1], self.config.sparse_decoder, rows, device_type
+        ):
             out = sparse_decode(values, indices, decoder)
         else:
             dense = torch.zeros(
