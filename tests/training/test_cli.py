@@ -34,6 +34,11 @@ def test_multirun_sweep_of_seeds_and_sizes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     job_dirs = sorted(p.parent for p in sweep_dir.glob("*/COMPLETE"))
+    # Lightning's messages show once per job on the console (not again from the console handler
+    # its package installs), and without its advertisement.
+    console = result.stdout + result.stderr
+    assert console.count("GPU available: False") == len(job_dirs) == 4, console[-3000:]
+    assert "💡" not in console
     # Folders are named from each job's overrides (the swept ones and the fixed ones).
     named = sorted(
         (part, other)

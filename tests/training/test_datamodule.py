@@ -6,6 +6,7 @@ the same weights."""
 from __future__ import annotations
 
 import threading
+import warnings
 
 import lightning as L
 import pytest
@@ -188,3 +189,20 @@ def test_training_reads_a_bounded_window_and_resumes_across_windows(windowed, tm
     train(windowed("seed=3", "resume=true", output_dir=interrupted))
     weights = "sae_weights.safetensors"
     assert (interrupted / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
+
+
+def test_a_job_does_not_pass_on_lightnings_advice_to_add_loader_workers(
+    windowed, tmp_path, monkeypatch
+):
+    """On a machine of many cores Lightning warns that the loader has no workers. The batches
+    come from a window in the job's own process (the next one loading in a thread), and a job
+    has no option for workers, so the warning is not shown. Lightning would suggest 15 workers
+    on a 16-core machine; this one says so whatever its cores."""
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(windowed("trainer.max_epochs=1", output_dir=tmp_path / "run"))
+    assert (tmp_path / "run" / "COMPLETE").is_file()
+    assert not [w for w in caught if "num_workers" in str(w.message)]

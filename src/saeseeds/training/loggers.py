@@ -7,6 +7,7 @@ its own job's would.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
@@ -94,3 +95,25 @@ def job_loggers(plan: JobPlan, multirun: bool) -> tuple[dict[int, Any], list[Log
     wandb = {run.seed: seed_wandb_logger(run, multirun, plan.resuming) for run in plan.to_write}
     loggers = [SeedLogger(logger, seed_prefix(seed)) for seed, logger in wandb.items() if logger]
     return wandb, loggers
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger (a "💡 Tip" at every Trainer)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def one_console_line_per_lightning_message() -> None:
+    """The ``lightning`` package gives its logger a console handler of its own when imported.
+    Under Hydra, whose root logger already writes the console and the job's log file, each of
+    Lightning's messages then shows twice on the console: where the root logger has handlers,
+    they go through those alone."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(existing, _NoAdvert) for existing in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvert())

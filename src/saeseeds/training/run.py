@@ -54,7 +54,7 @@ from saeseeds.training.lifecycle.lightning_plugins import AtomicCheckpointIO, Ru
 from saeseeds.training.lifecycle.preemption import CheckpointOnSignal, StopSignals
 from saeseeds.training.lifecycle.records import hydra_config, is_multirun
 from saeseeds.training.lifecycle.resume import SKIP, JobPlan, plan_runs
-from saeseeds.training.loggers import job_loggers
+from saeseeds.training.loggers import job_loggers, one_console_line_per_lightning_message
 from saeseeds.training.module import SAETrainingModule, upgrade_checkpoint
 from saeseeds.training.seeds import job_runs
 from saeseeds.training.snapshots import snapshot_writer
@@ -102,6 +102,7 @@ def _train_plan(
     extra_callbacks: list[Callback],
 ) -> dict[int, dict[str, Any]]:
     seeds = plan.train_seeds
+    one_console_line_per_lightning_message()
     # Nothing in training draws from the global RNGs: every SAE's initialisation and the batch
     # order have their own generators, which is why one fit can stand in for S jobs.
     L.seed_everything(seeds[0], workers=True)
@@ -302,6 +303,10 @@ def fit_module(
         # Lightning warns that under manual optimisation a checkpoint holds the weights after
         # the step's update: so they did under automatic optimisation, and resuming needs them.
         warnings.filterwarnings("ignore", message=MANUAL_CHECKPOINT_WARNING, category=UserWarning)
+        # On a machine of many cores Lightning suggests DataLoader workers: the batches come from
+        # a window of shards in this process, the next window loading in a thread (workers would
+        # each load windows of their own), and a job has no option for them.
+        warnings.filterwarnings("ignore", message=LOADER_WORKERS_WARNING)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time_s = time.perf_counter() - fit_started
     if trainer.global_step == 0:
@@ -324,6 +329,7 @@ def heldout_curve(trainer: L.Trainer) -> HeldoutCurve | None:
 
 
 MANUAL_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization"
+LOADER_WORKERS_WARNING = r"The 'train_dataloader' does not have many workers"
 # Lightning options about optimisation steps, which this module takes itself, and what to use.
 STEP_KWARGS = {
     "accumulate_grad_batches": "Use a larger data.batch_size.",
