@@ -366,7 +366,8 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(sys.argv[2], json.loads(sys.argv[3]))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # No abbreviations: PEERS_HERE reads the exact --peers-here from sys.argv.
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--setup", action="store_true", help="build the peers' venvs and exit")
     parser.add_argument(
         "--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS + OURS[1:]

@@ -107,10 +107,10 @@ class _NoAdvert(logging.Filter):
 def one_console_line_per_lightning_message() -> None:
     """The ``lightning`` package gives its logger a console handler of its own when imported.
     Under Hydra, whose root logger already writes the console and the job's log file, each of
-    Lightning's messages then shows twice on the console: where the root logger has handlers,
-    they go through those alone."""
+    Lightning's messages then shows twice on the console: where the root logger writes to the
+    console too, they go through it alone."""
     lightning_logger = logging.getLogger("lightning")
-    if logging.getLogger().handlers:
+    if any(type(handler) is logging.StreamHandler for handler in logging.getLogger().handlers):
         for handler in list(lightning_logger.handlers):
             if type(handler) is logging.StreamHandler:
                 lightning_logger.removeHandler(handler)
