@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saeseeds.sae import fused_topk
-from saeseeds.sae.fused_topk import TopKAutoencoder, use_dense
+from saeseeds.sae.fused_topk import TopKAutoencoder, fused_pays, use_dense
 from saeseeds.sae.kernels import (
     Workspace,
     encoder_pre_activations,
@@ -358,7 +358,7 @@ def test_size_rule_picks_dense_for_small_dictionaries_only():
 def test_size_rule_on_a_cuda_device_goes_dense_further_and_further_under_autocast():
     """The rule on a CUDA device (no GPU needed: it reads only the device type and the autocast
     state): the k latents dense up to 256 columns per entry in float32 and 1024 under autocast,
-    AuxK up to 32, as an H200 measured, and never a dense code over 2^29 entries."""
+    AuxK up to 32, as an H200 measured, and never a dense code over 2^27 entries."""
     rows = 4096
     assert use_dense(4096, 32, None, rows, "cuda") and not use_dense(16384, 32, None, rows, "cuda")
     assert use_dense(4915, 288, None, rows, "cuda", auxk=True)  # 16384 latents, 30% dead
@@ -371,10 +371,38 @@ def test_size_rule_on_a_cuda_device_goes_dense_further_and_further_under_autocas
         assert use_dense(16384, 32, None, rows, "cuda")
         assert not use_dense(65536, 32, None, rows, "cuda")
         assert not use_dense(16384, 32, None, rows, "cpu")
-        assert not use_dense(2**18, 288, None, rows, "cuda")  # 2^30 entries: too large
+        assert not use_dense(2**16, 288, None, rows, "cuda")  # 2^28 entries: too large
+        assert use_dense(2**15, 288, None, rows, "cuda")  # 2^27 entries
         assert not use_dense(4096, 32, True, rows, "cuda")  # forced
     finally:
         torch.set_autocast_enabled("cuda", previous)
+
+
+def test_plain_autograd_trains_only_under_autocast_on_a_cuda_device_up_to_16384_latents():
+    """The encoder rule reads only the device type and the autocast state (no GPU needed)."""
+    assert fused_pays(4096, 4096, "cpu") and fused_pays(4096, 4096, "cuda")
+    previous = torch.is_autocast_enabled("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    try:
+        assert not fused_pays(4096, 4096, "cuda") and not fused_pays(4096, 16384, "cuda")
+        assert fused_pays(4096, 65536, "cuda")
+        assert fused_pays(16384, 16384, "cuda")  # 2^28 dense entries: the fused function
+        assert fused_pays(4096, 4096, "cpu")
+    finally:
+        torch.set_autocast_enabled("cuda", previous)
+
+
+def test_the_default_encoder_on_a_cpu_is_the_fused_function_bit_for_bit():
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
+    dead_mask = torch.zeros(96, dtype=torch.bool)
+    dead_mask[::3] = True
+    runs = []
+    for fused in (None, True):
+        sae = make_sae_with_negative_top_latents(fused)
+        runs.append(loss_and_gradients(sae, x, dead_mask))
+    (auto_out, auto_grads), (fused_out, fused_grads) = runs
+    assert torch.equal(auto_out.reconstruction, fused_out.reconstruction)
+    assert all(torch.equal(auto_grads[name], fused_grads[name]) for name in fused_grads)
 
 
 def test_latent_order_sums_and_dot_products_match_explicit_loops():

@@ -97,7 +97,7 @@ class ArchetypalSAE(TopKSAE):
     Config = ArchetypalConfig
     config: ArchetypalConfig
 
-    def __init__(self, d_in: int, config: ArchetypalConfig, fused_encoder: bool = True):
+    def __init__(self, d_in: int, config: ArchetypalConfig, fused_encoder: bool | None = None):
         super().__init__(d_in, config, fused_encoder)
         n_anchors = config.anchor_count
         del self.W_dec  # the effective decoder is derived, so a buffer, not a parameter

@@ -54,9 +54,19 @@ DENSE_COLUMNS_PER_ENTRY = 8
 # faster dense at 128 columns per entry and sparse at 512 in float32, dense at 512 and sparse at
 # 2048 under bf16 autocast (tensor cores); the AuxK group (k_aux = 288 per row, where a gather
 # does best) was faster dense at 17 columns per entry and sparse at 68, in either precision.
-# A dense code of more than CUDA_DENSE_CODE_ELEMENTS entries (2 GiB in float32) stays sparse.
+# A dense code of more than CUDA_DENSE_CODE_ELEMENTS entries stays sparse: the backward holds a
+# few [batch, n_columns] tensors at once (the code, its gradient, the value-gradient product),
+# 512 MiB each in float32 at the cap, so that a card of 16 GB has room for them.
 CUDA_DENSE_COLUMNS_PER_ENTRY = {"float32": 256, "autocast": 1024, "auxk": 32}
-CUDA_DENSE_CODE_ELEMENTS = 2**29
+CUDA_DENSE_CODE_ELEMENTS = 2**27
+# Under autocast on a CUDA GPU, plain autograd through the dense pre-activations (every product,
+# the backward's too, a bf16 matmul on the tensor cores) trained faster than this function on an
+# H200 (d_in 576, k 32, batch 4096): 1.33x at 4,096 latents and 1.09-1.54x at 16,384 in two calls,
+# but 0.90-1.14x at 65,536. So there, up to CUDA_AUTOCAST_PLAIN_FEATURES latents and while the
+# dense [batch, n_features] tensors stay under CUDA_AUTOCAST_PLAIN_ELEMENTS entries, the SAE
+# trains through plain autograd: the same maths (tested equal), other kernels.
+CUDA_AUTOCAST_PLAIN_FEATURES = 16384
+CUDA_AUTOCAST_PLAIN_ELEMENTS = 2**27
 # Pre-activations larger than this have their matmul written into WORKSPACE's buffer, kept
 # between steps (below it a fresh tensor comes from glibc's heap, which reuses it), and are
 # finished and searched in equal blocks of rows of at most this size.
@@ -98,6 +108,17 @@ def use_dense(
         per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["float32"]
     fits = rows * n_columns <= CUDA_DENSE_CODE_ELEMENTS
     return fits and n_columns <= per_entry * width
+
+
+def fused_pays(rows: int, n_features: int, device_type: str) -> bool:
+    """Whether the training forward of ``rows`` rows over ``n_features`` latents on a device of
+    ``device_type``, under the autocast state in force there, is faster as this function than
+    as plain autograd (see ``CUDA_AUTOCAST_PLAIN_FEATURES``): everywhere but under autocast on
+    a CUDA GPU at up to that many latents."""
+    if device_type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return True
+    small = n_features <= CUDA_AUTOCAST_PLAIN_FEATURES
+    return not (small and rows * n_features <= CUDA_AUTOCAST_PLAIN_ELEMENTS)
 
 
 def select(
