@@ -11,8 +11,9 @@ forced sparse and forced dense (``sae.sparse_decoder``), in float32 and under bf
     python scripts/bench_train_step.py --encoders fused --decoders auto --phases --steps 10
     python scripts/bench_train_step.py --architecture batchtopk   # any registered architecture
 
-The variants (fused/plain, auto/sparse/dense decoder) are Top-K's; other architectures are timed
-as they are. ``scripts/bench_peers.py`` compares with sparsify and SAELens.
+The variants (fused/plain/auto encoder, auto/sparse/dense decoder) are Top-K's; other
+architectures are timed as they are (auto). ``scripts/bench_peers.py`` compares with sparsify and
+SAELens.
 
 All variants' steps (precisions included) are timed round-robin in one process, so load from
 other jobs on a shared machine falls on all of them alike; speeds (tokens/s from the median
@@ -34,7 +35,9 @@ import torch
 from saeseeds.sae import REGISTRY, architecture
 from saeseeds.training.module import ADAM_OPTIONS
 
-ENCODERS = {"fused": True, "plain": False}
+# auto: what a job does (the fused function, except under bf16 autocast on a CUDA GPU up to
+# 16,384 latents: plain autograd; saeseeds.sae.fused_topk.fused_pays).
+ENCODERS = {"fused": True, "plain": False, "auto": None}
 DECODERS = {"auto": None, "sparse": True, "dense": False}  # sae.sparse_decoder
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # autocast dtype
 
@@ -75,7 +78,7 @@ class PhaseClock:
         self.last = now
 
 
-def build(args, n_features: int, fused_encoder: bool, sparse_decoder: bool | None):
+def build(args, n_features: int, fused_encoder: bool | None, sparse_decoder: bool | None):
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     config_class = architecture(args.architecture).Config
@@ -119,7 +122,7 @@ def measure(args, n_features: int) -> dict[tuple[str, str, str], list[float]]:
     """Seconds of each step per (precision, encoder, decoder), one step of each in turn."""
     device = torch.device(args.device)
     setups = {
-        variant: build(args, n_features, ENCODERS.get(variant[1], True), DECODERS.get(variant[2]))
+        variant: build(args, n_features, ENCODERS.get(variant[1]), DECODERS.get(variant[2]))
         for variant in variants(args)
     }
     for (precision, *_), setup in setups.items():
@@ -219,7 +222,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
+    parser.add_argument("--encoders", nargs="+", default=["fused", "plain"], choices=ENCODERS)
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS)
     parser.add_argument("--bf16", action="store_true", help="same as --precisions fp32 bf16")

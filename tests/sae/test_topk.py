@@ -3,6 +3,8 @@ init, weight folding."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from saeseeds.sae.kernels import (
     transposed,
     with_encoder_bias,
 )
-from saeseeds.sae.topk import TopKSAE
+from saeseeds.sae.topk import TopKConfig, TopKSAE
 from tests.helpers import topk_sae
 
 
@@ -355,9 +357,22 @@ def test_size_rule_picks_dense_for_small_dictionaries_only():
     assert use_dense(16384, 32, False) and not use_dense(128, 32, True)  # forced
 
 
-def test_size_rule_on_a_cuda_device_goes_dense_further_and_further_under_autocast():
-    """The rule on a CUDA device (no GPU needed: it reads only the device type and the autocast
-    state): the k latents dense up to 256 columns per entry in float32 and 1024 under autocast,
+@contextlib.contextmanager
+def cuda_autocast_state(dtype: torch.dtype):
+    """The thread's CUDA autocast state set as ``torch.autocast("cuda", dtype)`` would set it;
+    the rules read only that state and the device type, so no GPU is needed."""
+    enabled, previous_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_dtype("cuda", previous_dtype)
+        torch.set_autocast_enabled("cuda", enabled)
+
+
+def test_size_rule_on_a_cuda_device_goes_dense_further_under_bf16_autocast():
+    """The k latents dense up to 256 columns per entry in float32 and 1024 under bf16 autocast,
     AuxK up to 32, as an H200 measured, and never a dense code over 2^27 entries."""
     rows = 4096
     assert use_dense(4096, 32, None, rows, "cuda") and not use_dense(16384, 32, None, rows, "cuda")
@@ -365,44 +380,60 @@ def test_size_rule_on_a_cuda_device_goes_dense_further_and_further_under_autocas
     assert not use_dense(19660, 288, None, rows, "cuda", auxk=True)  # 65536 latents, 30% dead
     assert not use_dense(4096, 32, None, rows, "cpu")  # the CPU's rule is unchanged
     assert not use_dense(4915, 288, None, rows, "cpu", auxk=True)
-    previous = torch.is_autocast_enabled("cuda")
-    torch.set_autocast_enabled("cuda", True)
-    try:
+    with cuda_autocast_state(torch.bfloat16):
         assert use_dense(16384, 32, None, rows, "cuda")
         assert not use_dense(65536, 32, None, rows, "cuda")
         assert not use_dense(16384, 32, None, rows, "cpu")
         assert not use_dense(2**16, 288, None, rows, "cuda")  # 2^28 entries: too large
         assert use_dense(2**15, 288, None, rows, "cuda")  # 2^27 entries
         assert not use_dense(4096, 32, True, rows, "cuda")  # forced
-    finally:
-        torch.set_autocast_enabled("cuda", previous)
+    with cuda_autocast_state(torch.float16):  # not measured: the float32 rule
+        assert not use_dense(16384, 32, None, rows, "cuda")
 
 
-def test_plain_autograd_trains_only_under_autocast_on_a_cuda_device_up_to_16384_latents():
-    """The encoder rule reads only the device type and the autocast state (no GPU needed)."""
+def test_plain_autograd_trains_only_under_bf16_autocast_on_a_cuda_device_up_to_16384_latents():
     assert fused_pays(4096, 4096, "cpu") and fused_pays(4096, 4096, "cuda")
-    previous = torch.is_autocast_enabled("cuda")
-    torch.set_autocast_enabled("cuda", True)
-    try:
+    with cuda_autocast_state(torch.bfloat16):
         assert not fused_pays(4096, 4096, "cuda") and not fused_pays(4096, 16384, "cuda")
-        assert fused_pays(4096, 65536, "cuda")
-        assert fused_pays(16384, 16384, "cuda")  # 2^28 dense entries: the fused function
+        assert fused_pays(4096, 16385, "cuda")
+        assert not fused_pays(8192, 16384, "cuda")  # 2^27 dense entries: still plain
+        assert fused_pays(8193, 16384, "cuda")  # past 2^27: the fused function
         assert fused_pays(4096, 4096, "cpu")
-    finally:
-        torch.set_autocast_enabled("cuda", previous)
+    with cuda_autocast_state(torch.float16):  # not measured: the fused function
+        assert fused_pays(4096, 4096, "cuda")
 
 
-def test_the_default_encoder_on_a_cpu_is_the_fused_function_bit_for_bit():
+def forward_and_gradients(fused_encoder, x, dead_mask):
+    sae = make_sae_with_negative_top_latents(True)
+    sae.fused_encoder = fused_encoder
+    return loss_and_gradients(sae, x, dead_mask)
+
+
+def test_the_encoder_is_picked_per_forward_by_the_rule_unless_forced(monkeypatch):
+    """``fused_encoder=None`` (the default of TopKSAE and of the archetypal SAE built on it) asks
+    ``fused_pays`` at each forward: on this CPU the fused function, bit for bit; where the rule
+    says plain (as under bf16 autocast on a GPU), plain autograd, bit for bit; True and False
+    force either whatever it says."""
+    from saeseeds.sae.archetypal import ArchetypalConfig, ArchetypalSAE
+
+    assert TopKSAE(24, TopKConfig(n_features=96, k=6)).fused_encoder is None
+    archetypal = ArchetypalSAE(24, ArchetypalConfig(n_features=96, k=6, n_anchors=96))
+    assert archetypal.fused_encoder is None
     x = torch.randn(128, 24, generator=torch.Generator().manual_seed(1)) + 3.0
     dead_mask = torch.zeros(96, dtype=torch.bool)
     dead_mask[::3] = True
-    runs = []
-    for fused in (None, True):
-        sae = make_sae_with_negative_top_latents(fused)
-        runs.append(loss_and_gradients(sae, x, dead_mask))
-    (auto_out, auto_grads), (fused_out, fused_grads) = runs
-    assert torch.equal(auto_out.reconstruction, fused_out.reconstruction)
-    assert all(torch.equal(auto_grads[name], fused_grads[name]) for name in fused_grads)
+
+    def same(a, b) -> bool:
+        (out_a, grads_a), (out_b, grads_b) = a, b
+        return torch.equal(out_a.reconstruction, out_b.reconstruction) and all(
+            torch.equal(grads_a[name], grads_b[name]) for name in grads_a
+        )
+
+    fused, plain = (forward_and_gradients(choice, x, dead_mask) for choice in (True, False))
+    assert same(forward_and_gradients(None, x, dead_mask), fused)
+    monkeypatch.setattr("saeseeds.sae.topk.fused_pays", lambda rows, n_features, device: False)
+    assert same(forward_and_gradients(None, x, dead_mask), plain)
+    assert same(forward_and_gradients(True, x, dead_mask), fused)
 
 
 def test_latent_order_sums_and_dot_products_match_explicit_loops():

@@ -73,3 +73,34 @@ def test_the_ce_loss_forward_runs_on_the_gpu_in_bf16_with_the_sae_on_the_cpu_in_
     assert lm_eval.eval_precision(context).chosen == expected
     assert set(seen) == {("cpu", torch.float32, False)}
     assert metrics["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_under_bf16_autocast_on_the_gpu_the_default_path_is_plain_autograd_and_agrees_with_fused():
+    """Under bf16 autocast on a CUDA GPU a 4,096-latent Top-K SAE trains through plain autograd
+    (``fused_pays``); the fused function does the same maths: the same latents and losses, and
+    gradients within bf16 rounding of each other."""
+    from saeseeds.sae.fused_topk import fused_pays
+    from tests.helpers import topk_sae
+
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(1024, 64, generator=generator) + 1.0).cuda()
+    dead_mask = torch.zeros(4096, dtype=torch.bool, device="cuda")
+    dead_mask[::3] = True
+    results = {}
+    for fused in (None, True):
+        sae = topk_sae(64, 4096, 16, sparse_decoder=None, fused_encoder=fused)
+        sae.initialize(x.cpu(), torch.Generator().manual_seed(1))
+        sae.cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert not fused_pays(len(x), sae.n_features, "cuda")
+            output = sae(x, dead_mask)
+            loss = output.losses["mse"] + output.losses["auxk"]
+        loss.backward()
+        results[fused] = (output, {n: p.grad.float() for n, p in sae.named_parameters()})
+    (plain, plain_grads), (fused, fused_grads) = results[None], results[True]
+    assert torch.equal(plain.latent_indices.sort(-1).values, fused.latent_indices.sort(-1).values)
+    torch.testing.assert_close(plain.losses["mse"], fused.losses["mse"], rtol=1e-2, atol=0)
+    for name, grad in fused_grads.items():
+        assert (plain_grads[name] - grad).norm() < 2e-2 * grad.norm(), name

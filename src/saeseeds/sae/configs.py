@@ -99,8 +99,8 @@ class TopKConfig(SAEConfig):
     """Decode by gathering the chosen decoder rows (true) or by a matmul over the scattered
     [batch, n_features] code (false); null picks by size and device: dense up to 8 columns
     per chosen latent (n_features <= 8·k) on a CPU; on a CUDA GPU up to 256 in float32 and 1024
-    under autocast (AuxK: 32), never a dense code over 2^27 entries. The maths is the same; only
-    the speed differs."""
+    under bf16 autocast (AuxK: 32), never a dense code over 2^27 entries. The maths is the same;
+    only the speed differs."""
     unit_norm_decoder: bool = True
     """Keep decoder rows at unit norm (Gao et al. §A.1); false leaves them free, as Jedryszek &
     Crook (2026) do with ``sae.weight_l2`` so that the penalty acts on the decoder too."""

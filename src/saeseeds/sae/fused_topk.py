@@ -57,14 +57,15 @@ DENSE_COLUMNS_PER_ENTRY = 8
 # A dense code of more than CUDA_DENSE_CODE_ELEMENTS entries stays sparse: the backward holds a
 # few [batch, n_columns] tensors at once (the code, its gradient, the value-gradient product),
 # 512 MiB each in float32 at the cap, so that a card of 16 GB has room for them.
-CUDA_DENSE_COLUMNS_PER_ENTRY = {"float32": 256, "autocast": 1024, "auxk": 32}
+CUDA_DENSE_COLUMNS_PER_ENTRY = {"float32": 256, "bf16": 1024, "auxk": 32}
 CUDA_DENSE_CODE_ELEMENTS = 2**27
-# Under autocast on a CUDA GPU, plain autograd through the dense pre-activations (every product,
-# the backward's too, a bf16 matmul on the tensor cores) trained faster than this function on an
-# H200 (d_in 576, k 32, batch 4096): 1.33x at 4,096 latents and 1.09-1.54x at 16,384 in two calls,
-# but 0.90-1.14x at 65,536. So there, up to CUDA_AUTOCAST_PLAIN_FEATURES latents and while the
-# dense [batch, n_features] tensors stay under CUDA_AUTOCAST_PLAIN_ELEMENTS entries, the SAE
-# trains through plain autograd: the same maths (tested equal), other kernels.
+# Under bf16 autocast on a CUDA GPU, plain autograd through the dense pre-activations (every
+# product, the backward's too, a bf16 matmul on the tensor cores) trained faster than this
+# function on an H200 (d_in 576, k 32, batch 4096): 1.33x at 4,096 latents and 1.09-1.54x at
+# 16,384 in two calls, but 0.90-1.14x at 65,536. So there, up to CUDA_AUTOCAST_PLAIN_FEATURES
+# latents and while the dense [batch, n_features] tensors stay within
+# CUDA_AUTOCAST_PLAIN_ELEMENTS entries, the SAE trains through plain autograd: the same maths
+# (tested equal), other kernels. (A last batch of fewer rows may cross the bound: harmless.)
 CUDA_AUTOCAST_PLAIN_FEATURES = 16384
 CUDA_AUTOCAST_PLAIN_ELEMENTS = 2**27
 # Pre-activations larger than this have their matmul written into WORKSPACE's buffer, kept
@@ -102,20 +103,25 @@ def use_dense(
         return n_columns <= DENSE_COLUMNS_PER_ENTRY * width
     if auxk:
         per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["auxk"]
-    elif torch.is_autocast_enabled("cuda"):
-        per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["autocast"]
+    elif cuda_bf16_autocast():
+        per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["bf16"]
     else:
         per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["float32"]
     fits = rows * n_columns <= CUDA_DENSE_CODE_ELEMENTS
     return fits and n_columns <= per_entry * width
 
 
+def cuda_bf16_autocast() -> bool:
+    """Whether bf16 autocast is on for CUDA in this thread (the state the measured rules need)."""
+    return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+
+
 def fused_pays(rows: int, n_features: int, device_type: str) -> bool:
     """Whether the training forward of ``rows`` rows over ``n_features`` latents on a device of
     ``device_type``, under the autocast state in force there, is faster as this function than
-    as plain autograd (see ``CUDA_AUTOCAST_PLAIN_FEATURES``): everywhere but under autocast on
-    a CUDA GPU at up to that many latents."""
-    if device_type != "cuda" or not torch.is_autocast_enabled("cuda"):
+    as plain autograd (see ``CUDA_AUTOCAST_PLAIN_FEATURES``): everywhere but under bf16 autocast
+    on a CUDA GPU at up to that many latents (fp16 autocast was not measured: this function)."""
+    if device_type != "cuda" or not cuda_bf16_autocast():
         return True
     small = n_features <= CUDA_AUTOCAST_PLAIN_FEATURES
     return not (small and rows * n_features <= CUDA_AUTOCAST_PLAIN_ELEMENTS)
