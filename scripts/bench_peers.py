@@ -268,10 +268,9 @@ def setup(framework: str) -> None:
     """Build a peer's virtual environment if it lacks the pinned version: torch first."""
     if framework not in PEERS or has_peer(framework):
         return
-    if PEERS_HERE:
-        distribution, version, _, _ = PEERS[framework]
-        sys.exit(f"--peers-here: this Python lacks {distribution}=={version}; pip install it.")
     distribution, version, _, venv = PEERS[framework]
+    if PEERS_HERE:
+        sys.exit(f"--peers-here: this Python lacks {distribution}=={version}; pip install it.")
     print(f"building {venv} ({TORCH_SPEC}, {distribution}=={version}) ...", flush=True)
     if not venv_python(framework).is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

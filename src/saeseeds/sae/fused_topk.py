@@ -54,20 +54,20 @@ DENSE_COLUMNS_PER_ENTRY = 8
 # faster dense at 128 columns per entry and sparse at 512 in float32, dense at 512 and sparse at
 # 2048 under bf16 autocast (tensor cores); the AuxK group (k_aux = 288 per row, where a gather
 # does best) was faster dense at 17 columns per entry and sparse at 68, in either precision.
-# A dense code of more than CUDA_DENSE_CODE_ELEMENTS entries stays sparse: the backward holds a
-# few [batch, n_columns] tensors at once (the code, its gradient, the value-gradient product),
-# 512 MiB each in float32 at the cap, so that a card of 16 GB has room for them.
+# On CUDA no dense [batch, columns] tensor goes over CUDA_DENSE_ELEMENTS entries (a dense code
+# here, plain autograd's pre-activations below): a backward holds a few of them at once (the
+# code, its gradient, the value-gradient product), 512 MiB each in float32 at the cap, so that a
+# card of 16 GB has room for them.
 CUDA_DENSE_COLUMNS_PER_ENTRY = {"float32": 256, "bf16": 1024, "auxk": 32}
-CUDA_DENSE_CODE_ELEMENTS = 2**27
+CUDA_DENSE_ELEMENTS = 2**27
 # Under bf16 autocast on a CUDA GPU, plain autograd through the dense pre-activations (every
 # product, the backward's too, a bf16 matmul on the tensor cores) trained faster than this
 # function on an H200 (d_in 576, k 32, batch 4096): 1.33x at 4,096 latents and 1.09-1.54x at
 # 16,384 in two calls, but 0.90-1.14x at 65,536. So there, up to CUDA_AUTOCAST_PLAIN_FEATURES
-# latents and while the dense [batch, n_features] tensors stay within
-# CUDA_AUTOCAST_PLAIN_ELEMENTS entries, the SAE trains through plain autograd: the same maths
-# (tested equal), other kernels. (A last batch of fewer rows may cross the bound: harmless.)
+# latents and while the dense [batch, n_features] tensors stay within CUDA_DENSE_ELEMENTS
+# entries, the SAE trains through plain autograd: the same maths (tested equal), other kernels.
+# (A last batch of fewer rows may cross the bound: harmless.)
 CUDA_AUTOCAST_PLAIN_FEATURES = 16384
-CUDA_AUTOCAST_PLAIN_ELEMENTS = 2**27
 # Pre-activations larger than this have their matmul written into WORKSPACE's buffer, kept
 # between steps (below it a fresh tensor comes from glibc's heap, which reuses it), and are
 # finished and searched in equal blocks of rows of at most this size.
@@ -107,7 +107,7 @@ def use_dense(
         per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["bf16"]
     else:
         per_entry = CUDA_DENSE_COLUMNS_PER_ENTRY["float32"]
-    fits = rows * n_columns <= CUDA_DENSE_CODE_ELEMENTS
+    fits = rows * n_columns <= CUDA_DENSE_ELEMENTS
     return fits and n_columns <= per_entry * width
 
 
@@ -124,7 +124,7 @@ def fused_pays(rows: int, n_features: int, device_type: str) -> bool:
     if device_type != "cuda" or not cuda_bf16_autocast():
         return True
     small = n_features <= CUDA_AUTOCAST_PLAIN_FEATURES
-    return not (small and rows * n_features <= CUDA_AUTOCAST_PLAIN_ELEMENTS)
+    return not (small and rows * n_features <= CUDA_DENSE_ELEMENTS)
 
 
 def select(

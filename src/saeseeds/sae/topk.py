@@ -3,9 +3,10 @@
 z = ReLU(TopK_k(W_encᵀ(x − b_dec) + b_enc)), x̂ = W_decᵀ z + b_dec, with unit-norm decoder rows;
 loss = MSE + AuxK/32. The whole training forward runs as one autograd function whose backward
 touches only the chosen latents, decoding densely or sparsely by size
-(:class:`saeseeds.sae.fused_topk.TopKAutoencoder`), except under autocast on a CUDA GPU up to
-16,384 latents, where plain autograd measured faster (:func:`saeseeds.sae.fused_topk.fused_pays`).
-``fused_encoder`` True or False forces either; False is the plain autograd reference path.
+(:class:`saeseeds.sae.fused_topk.TopKAutoencoder`), except under bf16 autocast on a CUDA GPU up
+to 16,384 latents, where plain autograd measured faster
+(:func:`saeseeds.sae.fused_topk.fused_pays`). ``fused_encoder`` True or False forces either;
+False is the plain autograd reference path.
 """
 
 from __future__ import annotations
