@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from saeseeds.analysis.app import run_analysis
 from saeseeds.analysis.config import register_analysis_configs
+from saeseeds.entry import run_then_exit
 from saeseeds.errors import UserError
 from saeseeds.io import remove_folder_if_only, writable_folder_problem
 
@@ -98,4 +99,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_output_folder(sys.argv[1:])
-    main()
+    run_then_exit(main)

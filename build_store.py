@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from saeseeds.config import register_configs
+from saeseeds.entry import run_then_exit
 from saeseeds.errors import UserError
 from saeseeds.io import remove_folder_if_only
 
@@ -36,4 +37,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from saeseeds.config import register_configs
+from saeseeds.entry import run_then_exit
 from saeseeds.errors import UserError
 
 register_configs()
@@ -56,4 +57,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)
