@@ -70,6 +70,7 @@ def fresh_memory() -> Iterator[None]:
         lm_eval._BASELINE_MEMORY,
         lm_eval._WINDOW_MEMORY,
         lm_eval._EVAL_CHOICES,
+        lm_eval._SCRATCH,
     )
     for memory in memories:
         memory.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from saeseeds import precision
 from saeseeds.activations.corpora import python_docs_texts
@@ -27,6 +28,41 @@ def test_ce_loss_score_is_one_for_identity_and_zero_for_zeros(make_source):
         source.text_context(), lambda x: x + 0.3 * x.std() * torch.randn_like(x)
     )
     assert noisy["kl_div"] > 0 and noisy["ce_clean"] == perfect["ce_clean"]
+
+
+def test_several_forward_batches_score_as_the_whole_and_kept_tensors_change_no_later_score(
+    make_source,
+):
+    source = make_source(model={"forward_batch_size": 3})
+    source.load()
+    context = source.text_context()
+
+    def noisy(x):  # the same noise at every call with the same shape
+        generator = torch.Generator().manual_seed(len(x))
+        return x + 0.3 * x.std() * torch.randn(x.shape, generator=generator)
+
+    scored = lm_eval.ce_loss_metrics(context, noisy)
+    lm_eval.ce_loss_metrics(context, torch.zeros_like)  # another SAE scored in between
+    assert lm_eval.ce_loss_metrics(context, noisy) == scored
+
+    # The same numbers from every forward batch's logits at once, by F.log_softmax and F.kl_div.
+    tokens = context.heldout_tokens[: context.eval_sequences].long()
+    assert len(tokens) > context.forward_batch_size  # several forward batches
+    first = context.first_position
+
+    def log_probs(replace):
+        return F.log_softmax(torch.cat(list(lm_eval._logits(context, tokens, replace))), dim=-1)
+
+    def splice(activation):
+        rebuilt = noisy(activation[:, first:].reshape(-1, activation.shape[-1]))
+        return torch.cat([activation[:, :first], rebuilt.reshape(activation[:, first:].shape)], 1)
+
+    clean, spliced = log_probs(None)[:, first:-1], log_probs(splice)[:, first:-1]
+    targets = tokens[:, first + 1 :].unsqueeze(-1)
+    kl = F.kl_div(spliced, clean, log_target=True, reduction="sum") / targets.numel()
+    assert scored["kl_div"] == pytest.approx(float(kl), rel=1e-4)
+    assert scored["ce_sae"] == pytest.approx(float(-spliced.gather(-1, targets).mean()), rel=1e-5)
+    assert scored["ce_clean"] == pytest.approx(float(-clean.gather(-1, targets).mean()), rel=1e-5)
 
 
 def test_top_examples_are_marked_contexts_from_the_corpus(make_source):
