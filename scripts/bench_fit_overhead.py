@@ -8,11 +8,13 @@ machine's drift between them is as small as it gets; the job's ``fit_time_s`` ov
 seconds is what the fit costs beyond the maths, and (the same over ``steps``) per step.
 
     python scripts/bench_fit_overhead.py                          # 16 latents, k 4: the least maths
-    python scripts/bench_fit_overhead.py --rounds 3 sae.n_features=128
+    python scripts/bench_fit_overhead.py --rounds 3 sae.n_features=128 sae.k=32
     OMP_WAIT_POLICY=ACTIVE python scripts/bench_fit_overhead.py   # steadier timings on 2 cores
 
-The job reads the mission's activation store (built on first use under ``paths.cache_dir``).
-Measure on a quiet machine.
+Overrides are train.py's; ``sae.n_features=16`` and ``sae.k=4`` apply unless given. The job reads
+the mission's activation store (built on first use under ``paths.cache_dir``). The first round
+holds the process's first fit, so it can run slower than the rest; each round is printed. Measure
+on a quiet machine.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def compose(overrides: list[str], output_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help=f"train.py overrides ({DEFAULT_OVERRIDES})")
+    parser.add_argument(
+        "overrides", nargs="*", help=f"train.py overrides (besides {DEFAULT_OVERRIDES})"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="fit + plain loop, alternated")
     args = parser.parse_args()
     if args.rounds < 1:
@@ -57,11 +61,9 @@ def main() -> None:
 
     from saeseeds.training.run import train
 
-    overrides = [
-        *(args.overrides or DEFAULT_OVERRIDES),
-        "logger=none",
-        "trainer.enable_progress_bar=false",
-    ]
+    given = {override.split("=", 1)[0] for override in args.overrides}
+    defaults = [override for override in DEFAULT_OVERRIDES if override.split("=")[0] not in given]
+    overrides = [*defaults, *args.overrides, "logger=none", "trainer.enable_progress_bar=false"]
     work = Path(tempfile.mkdtemp(prefix="bench_fit_overhead_"))
     fits, pures, steps = [], [], 0
     try:
