@@ -30,21 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OVERRIDES = ["sae.n_features=16", "sae.k=4"]
 
 
-def compose(overrides: list[str], output_dir: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
-
-    from saeseeds.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -56,6 +41,7 @@ def main() -> None:
         raise SystemExit(f"--rounds={args.rounds}: give at least 1.")
 
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from bench_store_dtype import compose_config
     from bench_sweep import time_pure_steps
     from omegaconf import OmegaConf
 
@@ -69,7 +55,7 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             run = work / f"round{round_}"
-            cfg = compose(overrides, run)
+            cfg = compose_config(overrides, run)
             train(cfg)
             (run / ".hydra").mkdir(exist_ok=True)  # what the plain loop reads the job's config from
             OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
