@@ -172,7 +172,7 @@ def test_fused_encoder_equals_plain_autograd(n_dead, sparse):
     assert 0.2 < zeroed < 0.8  # ReLU really cuts some chosen latents
     assert torch.equal(fused_out.latent_indices, plain_out.latent_indices)
     assert torch.equal(fused_out.latent_values, plain_out.latent_values)
-    for field in ("reconstruction", "fvu"):
+    for field in ("reconstruction", "squared_error"):
         torch.testing.assert_close(getattr(fused_out, field), getattr(plain_out, field))
     for term in ("mse", "auxk"):
         torch.testing.assert_close(fused_out.losses[term], plain_out.losses[term])

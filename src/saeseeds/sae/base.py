@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from saeseeds.sae.configs import SAEConfig
+from saeseeds.sae.kernels import SquaredError, squared_error
 
 
 class SAEOutput(NamedTuple):
@@ -38,7 +39,7 @@ class SAEOutput(NamedTuple):
     latent_values: Tensor  # [batch, width]: post-activation values, 0 where a latent is inactive
     latent_indices: Tensor  # [batch, width]: the latent each value belongs to
     losses: dict[str, Tensor]  # named, weighted loss terms; the training loss is their sum
-    fvu: Tensor  # scalar, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
+    squared_error: Tensor  # scalar Σ‖x − x̂‖²; the FVU divides it by kernels.total_variance(x)
 
 
 class SAE(nn.Module):
@@ -131,11 +132,9 @@ class SAE(nn.Module):
         for name, tensor in state.items():
             getattr(self, name).copy_(tensor)
 
-    def fvu(self, x: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
-        """(mse over elements, FVU) of a batch."""
-        squared_error = (x - reconstruction).pow(2)
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        return squared_error.mean(), squared_error.sum() / total_variance.clamp_min(1e-12)
+    def squared_error(self, x: Tensor, reconstruction: Tensor) -> SquaredError:
+        """The batch's MSE over elements (the loss term), Σ‖x − x̂‖² and x − x̂ (detached)."""
+        return squared_error(x, reconstruction)
 
 
 def warmup_scale(step: int, total_steps: int, warmup_fraction: float) -> float:

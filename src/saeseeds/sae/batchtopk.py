@@ -58,32 +58,31 @@ class BatchTopKSAE(UnitNormDecoder, SAE):
         if not self.training:
             latents = self.encode(x)
             reconstruction = self.decode(latents)
-            mse, fvu = self.fvu(x, reconstruction)
+            error = self.squared_error(x, reconstruction)
             indices = torch.arange(self.n_features, device=x.device).expand_as(latents)
-            return SAEOutput(reconstruction, latents, indices, {"mse": mse}, fvu)
+            return SAEOutput(reconstruction, latents, indices, {"mse": error.mean}, error.total)
         pre = encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)  # [batch, n]
         kept, flat_indices = F.relu(pre).flatten().topk(self.k * x.shape[0], sorted=False)
         latents = torch.zeros_like(pre).flatten().scatter(0, flat_indices, kept).view_as(pre)
         self._update_threshold(kept)
         reconstruction = self.decode(latents)
-        mse, fvu = self.fvu(x, reconstruction)
+        error = self.squared_error(x, reconstruction)
         losses = {
-            "mse": mse,
-            "auxk": self.config.auxk_alpha * self._auxk(pre, x, reconstruction, dead_mask),
+            "mse": error.mean,
+            "auxk": self.config.auxk_alpha * self._auxk(pre, error.difference, dead_mask),
         }
         indices = torch.arange(self.n_features, device=x.device).expand_as(latents)
-        return SAEOutput(reconstruction, latents, indices, losses, fvu)
+        return SAEOutput(reconstruction, latents, indices, losses, error.total)
 
-    def _auxk(
-        self, pre: Tensor, x: Tensor, reconstruction: Tensor, dead_mask: Tensor | None
-    ) -> Tensor:
+    def _auxk(self, pre: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """AuxK on ``residual`` (x − x̂, detached)."""
         dead_latents = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None
         n_dead = len(dead_latents) if dead_latents is not None else 0
         if n_dead == 0:
-            return x.new_zeros(())
+            return residual.new_zeros(())
         aux_pre, dead_slots = pre.index_select(1, dead_latents).topk(auxk_k(self.d_in, n_dead))
         aux_reconstruction = sparse_decode(F.relu(aux_pre), dead_latents[dead_slots], self.W_dec)
-        return auxk_loss(aux_reconstruction, (x - reconstruction).detach(), n_dead, self.d_in)
+        return auxk_loss(aux_reconstruction, residual, n_dead, self.d_in)
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:

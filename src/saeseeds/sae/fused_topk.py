@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 from saeseeds.sae.kernels import (
     LatentOrder,
     Workspace,
-    encoder_pre_activations,
+    centered_pre_activations,
     sampled_dots,
     sort_by_latent,
     sum_rows_by_latent,
@@ -134,10 +134,10 @@ def select(
     dead_latents: Tensor | None,
     k_aux: int,
     sparse: bool | None,
-) -> tuple[Group, Group | None]:
-    """The main group (top k of each row of the pre-activations) and, when k_aux > 0, the AuxK
-    group (top k_aux among the dead latents' columns: the same latents as masking the live ones
-    with −inf, without a second [batch, n_features] tensor).
+) -> tuple[Group, Group | None, Tensor]:
+    """The main group (top k of each row of the pre-activations), when k_aux > 0 the AuxK group
+    (top k_aux among the dead latents' columns: the same latents as masking the live ones with
+    −inf, without a second [batch, n_features] tensor), and x − b_dec.
 
     Large pre-activations are never a fresh [batch, n_features] allocation (a fresh 256 MB
     tensor costs the operating system ~70 ms of page faults per step at 4096 × 16384): their
@@ -150,11 +150,12 @@ def select(
     n_blocks = -(-len(x) * 4 * n_features // PRE_ACTIVATION_BLOCK_BYTES)  # ceiling
     n_blocks = max(1, min(n_blocks, len(x)))
     tops, auxes = [], []
+    centered = x - b_dec  # [batch, d_in], kept for the backward's encoder gradient
     if n_blocks > 1:  # large: one matmul into a buffer kept between steps, then by blocks
-        product = WORKSPACE.matmul(x - b_dec, W_enc).tensor_split(n_blocks)
+        product = WORKSPACE.matmul(centered, W_enc).tensor_split(n_blocks)
         blocks = (with_encoder_bias(part, b_enc) for part in product)
     else:
-        blocks = [encoder_pre_activations(x, W_enc, b_enc, b_dec)]
+        blocks = [centered_pre_activations(centered, W_enc, b_enc)]
     for pre in blocks:  # [rows, n_features]
         tops.append(pre.topk(k, dim=-1, sorted=False))
         if k_aux > 0:
@@ -164,12 +165,12 @@ def select(
     dense = use_dense(n_features, k, sparse, rows, device_type)
     main = Group(F.relu(top_pre), indices, indices, None, n_features, dense)
     if k_aux == 0:
-        return main, None
+        return main, None, centered
     aux_pre, slots = (torch.cat(parts) for parts in zip(*auxes, strict=True))
     latents = dead_latents.take(slots)
     n_dead = len(dead_latents)
     dense = use_dense(n_dead, k_aux, sparse, rows, device_type, auxk=True)
-    return main, Group(F.relu(aux_pre), latents, slots, dead_latents, n_dead, dense)
+    return main, Group(F.relu(aux_pre), latents, slots, dead_latents, n_dead, dense), centered
 
 
 def decode(group: Group, W_dec: Tensor) -> Tensor:  # [batch, d_in], no b_dec
@@ -217,7 +218,7 @@ class TopKAutoencoder(torch.autograd.Function):
         k_aux: int,
         sparse: bool | None,  # None: by size
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        main, aux = select(x, (W_enc, b_enc, b_dec), k, dead_latents, k_aux, sparse)
+        main, aux, centered = select(x, (W_enc, b_enc, b_dec), k, dead_latents, k_aux, sparse)
         groups = [main] if aux is None else [main, aux]
         reconstruction = decode(groups[0], W_dec) + b_dec
         aux_reconstruction = decode(groups[1], W_dec) if len(groups) > 1 else x.new_zeros(0)
@@ -229,7 +230,7 @@ class TopKAutoencoder(torch.autograd.Function):
         saved = [
             t for g in groups for t in (g.values, g.latents, g.slots, g.columns) if t is not None
         ]
-        ctx.save_for_backward(x, W_enc, W_dec, b_dec, *saved)
+        ctx.save_for_backward(x, centered, W_enc, W_dec, b_dec, *saved)
         ctx.mark_non_differentiable(groups[0].latents)
         ctx.set_materialize_grads(False)
         return groups[0].values, groups[0].latents, reconstruction, aux_reconstruction
@@ -239,7 +240,7 @@ class TopKAutoencoder(torch.autograd.Function):
     def backward(
         ctx, grad_values: Tensor | None, _: None, grad_recon: Tensor | None, grad_aux: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        x, W_enc, W_dec, b_dec, *saved = ctx.saved_tensors
+        x, centered, W_enc, W_dec, b_dec, *saved = ctx.saved_tensors
         groups = []
         for has_columns, n_columns, dense in ctx.layout:
             values, latents, slots, *rest = saved[: 3 + has_columns]
@@ -249,7 +250,7 @@ class TopKAutoencoder(torch.autograd.Function):
             )
         need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec = ctx.needs_input_grad[:5]
         with torch.autocast(x.device.type, enabled=False):
-            backward = Backward(x, W_enc, W_dec, b_dec, ctx.autocast_dtype)
+            backward = Backward(x, centered, W_enc, W_dec, b_dec, ctx.autocast_dtype)
             grads = backward(groups, [grad_recon, grad_aux], grad_values, need_x)
         grad_x, grad_W_enc_rows, grad_b_enc, grad_W_dec, grad_b_dec = grads
         # W_enc's gradient in W_enc's layout, copied by blocks of rows (autograd would copy the
@@ -280,10 +281,10 @@ class SparseEntries(NamedTuple):
 class Backward:
     """The gradients of one TopKAutoencoder call, group by group."""
 
-    def __init__(self, x, W_enc, W_dec, b_dec, autocast_dtype: torch.dtype | None):
+    def __init__(self, x, centered, W_enc, W_dec, b_dec, autocast_dtype: torch.dtype | None):
         self.x, self.W_enc, self.W_dec, self.b_dec = x, W_enc, W_dec, b_dec
         self.n_features = W_enc.shape[1]
-        self.centered = (x - b_dec).to(W_enc.dtype)  # [batch, d_in]
+        self.centered = centered.to(W_enc.dtype)  # [batch, d_in]: x − b_dec, from the forward
         self.matmul_dtype = autocast_dtype or W_dec.dtype
         # Accumulated as one row per latent: [n_features, d_in] (W_enc's gradient transposed;
         # the caller copies it into W_enc's layout).

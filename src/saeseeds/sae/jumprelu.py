@@ -118,14 +118,14 @@ class JumpReLUSAE(UnitNormDecoder, SAE):
         threshold = self.threshold.to(pre.dtype)
         latents = JumpReLU.apply(pre, threshold, self.config.bandwidth)
         reconstruction = self.decode(latents)
-        mse, fvu = self.fvu(x, reconstruction)
-        losses = {"mse": mse}
+        error = self.squared_error(x, reconstruction)
+        losses = {"mse": error.mean}
         if self.training:
             l0 = Step.apply(pre, threshold, self.config.bandwidth).sum(-1).mean()
             coefficient = self.config.l0_coefficient * self.l0_scale
             losses["l0"] = coefficient * l0 / self.d_in
         all_latents = torch.arange(self.n_features, device=x.device).expand_as(latents)
-        return SAEOutput(reconstruction, latents, all_latents, losses, fvu)
+        return SAEOutput(reconstruction, latents, all_latents, losses, error.total)
 
     def after_optimizer_step(self) -> None:
         super().after_optimizer_step()

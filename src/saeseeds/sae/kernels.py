@@ -1,7 +1,7 @@
-"""Kernels the architectures share: the encoder pre-activations, the sparse decoder, the sparse
-sums and dot products of a backward that touches only chosen latents, AuxK, the unit-norm
-decoder constraint, and the geometric median (the fused Top-K forward and backward are
-:mod:`saeseeds.sae.fused_topk`).
+"""Kernels the architectures share: the encoder pre-activations, the reconstruction's squared
+error, the sparse decoder, the sparse sums and dot products of a backward that touches only
+chosen latents, AuxK, the unit-norm decoder constraint, and the geometric median (the fused
+Top-K forward and backward are :mod:`saeseeds.sae.fused_topk`).
 
 Each is one implementation used by every architecture that needs it. Pure torch; it imports
 nothing of the project.
@@ -15,12 +15,18 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def encoder_pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
     """(x − b_dec) @ W_enc + b_enc [batch, n_features], shared by both encoder paths so they
     choose the same latents bit for bit."""
-    return with_encoder_bias((x - b_dec) @ W_enc, b_enc)
+    return centered_pre_activations(x - b_dec, W_enc, b_enc)
+
+
+def centered_pre_activations(centered: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """:func:`encoder_pre_activations` from ``centered`` = x − b_dec."""
+    return with_encoder_bias(centered @ W_enc, b_enc)
 
 
 def with_encoder_bias(product: Tensor, b_enc: Tensor) -> Tensor:
@@ -98,6 +104,70 @@ def geometric_median(points: Tensor, iterations: int = 100, tol: float = 1e-6) -
     return median
 
 
+# ---- the reconstruction's squared error ----
+
+
+class SquaredError(NamedTuple):
+    mean: Tensor  # scalar: the MSE over every element, the training loss's term
+    total: Tensor  # scalar: Σ‖x − x̂‖² (the FVU's numerator)
+    difference: Tensor  # [batch, d_in]: x − x̂, detached (AuxK's residual)
+
+
+def squared_error(x: Tensor, reconstruction: Tensor) -> SquaredError:
+    """The MSE of ``reconstruction`` against ``x``, their summed squared error and difference.
+
+    On the CPU, the same values and the same gradient bits as autograd through ``(x − x̂).pow(2)``
+    and its ``.mean()`` (the loss), in fewer passes over [batch, d_in]: on a small SAE those
+    passes, not its matmuls, are much of a CPU step (:class:`_SquaredError`).
+    """
+    mean, total, difference = _SquaredError.apply(x, reconstruction)
+    return SquaredError(mean, total, difference)
+
+
+def total_variance(x: Tensor) -> Tensor:
+    """Σ‖x − mean(x)‖² over a batch [batch, d_in] (at least 1e-12): the FVU's denominator."""
+    return (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+class _SquaredError(torch.autograd.Function):
+    """(mean, sum, difference) of the squared error as one autograd node.
+
+    Autograd through ``d = x − x̂``, ``d.pow(2)`` and its mean makes five passes over [batch,
+    d_in] in the backward alone (the mean's expanded gradient, ``d.pow(1)``, two products and a
+    negation); this makes one: ∂x̂ = d · (−2·(g / N)), which rounds exactly as autograd's
+    −((g / N) · (2·d)) does, since doubling and negation are exact; through the sum likewise,
+    d · (−2·g). The forward squares ``d`` once and reduces once (a CPU mean is its sum divided by
+    N, bit for bit).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        difference = x - reconstruction
+        total = difference.pow(2).sum()
+        ctx.save_for_backward(difference)
+        ctx.mark_non_differentiable(difference)
+        ctx.set_materialize_grads(False)
+        return total / difference.numel(), total, difference
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx, grad_mean: Tensor | None, grad_total: Tensor | None, _: None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        (difference,) = ctx.saved_tensors
+        factor = None  # ∂x = d · factor, ∂x̂ = −∂x
+        if grad_mean is not None:
+            factor = (grad_mean / difference.numel()) * 2
+        if grad_total is not None:
+            factor = grad_total * 2 if factor is None else factor + grad_total * 2
+        if factor is None:
+            return None, None
+        need_x, need_reconstruction = ctx.needs_input_grad[:2]
+        grad_x = difference * factor if need_x else None
+        grad_reconstruction = difference * -factor if need_reconstruction else None
+        return grad_x, grad_reconstruction
+
+
 def auxk_k(d_in: int, n_dead: int) -> int:
     """k_aux = d_in / 2 (Gao et al. §A.2), at most the number of dead latents."""
     return min(d_in // 2, n_dead)
@@ -110,8 +180,8 @@ def auxk_loss(aux_reconstruction: Tensor, residual: Tensor, n_dead: int, d_in: i
     ‖e − ê‖² / Var(e), scaled by min(n_dead / k_aux, 1) as in the reference implementation.
     """
     scale = min(n_dead / (d_in // 2), 1.0)
-    residual_variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return scale * (residual - aux_reconstruction).pow(2).sum() / residual_variance
+    error = squared_error(residual, aux_reconstruction).total
+    return scale * error / total_variance(residual)
 
 
 # ---- unit-norm decoder rows (Gao et al. §A.1; also Bricken et al. 2023) ----

@@ -24,6 +24,7 @@ from torch import Tensor
 from saeseeds.sae.base import SAEOutput
 from saeseeds.sae.batchtopk import BatchTopKSAE
 from saeseeds.sae.configs import MatryoshkaConfig, prefix_widths
+from saeseeds.sae.kernels import squared_error
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -51,6 +52,6 @@ class MatryoshkaSAE(BatchTopKSAE):
         start = 0
         for width in self.prefix_widths[:-1]:
             reconstruction = reconstruction + latents[:, start:width] @ self.W_dec[start:width]
-            total = total + (x - reconstruction).pow(2).mean()
+            total = total + squared_error(x, reconstruction).mean
             start = width
         return total

@@ -48,11 +48,10 @@ class ReluL1SAE(SAE):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
         latents = self.encode(x)  # [batch, n_features]
         reconstruction = self.decode(latents)
-        mse, fvu = self.fvu(x, reconstruction)
+        error = self.squared_error(x, reconstruction)
         decoder_norms = self.W_dec.norm(dim=1)  # [n_features]
         penalty = (latents * decoder_norms).sum(-1).mean() / self.d_in
         coefficient = self.config.l1_coefficient * self.l1_scale
         all_latents = torch.arange(self.n_features, device=x.device).expand_as(latents)
-        return SAEOutput(
-            reconstruction, latents, all_latents, {"mse": mse, "l1": coefficient * penalty}, fvu
-        )
+        losses = {"mse": error.mean, "l1": coefficient * penalty}
+        return SAEOutput(reconstruction, latents, all_latents, losses, error.total)

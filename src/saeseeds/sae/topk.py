@@ -112,13 +112,12 @@ class TopKSAE(UnitNormDecoder, SAE):
             if n_dead > 0:
                 aux_values = F.relu(aux_pre)
                 aux_reconstruction = self.decode_latents(aux_values, aux_indices, decoder, False)
-        mse, fvu = self.fvu(x, reconstruction)
+        error = self.squared_error(x, reconstruction)
         aux = x.new_zeros(())
         if n_dead > 0:
-            residual = (x - reconstruction).detach()
-            aux = auxk_loss(aux_reconstruction, residual, n_dead, self.d_in)
-        losses = {"mse": mse, "auxk": self.config.auxk_alpha * aux}
-        return SAEOutput(reconstruction, values, indices, losses, fvu)
+            aux = auxk_loss(aux_reconstruction, error.difference, n_dead, self.d_in)
+        losses = {"mse": error.mean, "auxk": self.config.auxk_alpha * aux}
+        return SAEOutput(reconstruction, values, indices, losses, error.total)
 
     def select_with_autograd(
         self, x: Tensor, dead_mask: Tensor | None, k_aux: int

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from saeseeds.sae import SAE
+from saeseeds.sae.kernels import total_variance
 
 ADAM_OPTIONS = {"betas": (0.9, 0.999), "foreach": True}
 """The optimizer's options besides the learning rate. ``foreach`` is what torch already uses on
@@ -62,7 +63,7 @@ def sae_step(
     metrics = {
         "train/loss": loss,
         **{f"train/{name}": term for name, term in losses.items()},
-        "train/fvu": output.fvu,
+        "train/fvu": output.squared_error / total_variance(x),
         "train/l0": (output.latent_values > 0).sum(-1).float().mean(),
         "train/dead_fraction": dead_mask.float().mean(),
     }
