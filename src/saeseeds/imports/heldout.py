@@ -157,7 +157,9 @@ def heldout_statistics(
     for x in batches:
         z = latents(sae.architecture, sae.tensors, x, sae.k)  # [batch, n]
         reconstruction = z @ sae.tensors["W_dec"] + sae.tensors["b_dec"]
-        output = SAEOutput(reconstruction, z, feature_index.expand_as(z), {}, torch.zeros(()))
+        output = SAEOutput(  # batch_totals reads only the reconstruction and the latents
+            reconstruction, z, feature_index.expand_as(z), {}, squared_error=torch.zeros(())
+        )
         accumulate(totals, batch_totals(x, output, n))
     metrics = {**summarise_totals(totals), "heldout_tokens": rows.n_rows}
     return metrics, totals["fire_count"], totals["activation_sum"].float()

@@ -116,9 +116,11 @@ class SquaredError(NamedTuple):
 def squared_error(x: Tensor, reconstruction: Tensor) -> SquaredError:
     """The MSE of ``reconstruction`` against ``x``, their summed squared error and difference.
 
-    On the CPU, the same values and the same gradient bits as autograd through ``(x − x̂).pow(2)``
-    and its ``.mean()`` (the loss), in fewer passes over [batch, d_in]: on a small SAE those
-    passes, not its matmuls, are much of a CPU step (:class:`_SquaredError`).
+    For float32 ``x`` and ``x̂`` (what training passes: x̂ carries the float32 b_dec), the same
+    gradient bits as autograd through ``(x − x̂).pow(2)`` and its ``.mean()`` (the loss), and on
+    the CPU the same values, in fewer passes over [batch, d_in]: on a small SAE those passes, not
+    its matmuls, are much of a CPU step (:class:`_SquaredError`). First-order only: its backward
+    is not differentiable (``create_graph=True`` raises).
     """
     mean, total, difference = _SquaredError.apply(x, reconstruction)
     return SquaredError(mean, total, difference)
@@ -136,8 +138,8 @@ class _SquaredError(torch.autograd.Function):
     d_in] in the backward alone (the mean's expanded gradient, ``d.pow(1)``, two products and a
     negation); this makes one: ∂x̂ = d · (−2·(g / N)), which rounds exactly as autograd's
     −((g / N) · (2·d)) does, since doubling and negation are exact; through the sum likewise,
-    d · (−2·g). The forward squares ``d`` once and reduces once (a CPU mean is its sum divided by
-    N, bit for bit).
+    d · (−2·g). The forward squares ``d`` once and reduces once (a CPU float32 mean is its sum
+    divided by N, bit for bit; in bf16 the two can differ by a unit in the last place).
     """
 
     @staticmethod

@@ -158,7 +158,8 @@ def masked_output(sae: SAE, keep: Tensor, x: Tensor) -> SAEOutput:
     """The SAE's output on raw ``x`` with the codes of masked features set to zero."""
     codes = sae.encode(x) * keep.to(x.device)  # [batch, n_features]
     indices = torch.arange(sae.n_features, device=x.device).expand_as(codes)
-    return SAEOutput(sae.decode(codes), codes, indices, {}, torch.zeros(()))
+    # batch_totals reads only the reconstruction and the latents
+    return SAEOutput(sae.decode(codes), codes, indices, {}, squared_error=torch.zeros(()))
 
 
 @torch.no_grad()
