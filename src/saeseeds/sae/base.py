@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from saeseeds.sae.configs import SAEConfig
-from saeseeds.sae.kernels import SquaredError, squared_error
 
 
 class SAEOutput(NamedTuple):
@@ -131,10 +130,6 @@ class SAE(nn.Module):
         """Load what :meth:`folded_state` returned (e.g. into a fresh SAE for raw inputs)."""
         for name, tensor in state.items():
             getattr(self, name).copy_(tensor)
-
-    def squared_error(self, x: Tensor, reconstruction: Tensor) -> SquaredError:
-        """The batch's MSE over elements (the loss term), Σ‖x − x̂‖² and x − x̂ (detached)."""
-        return squared_error(x, reconstruction)
 
 
 def warmup_scale(step: int, total_steps: int, warmup_fraction: float) -> float:

@@ -24,6 +24,7 @@ from saeseeds.sae.kernels import (
     auxk_loss,
     encoder_pre_activations,
     sparse_decode,
+    squared_error,
     tied_init,
 )
 from saeseeds.sae.topk import UnitNormDecoder
@@ -58,7 +59,7 @@ class BatchTopKSAE(UnitNormDecoder, SAE):
         if not self.training:
             latents = self.encode(x)
             reconstruction = self.decode(latents)
-            error = self.squared_error(x, reconstruction)
+            error = squared_error(x, reconstruction)
             indices = torch.arange(self.n_features, device=x.device).expand_as(latents)
             return SAEOutput(reconstruction, latents, indices, {"mse": error.mean}, error.total)
         pre = encoder_pre_activations(x, self.W_enc, self.b_enc, self.b_dec)  # [batch, n]
@@ -66,7 +67,7 @@ class BatchTopKSAE(UnitNormDecoder, SAE):
         latents = torch.zeros_like(pre).flatten().scatter(0, flat_indices, kept).view_as(pre)
         self._update_threshold(kept)
         reconstruction = self.decode(latents)
-        error = self.squared_error(x, reconstruction)
+        error = squared_error(x, reconstruction)
         losses = {
             "mse": error.mean,
             "auxk": self.config.auxk_alpha * self._auxk(pre, error.difference, dead_mask),

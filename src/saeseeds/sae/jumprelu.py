@@ -39,7 +39,7 @@ from torch import Tensor
 
 from saeseeds.sae.base import SAE, SAEOutput, warmup_scale
 from saeseeds.sae.configs import JumpReLUConfig
-from saeseeds.sae.kernels import encoder_pre_activations, tied_init
+from saeseeds.sae.kernels import encoder_pre_activations, squared_error, tied_init
 from saeseeds.sae.topk import UnitNormDecoder
 
 
@@ -118,7 +118,7 @@ class JumpReLUSAE(UnitNormDecoder, SAE):
         threshold = self.threshold.to(pre.dtype)
         latents = JumpReLU.apply(pre, threshold, self.config.bandwidth)
         reconstruction = self.decode(latents)
-        error = self.squared_error(x, reconstruction)
+        error = squared_error(x, reconstruction)
         losses = {"mse": error.mean}
         if self.training:
             l0 = Step.apply(pre, threshold, self.config.bandwidth).sum(-1).mean()

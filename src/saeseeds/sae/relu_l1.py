@@ -21,7 +21,7 @@ from torch import Tensor
 
 from saeseeds.sae.base import SAE, SAEOutput, warmup_scale
 from saeseeds.sae.configs import ReluL1Config
-from saeseeds.sae.kernels import encoder_pre_activations, tied_init
+from saeseeds.sae.kernels import encoder_pre_activations, squared_error, tied_init
 
 
 class ReluL1SAE(SAE):
@@ -48,7 +48,7 @@ class ReluL1SAE(SAE):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
         latents = self.encode(x)  # [batch, n_features]
         reconstruction = self.decode(latents)
-        error = self.squared_error(x, reconstruction)
+        error = squared_error(x, reconstruction)
         decoder_norms = self.W_dec.norm(dim=1)  # [n_features]
         penalty = (latents * decoder_norms).sum(-1).mean() / self.d_in
         coefficient = self.config.l1_coefficient * self.l1_scale

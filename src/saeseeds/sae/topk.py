@@ -28,6 +28,7 @@ from saeseeds.sae.kernels import (
     normalize_rows,
     remove_parallel_grad,
     sparse_decode,
+    squared_error,
     tied_init,
 )
 
@@ -112,7 +113,7 @@ class TopKSAE(UnitNormDecoder, SAE):
             if n_dead > 0:
                 aux_values = F.relu(aux_pre)
                 aux_reconstruction = self.decode_latents(aux_values, aux_indices, decoder, False)
-        error = self.squared_error(x, reconstruction)
+        error = squared_error(x, reconstruction)
         aux = x.new_zeros(())
         if n_dead > 0:
             aux = auxk_loss(aux_reconstruction, error.difference, n_dead, self.d_in)
