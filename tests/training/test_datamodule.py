@@ -153,6 +153,30 @@ def test_a_run_reads_every_shard_it_trains_on_once_an_epoch_and_no_window_past_i
     assert served == epoch_rows(rows.order, reader(1000, 48, 3, seed=5, prefetch=False), 0)
 
 
+def test_a_prefix_that_fits_one_window_is_read_once_and_reshuffled_in_place_every_epoch():
+    # Three shards, windows of four: every epoch is one window of the same shards, each epoch in
+    # its own shard order. Row r holds r, so the expected epoch is computed from the order alone:
+    # position p of the epoch's window is row starts[shard] + offset, in that epoch's order.
+    rows = reader(n_rows=3 * ROWS_PER_SHARD, batch=40, window=4, seed=2)
+    order, epochs = rows.order, 6
+    served = [epoch_rows(order, rows, epoch) for epoch in range(epochs)]
+    rows.close()
+    assert sorted(rows.train.shards.reads) == [0, 1, 2]  # each shard read once, in epoch 0
+    assert rows.peak_rows == 3 * ROWS_PER_SHARD  # the reused window adds no rows
+    shard_orders = {order.windows(epoch)[0].shards for epoch in range(epochs)}
+    assert len(shard_orders) > 1  # the reuse had to map positions across shard orders
+    for epoch in range(epochs):
+        window = order.windows(epoch)[0]
+        rows_in_order = [shard * ROWS_PER_SHARD + i for shard in window.shards for i in range(64)]
+        expected = [rows_in_order[p] for p in order.row_order(epoch, window).tolist()]
+        assert served[epoch] == expected[: order.steps_per_epoch * 40]
+    assert served[1] != served[0]
+    # Without prefetching, the same batches, and again only one read of each shard.
+    alone = reader(n_rows=3 * ROWS_PER_SHARD, batch=40, window=4, seed=2, prefetch=False)
+    assert [epoch_rows(order, alone, epoch) for epoch in range(epochs)] == served
+    assert sorted(alone.train.shards.reads) == [0, 1, 2]
+
+
 @pytest.fixture
 def windowed(train_config):
     """Synthetic data of 32 shards of 128 rows in windows of 2 shards (batches straddle them)."""
