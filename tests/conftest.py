@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from saeseeds.activations import hooks
 from saeseeds.activations import text as text_source
 from saeseeds.activations.corpora import PythonDocsCorpus
 from saeseeds.activations.text import TextActivationSource
@@ -71,6 +72,7 @@ def fresh_memory() -> Iterator[None]:
         lm_eval._WINDOW_MEMORY,
         lm_eval._EVAL_CHOICES,
         lm_eval._SCRATCH,
+        hooks._RESUMES_EXACTLY,
     )
     for memory in memories:
         memory.clear()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from saeseeds import precision
+from saeseeds.activations import hooks
 from saeseeds.activations.corpora import python_docs_texts
 from saeseeds.contract import TOP_EXAMPLES_FORMAT
 from saeseeds.training import lm_eval
@@ -50,8 +51,11 @@ def test_several_forward_batches_score_as_the_whole_and_kept_tensors_change_no_l
     assert len(tokens) > context.forward_batch_size  # several forward batches
     first = context.first_position
 
-    def log_probs(replace):
-        return F.log_softmax(torch.cat(list(lm_eval._logits(context, tokens, replace))), dim=-1)
+    def log_probs(replace):  # the whole model run on every batch: nothing resumed or kept
+        bridge, hook, batch = context.model.bridge, context.hook, context.forward_batch_size
+        chunks = [tokens[start : start + batch] for start in range(0, len(tokens), batch)]
+        logits = [hooks.logits_with_replacement(bridge, hook, c, replace) for c in chunks]
+        return F.log_softmax(torch.cat(logits), dim=-1)
 
     def splice(activation):
         rebuilt = noisy(activation[:, first:].reshape(-1, activation.shape[-1]))
@@ -63,6 +67,65 @@ def test_several_forward_batches_score_as_the_whole_and_kept_tensors_change_no_l
     assert scored["kl_div"] == pytest.approx(float(kl), rel=1e-4)
     assert scored["ce_sae"] == pytest.approx(float(-spliced.gather(-1, targets).mean()), rel=1e-5)
     assert scored["ce_clean"] == pytest.approx(float(-clean.gather(-1, targets).mean()), rel=1e-5)
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a block below the hook ran")
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_spliced_forwards_start_at_the_hooks_block_and_score_as_the_whole_model(
+    make_source, tiny_gpt2, monkeypatch, architecture
+):
+    source = make_source(model_path=tiny_gpt2 if architecture == "gpt2" else None)
+    source.load()
+    context = source.text_context()
+    tokens = context.heldout_tokens[: context.eval_sequences].long()
+    bridge, hook = context.model.bridge, context.hook
+    assert hook.layer == 1 and hooks.resumes_exactly(bridge, hook, tokens[:1])
+
+    def noisy(x):
+        generator = torch.Generator().manual_seed(len(x))
+        return x + 0.3 * x.std() * torch.randn(x.shape, generator=generator)
+
+    resumed = lm_eval.ce_loss_metrics(context, noisy)
+    assert lm_eval._BASELINE_MEMORY and all(
+        baseline["resume_from"] is not None for baseline in lm_eval._BASELINE_MEMORY.values()
+    )
+    # Block 0 cannot run now: the job's scoring forward must start at block 1.
+    monkeypatch.setattr(bridge.blocks[0].original_component, "forward", refuse)
+    assert lm_eval.ce_loss_metrics(context, noisy) == resumed
+    with pytest.raises(AssertionError, match="below the hook ran"):
+        hooks.logits_with_replacement(bridge, hook, tokens[:1], noisy)
+    monkeypatch.undo()
+    # The same numbers, bit for bit, from whole forwards.
+    lm_eval._BASELINE_MEMORY.clear()
+    monkeypatch.setattr(lm_eval, "resumes_exactly", lambda *args: False)
+    whole = lm_eval.ce_loss_metrics(context, noisy)
+    assert [baseline["resume_from"] for baseline in lm_eval._BASELINE_MEMORY.values()] == [None]
+    assert whole == resumed
+
+
+def test_a_model_the_resumed_forward_does_not_suit_is_run_whole(make_source, monkeypatch):
+    source = make_source()
+    source.load()
+    context = source.text_context()
+    expected = lm_eval.ce_loss_metrics(context, torch.zeros_like)
+    lm_eval._BASELINE_MEMORY.clear()
+    hooks._RESUMES_EXACTLY.clear()
+
+    def fails(*args, **kwargs):
+        raise TypeError("this model's loop wants a tuple from its blocks")
+
+    monkeypatch.setattr(hooks, "_pass_through", fails)
+    tokens = context.heldout_tokens[:1].long()
+    assert not hooks.resumes_exactly(context.model.bridge, context.hook, tokens)
+    assert lm_eval.ce_loss_metrics(context, torch.zeros_like) == expected
+    assert [baseline["resume_from"] for baseline in lm_eval._BASELINE_MEMORY.values()] == [None]
+    # A hook in the first block has nothing below it to skip.
+    first_block = make_source(layer=0)
+    first_block.load()
+    assert hooks.block_input_hook(context.model.bridge, first_block.text_context().hook) is None
 
 
 def test_top_examples_are_marked_contexts_from_the_corpus(make_source):

@@ -9,8 +9,10 @@ at the hook replaced (to score a reconstruction). It must not know about corpora
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +105,123 @@ def read_activations(bridge: Any, hook: HookSpec, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def logits_with_replacement(
-    bridge: Any, hook: HookSpec, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None
+    bridge: Any,
+    hook: HookSpec,
+    tokens: Tensor,
+    replace: Callable[[Tensor], Tensor] | None,
+    resume_from: Tensor | None = None,
 ) -> Tensor:
     """Full-model logits [batch, pos, vocab], with the hook's activations passed through
-    ``replace`` ([batch, pos, d] -> [batch, pos, d]); ``None`` runs the clean model."""
+    ``replace`` ([batch, pos, d] -> [batch, pos, d]); ``None`` runs the clean model.
+
+    ``resume_from``: what enters the hook's block for these ``tokens``
+    (:func:`logits_and_block_input`); the blocks below it are then not run. Use it only where
+    :func:`resumes_exactly` holds."""
     if replace is None:
         return bridge(tokens, return_type="logits")
 
     def splice(activation: Tensor, hook: Any) -> Tensor:
         return replace(activation).to(activation.dtype)
 
-    return bridge.run_with_hooks(tokens, fwd_hooks=[(hook.name, splice)], return_type="logits")
+    if resume_from is None:
+        return bridge.run_with_hooks(tokens, fwd_hooks=[(hook.name, splice)], return_type="logits")
+    with _blocks_passed_through(bridge, hook.layer):
+        return bridge.run_with_hooks(
+            resume_from,
+            start_at_layer=hook.layer,
+            fwd_hooks=[(hook.name, splice)],
+            return_type="logits",
+        )
+
+
+# ---- resuming a forward at the hook's block ----
+#
+# Scoring a reconstruction runs the whole model once per job on the same held-out tokens, and
+# the blocks below the hook compute the same thing every time. The clean forward keeps what
+# enters the hook's block (:func:`logits_and_block_input`); a spliced forward then starts there
+# (``start_at_layer``) with the blocks below passing their input through untouched, instead of
+# recomputing what TransformerLens's ``start_at_layer`` would still compute and throw away.
+# Whether that gives the full forward's very logits depends on how the model's own loop calls
+# its blocks, so it is checked once per model, hook and precision (:func:`resumes_exactly`), and
+# a model that does not pass the check is run in full.
+
+_RESUMES_EXACTLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def block_input_hook(bridge: Any, hook: HookSpec) -> str | None:
+    """The hook point of what enters the hook's block, when a forward can resume there."""
+    if hook.layer is None or hook.layer == 0:
+        return None  # outside the blocks, or nothing below it to skip
+    name = f"blocks.{hook.layer}.hook_in"
+    return name if name in bridge.hook_dict else None
+
+
+@torch.no_grad()
+def logits_and_block_input(
+    bridge: Any, hook: HookSpec, tokens: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """The clean logits [batch, pos, vocab] and what enters the hook's block [batch, pos, d]
+    (None where no forward can resume there; :func:`block_input_hook`)."""
+    name = block_input_hook(bridge, hook)
+    if name is None:
+        return bridge(tokens, return_type="logits"), None
+    captured: list[Tensor] = []
+
+    def capture(activation: Tensor, hook: Any) -> None:
+        captured.append(activation.detach().clone())
+
+    logits = bridge.run_with_hooks(tokens, fwd_hooks=[(name, capture)], return_type="logits")
+    return logits, captured[0] if len(captured) == 1 else None
+
+
+@torch.no_grad()
+def resumes_exactly(bridge: Any, hook: HookSpec, tokens: Tensor) -> bool:
+    """Whether a spliced forward resumed at the hook's block gives the full forward's logits,
+    bit for bit, on ``tokens`` (a short probe: a few tokens of one sequence), and leaves the
+    model as it was; checked once per model, hook and autocast setting in a process."""
+    device_type = tokens.device.type
+    autocast = torch.is_autocast_enabled(device_type) if device_type in ("cpu", "cuda") else False
+    key = (hook.name, device_type, autocast)
+    known = _RESUMES_EXACTLY.setdefault(bridge, {})
+    if key not in known:
+        known[key] = _check_resume(bridge, hook, tokens)
+    return known[key]
+
+
+def _check_resume(bridge: Any, hook: HookSpec, tokens: Tensor) -> bool:
+    if block_input_hook(bridge, hook) is None:
+        return False
+
+    def halve(activation: Tensor) -> Tensor:  # any replacement that changes what follows
+        return activation * 0.5
+
+    clean, block_input = logits_and_block_input(bridge, hook, tokens)
+    if block_input is None:
+        return False
+    full = logits_with_replacement(bridge, hook, tokens, halve)
+    try:
+        resumed = logits_with_replacement(bridge, hook, tokens, halve, resume_from=block_input)
+    except Exception:  # noqa: BLE001 - any model the pass-through does not suit runs in full
+        return False
+    same = resumed.shape == full.shape and bool(torch.equal(resumed, full))
+    # ... and the model is as it was: its clean forward is unchanged.
+    return same and bool(torch.equal(bridge(tokens, return_type="logits"), clean))
+
+
+@contextlib.contextmanager
+def _blocks_passed_through(bridge: Any, below: int) -> Iterator[None]:
+    """Blocks 0 .. ``below`` - 1 hand on their input unchanged while inside."""
+    skipped = list(bridge.blocks)[:below]
+    # An instance attribute, which nn.Module's call finds before the class's forward. Set past
+    # the bridge's own __setattr__, which would hand it on to the wrapped Hugging Face module.
+    for block in skipped:
+        object.__setattr__(block, "forward", _pass_through)
+    try:
+        yield
+    finally:
+        for block in skipped:
+            object.__delattr__(block, "forward")
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if args else kwargs["hidden_states"]

@@ -23,7 +23,11 @@ from torch import Tensor
 
 from saeseeds import precision
 from saeseeds.activations.base import TextContext
-from saeseeds.activations.hooks import logits_with_replacement
+from saeseeds.activations.hooks import (
+    logits_and_block_input,
+    logits_with_replacement,
+    resumes_exactly,
+)
 from saeseeds.activations.models import MIN_MEASURED_PARAMETERS
 from saeseeds.contract import TOP_EXAMPLES_FORMAT, TOP_EXAMPLES_MARKER
 
@@ -32,6 +36,10 @@ TOP_EXAMPLES_BATCH = 2048
 PROBE_SEQUENCES = 2
 """Sequences of the timed scoring forward: bf16's gain at 2 is its gain at 8 (SmolLM2-135M,
 AVX-512 bf16: 1.81x at both; 1.32x at 1)."""
+PROBE_TOKENS = 16
+"""Tokens of the check that a forward resumed at the hook's block is the whole forward: how a
+model's loop calls its blocks shows at any length, and four forwards of a whole 128-token
+sequence took 1.4 s of SmolLM2-135M in float32 on 2 cores."""
 # The clean model's scored log-probabilities and probabilities, its CE and the zero-ablation CE.
 _BASELINE_MEMORY: dict[tuple, dict[str, Any]] = {}
 # The decoded context of each held-out row (ContextWindows), for one store at a time.
@@ -149,7 +157,9 @@ def ce_loss_metrics(context: TextContext, reconstruct: Callable[[Tensor], Tensor
     """
     tokens = context.heldout_tokens[: context.eval_sequences].long()
     baseline = _baseline(context, tokens)
-    ce_sae, kl = _ce_and_kl(context, tokens, reconstruct, baseline["clean"])
+    ce_sae, kl = _ce_and_kl(
+        context, tokens, reconstruct, baseline["clean"], baseline["resume_from"]
+    )
     ce_clean, ce_zero = baseline["ce_clean"], baseline["ce_zero"]
     denominator = ce_zero - ce_clean
     score = (ce_zero - ce_sae) / denominator if abs(denominator) > 1e-12 else float("nan")
@@ -174,8 +184,11 @@ def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
         str(context.model.device),
     )
     if memo_key not in _BASELINE_MEMORY:
-        clean = [F.log_softmax(logits, dim=-1) for logits in _logits(context, tokens, None)]
-        ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None)
+        logits, block_inputs = _clean_forward(context, tokens)
+        clean = [F.log_softmax(chunk, dim=-1) for chunk in logits]
+        del logits
+        resume_from = block_inputs if _resumes(context, tokens, block_inputs) else None
+        ce_zero, _ = _ce_and_kl(context, tokens, torch.zeros_like, None, resume_from)
         _BASELINE_MEMORY.clear()
         first = context.first_position
         _BASELINE_MEMORY[memo_key] = {
@@ -184,8 +197,34 @@ def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
             "clean": [(lp[:, first:-1], lp[:, first:-1].exp()) for lp in clean],
             "ce_clean": _ce(context, tokens, clean),
             "ce_zero": ce_zero,
+            # What enters the hook's block, by forward batch: each spliced forward starts there.
+            "resume_from": resume_from,
         }
     return _BASELINE_MEMORY[memo_key]
+
+
+def _clean_forward(context: TextContext, tokens: Tensor) -> tuple[list[Tensor], list | None]:
+    """The clean logits of each forward batch (float32, CPU) and what enters the hook's block
+    in each (on the model's device; None where no forward can resume there)."""
+    model, batch = context.model, context.forward_batch_size
+    logits, block_inputs = [], []
+    for start in range(0, len(tokens), batch):
+        chunk = tokens[start : start + batch].to(model.device)
+        with _autocast(model.device, _autocast_on(context)):
+            chunk_logits, block_input = logits_and_block_input(model.bridge, context.hook, chunk)
+        logits.append(chunk_logits.float().cpu())
+        block_inputs.append(block_input)
+    return logits, None if any(b is None for b in block_inputs) else block_inputs
+
+
+def _resumes(context: TextContext, tokens: Tensor, block_inputs: list | None) -> bool:
+    """Whether the spliced forwards can start at the hook's block (:func:`resumes_exactly`,
+    probed on the first ``PROBE_TOKENS`` tokens of the first sequence)."""
+    if block_inputs is None:
+        return False
+    probe = tokens[:1, :PROBE_TOKENS].to(context.model.device)
+    with _autocast(context.model.device, _autocast_on(context)):
+        return resumes_exactly(context.model.bridge, context.hook, probe)
 
 
 def _ce_and_kl(
@@ -193,9 +232,11 @@ def _ce_and_kl(
     tokens: Tensor,
     reconstruct: Callable[[Tensor], Tensor],
     clean: list[tuple[Tensor, Tensor]] | None,
+    resume_from: list[Tensor] | None = None,
 ) -> tuple[float, float]:
     """CE with ``reconstruct`` spliced in, and its KL from ``clean`` (the clean model's scored
-    log-probabilities and probabilities, by forward batch; None: no KL)."""
+    log-probabilities and probabilities, by forward batch; None: no KL). ``resume_from``: what
+    enters the hook's block in each forward batch, where the forwards start there."""
     first = context.first_position
 
     def replace(activation: Tensor) -> Tensor:  # [batch, pos, d]
@@ -207,7 +248,7 @@ def _ce_and_kl(
     # One forward batch at a time, into kept tensors: the same operations in the same order as
     # scoring them all at once, so the same bits.
     ce_total, count, kl_total, start, batches = 0.0, 0, 0, 0, 0
-    for logits in _logits(context, tokens, replace, keep=False):
+    for logits in _logits(context, tokens, replace, resume_from):
         log_probs = _scratch("log_probs", logits.shape)
         torch.log_softmax(_scratch("logits", logits.shape).copy_(logits), dim=-1, out=log_probs)
         del logits  # the forward's own, before the next forward makes its own
@@ -243,18 +284,22 @@ def _scratch(name: str, shape: torch.Size) -> Tensor:
 def _logits(
     context: TextContext,
     tokens: Tensor,
-    replace: Callable[[Tensor], Tensor] | None,
-    keep: bool = True,
+    replace: Callable[[Tensor], Tensor],
+    resume_from: list[Tensor] | None = None,
 ) -> Iterator[Tensor]:
-    """The logits [batch, pos, vocab] of each forward batch of ``tokens``, in order: float32 on
-    the CPU (``keep``), or as the forward left them, to be used before the next is made."""
+    """The spliced logits [batch, pos, vocab] of each forward batch of ``tokens``, in order, as
+    the forward left them, to be used before the next is made. ``resume_from``: what enters the
+    hook's block in each batch, to start the forwards there."""
     model, batch = context.model, context.forward_batch_size
     autocast = _autocast_on(context)
-    for start in range(0, len(tokens), batch):
+    for index, start in enumerate(range(0, len(tokens), batch)):
         chunk = tokens[start : start + batch].to(model.device)
+        block_input = resume_from[index] if resume_from is not None else None
         with _autocast(model.device, autocast):
-            logits = logits_with_replacement(model.bridge, context.hook, chunk, replace)
-        yield logits.float().cpu() if keep else logits
+            logits = logits_with_replacement(
+                model.bridge, context.hook, chunk, replace, resume_from=block_input
+            )
+        yield logits
 
 
 def _ce(context: TextContext, tokens: Tensor, log_probs: list[Tensor]) -> float:
