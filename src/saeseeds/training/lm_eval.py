@@ -206,12 +206,12 @@ def _baseline(context: TextContext, tokens: Tensor) -> dict[str, Any]:
 def _clean_forward(context: TextContext, tokens: Tensor) -> tuple[list[Tensor], list | None]:
     """The clean logits of each forward batch (float32, CPU) and what enters the hook's block
     in each (on the model's device; None where no forward can resume there)."""
-    model, batch = context.model, context.forward_batch_size
     logits, block_inputs = [], []
-    for start in range(0, len(tokens), batch):
-        chunk = tokens[start : start + batch].to(model.device)
-        with _autocast(model.device, _autocast_on(context)):
-            chunk_logits, block_input = logits_and_block_input(model.bridge, context.hook, chunk)
+    for chunk_logits, block_input in _by_forward_batch(
+        context,
+        tokens,
+        lambda _, chunk: logits_and_block_input(context.model.bridge, context.hook, chunk),
+    ):
         logits.append(chunk_logits.float().cpu())
         block_inputs.append(block_input)
     return logits, None if any(b is None for b in block_inputs) else block_inputs
@@ -290,16 +290,29 @@ def _logits(
     """The spliced logits [batch, pos, vocab] of each forward batch of ``tokens``, in order, as
     the forward left them, to be used before the next is made. ``resume_from``: what enters the
     hook's block in each batch, to start the forwards there."""
+
+    def spliced(index: int, chunk: Tensor) -> Tensor:
+        block_input = resume_from[index] if resume_from is not None else None
+        return logits_with_replacement(
+            context.model.bridge, context.hook, chunk, replace, resume_from=block_input
+        )
+
+    return _by_forward_batch(context, tokens, spliced)
+
+
+def _by_forward_batch(
+    context: TextContext, tokens: Tensor, forward: Callable[[int, Tensor], Any]
+) -> Iterator[Any]:
+    """``forward(index, chunk)`` on each forward batch of ``tokens`` in order, the chunk on the
+    model's device, under the scoring precision; each result is yielded before the next
+    forward runs."""
     model, batch = context.model, context.forward_batch_size
     autocast = _autocast_on(context)
     for index, start in enumerate(range(0, len(tokens), batch)):
         chunk = tokens[start : start + batch].to(model.device)
-        block_input = resume_from[index] if resume_from is not None else None
         with _autocast(model.device, autocast):
-            logits = logits_with_replacement(
-                model.bridge, context.hook, chunk, replace, resume_from=block_input
-            )
-        yield logits
+            result = forward(index, chunk)
+        yield result
 
 
 def _ce(context: TextContext, tokens: Tensor, log_probs: list[Tensor]) -> float:
