@@ -40,6 +40,71 @@ def test_embedded_corpus_is_real_text_with_a_stable_identity():
     assert PythonDocsCorpus(docstrings=False).identity()["sha256"] != first["sha256"]
 
 
+class CountingCorpus(corpora.Corpus):
+    """A corpus made from files taken as installed ones; the class counts the computations of
+    its identity (its options are its attributes: the record is keyed by them)."""
+
+    computed = 0
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def identity(self) -> dict:
+        CountingCorpus.computed += 1
+        return {"kind": "counting", "text": [path.read_text() for path in self.files]}
+
+    def installed_files(self) -> tuple[Path, ...]:
+        return tuple(self.files)
+
+
+def _remember(corpus: corpora.Corpus, record_dir: Path) -> dict:
+    corpora._REMEMBERED.clear()  # as a new process would
+    return corpora.remembered_identity(corpus, record_dir)
+
+
+def test_an_installed_corpus_identity_is_computed_once_per_version_of_its_files(tmp_path, caplog):
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for path in files:
+        path.write_text(f"text of {path.name}")
+    records = tmp_path / "model_cache"
+    corpus, CountingCorpus.computed = CountingCorpus(files), 0
+    first = _remember(corpus, records)
+    assert first == {"kind": "counting", "text": ["text of a.py", "text of b.py"]}
+    assert corpus.computed == 1
+    (record,) = (records / corpora.IDENTITY_FOLDER).iterdir()
+    assert _remember(corpus, records) == first and corpus.computed == 1  # read from the record
+
+    files[1].write_text("new text of b.py")  # another size and modification time
+    assert _remember(corpus, records)["text"][1] == "new text of b.py"
+    assert corpus.computed == 2
+    assert _remember(CountingCorpus([files[0]]), records)["text"] == ["text of a.py"]  # files
+
+    for damaged in ("not json", json.dumps({"facts_sha256": "x", "identity": {}}), "[]"):
+        for path in (records / corpora.IDENTITY_FOLDER).iterdir():
+            path.write_text(damaged)
+        CountingCorpus.computed = 0
+        assert _remember(corpus, records)["text"][1] == "new text of b.py"
+        assert corpus.computed == 1
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the record folder would be")
+    assert _remember(corpus, blocked)["text"][1] == "new text of b.py"
+    assert "Could not remember the corpus identity" in caplog.text
+
+
+def test_the_embedded_corpora_are_remembered_with_their_own_identity(tmp_path, monkeypatch):
+    for corpus in (PythonDocsCorpus(), PythonDocsCorpus(docstrings=False), PythonSourceCorpus()):
+        assert _remember(corpus, tmp_path) == corpus.identity()
+    assert len(list((tmp_path / corpora.IDENTITY_FOLDER).iterdir())) == 3
+
+    def not_again(self):
+        raise AssertionError("the identity was computed again")
+
+    monkeypatch.setattr(PythonDocsCorpus, "identity", not_again)
+    remembered = _remember(PythonDocsCorpus(), tmp_path)
+    assert remembered["kind"] == "python_docs" and remembered["docstrings"] is True
+
+
 LONG = "A docstring long enough to be kept as prose. " * 6
 
 

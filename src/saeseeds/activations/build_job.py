@@ -79,7 +79,7 @@ def build_store(cfg: DictConfig) -> dict[str, Any]:
         shards.stop - 1,
         builder.model.name,
         source.hook.name,
-        source.corpus.identity()["kind"],
+        source.corpus_identity()["kind"],
     )
     store, built = ensure_store(
         source.cache_dir, builder, source.n_tokens, shards, progress=store_cfg.progress

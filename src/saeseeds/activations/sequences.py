@@ -63,6 +63,7 @@ class SequenceStream:
         n_heldout: int,
         tokenizer_identity: str = "",
         cache_dir: str | Path | None = None,
+        corpus_identity: dict[str, Any] | None = None,
     ):
         self.corpus, self.tokenizer, self.seq_len = corpus, tokenizer, seq_len
         self.split_seed, self.n_heldout = split_seed, n_heldout
@@ -71,8 +72,10 @@ class SequenceStream:
             raise DataError("The tokenizer has no BOS token; set data.prepend_bos=false.")
         self.chunk_len = seq_len - 1 if prepend_bos else seq_len
         self.block_chunks = max(1, BLOCK_TOKENS // self.chunk_len)
+        # ``corpus_identity``: the corpus's identity where the caller has it already.
+        self.corpus_identity = corpus_identity or corpus.identity()
         identity = json.dumps(
-            [corpus.identity(), tokenizer_identity, self.chunk_len, split_seed, BLOCK_TOKENS],
+            [self.corpus_identity, tokenizer_identity, self.chunk_len, split_seed, BLOCK_TOKENS],
             sort_keys=True,
         )
         self.key = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -127,7 +130,7 @@ class SequenceStream:
             first, start = self._start_of(index)
             if start is None:  # the corpus ended before this block
                 return None, None
-            kind = self.corpus.identity()["kind"]
+            kind = self.corpus_identity["kind"]
             log.info("Tokenising the %s corpus, blocks %d to %d", kind, first, index)
             result: tuple[Tensor | None, Checkpoint | None] = (None, None)
             for number, chunks, following in self._tokenised_blocks(first, start):

@@ -32,7 +32,7 @@ from saeseeds.activations.base import (
     TextContext,
     check_token_budget,
 )
-from saeseeds.activations.corpora import Corpus
+from saeseeds.activations.corpora import Corpus, remembered_identity
 from saeseeds.activations.sequences import BLOCK_TOKENS, SequenceStream
 from saeseeds.activations.shards import (
     RowStats,
@@ -115,6 +115,11 @@ class TextActivationSource(ActivationSource):
                 f"data.shard_tokens must be a positive integer, got {self.shard_tokens}."
             )
 
+    def corpus_identity(self) -> dict[str, Any]:
+        """The corpus's identity (remembered for the embedded corpora: see
+        :func:`saeseeds.activations.corpora.remembered_identity`)."""
+        return remembered_identity(self.corpus, self.model_cache_dir)
+
     # ---- activations ----
 
     def builder(self) -> TextShardBuilder:
@@ -166,7 +171,7 @@ class TextActivationSource(ActivationSource):
 
     def _provenance(self, builder: TextShardBuilder) -> dict[str, Any]:
         assert self.model is not None and self.heldout_rows is not None
-        corpus = self.corpus.identity()
+        corpus = self.corpus_identity()
         identity = store_identity(self.store_key or "", builder.key_fields, self.n_tokens)
         return {
             "source": f"text:{corpus['kind']}",
@@ -230,6 +235,7 @@ class TextShardBuilder:
             source.n_heldout_sequences,
             model.tokenizer_hash,
             source.cache_dir,
+            source.corpus_identity(),
         )
         self._cursor: Any = None  # (next sequence index, iterator) of the training sequences
         self._previous: tuple[int, Tensor] | None = None  # the last sequence handed out
@@ -244,7 +250,7 @@ class TextShardBuilder:
             "model_seed": config.seed if config.init == "random" else None,
             "model_dtype": dtype_name(self.model.dtype),  # as resolved (model.dtype=auto)
             "hook_name": source.hook.name,
-            "corpus": source.corpus.identity(),
+            "corpus": source.corpus_identity(),
             "tokenizer_hash": self.model.tokenizer_hash,
             "seq_len": source.seq_len,
             "n_heldout_sequences": source.n_heldout_sequences,
