@@ -99,6 +99,7 @@ class TextActivationSource(ActivationSource):
         self.store_hit: bool | None = None
         self.heldout_token_ids: Tensor | None = None
         self.heldout_rows: Tensor | None = None
+        self._corpus_identity: dict[str, Any] | None = None
 
     def _check_knobs(self) -> None:
         check_token_budget(self.n_tokens, self.batch_size, "data")
@@ -117,8 +118,11 @@ class TextActivationSource(ActivationSource):
 
     def corpus_identity(self) -> dict[str, Any]:
         """The corpus's identity (remembered for the embedded corpora: see
-        :func:`saeseeds.activations.corpora.remembered_identity`)."""
-        return remembered_identity(self.corpus, self.model_cache_dir)
+        :func:`saeseeds.activations.corpora.remembered_identity`), once per source: checking a
+        record stats every file the corpus is made from."""
+        if self._corpus_identity is None:
+            self._corpus_identity = remembered_identity(self.corpus, self.model_cache_dir)
+        return self._corpus_identity
 
     # ---- activations ----
 
