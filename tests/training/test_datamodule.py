@@ -177,6 +177,43 @@ def test_a_prefix_that_fits_one_window_is_read_once_and_reshuffled_in_place_ever
     assert sorted(alone.train.shards.reads) == [0, 1, 2]
 
 
+def expected_batch(order: BatchOrder, epoch: int, batch: int) -> list[int]:
+    """Batch ``batch`` of ``epoch`` from the order alone: each window's rows laid out shard by
+    shard, taken in that window's row order."""
+    found = []
+    for window, start, stop in order.pieces(epoch, batch, slice(None)):
+        layout = [
+            shard * ROWS_PER_SHARD + i
+            for shard in window.shards
+            for i in range(order.shard_rows[shard])
+        ]
+        found += [layout[p] for p in order.row_order(epoch, window).tolist()[start:stop]]
+    return found
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_reused_window_keeps_its_rows_while_other_windows_load(prefetch):
+    # Several windows an epoch, so a window reused into the next epoch outlives the one it was
+    # loaded as while other windows load; its storage must never become the spare they load into.
+    checked = reused = 0
+    for n_rows, window, batch in ((3 * 64 - 10, 1, 16), (4 * 64, 2, 50), (5 * 64 + 7, 8, 40)):
+        for seed in range(4):
+            rows = reader(n_rows, batch, window, seed, prefetch=prefetch)
+            order = rows.order
+            for step in range(order.steps_per_epoch * 8):
+                epoch, index = divmod(step, order.steps_per_epoch)
+                assert rows[(epoch, index)][:, 0].long().tolist() == expected_batch(
+                    order, epoch, index
+                )
+                with rows._lock:
+                    held = [h.future.result()[0] for h in rows._loaded.values() if h.future.done()]
+                    assert all(storage is not rows._spare for storage in held)
+                checked += 1
+            reused += len(rows.train.shards.reads) < 8 * rows.train.n_shards
+            rows.close()
+    assert checked > 500 and reused >= 1  # windows were reused, not read again
+
+
 @pytest.fixture
 def windowed(train_config):
     """Synthetic data of 32 shards of 128 rows in windows of 2 shards (batches straddle them)."""

@@ -128,6 +128,46 @@ def test_a_model_the_resumed_forward_does_not_suit_is_run_whole(make_source, mon
     assert hooks.block_input_hook(context.model.bridge, first_block.text_context().hook) is None
 
 
+def test_a_model_that_scales_its_input_embeddings_in_place_scores_as_when_run_whole(
+    make_source, monkeypatch
+):
+    """A resumed forward hands the kept block input to the model as its input embeddings; a
+    model that scales those in place (as CTRL does) must not change what later jobs start from."""
+    source = make_source()
+    source.load()
+    context = source.text_context()
+    bridge = context.model.bridge
+    inner = bridge.original_model.model
+    original = type(inner).forward
+
+    def scaling(self, *args, inputs_embeds=None, **kwargs):
+        if inputs_embeds is not None:
+            inputs_embeds.mul_(2.0)
+        return original(self, *args, inputs_embeds=inputs_embeds, **kwargs)
+
+    monkeypatch.setattr(type(inner), "forward", scaling)
+    block = bridge.blocks[0]
+
+    def marker(*args, **kwargs):  # a forward set on the instance before is put back after
+        return type(block).forward(block, *args, **kwargs)
+
+    object.__setattr__(block, "forward", marker)
+
+    def noisy(x):
+        return x * 0.9
+
+    try:
+        first, second = (lm_eval.ce_loss_metrics(context, noisy) for _ in range(2))
+        assert block.__dict__["forward"] is marker
+    finally:
+        object.__delattr__(block, "forward")
+    assert [base["resume_from"] is not None for base in lm_eval._BASELINE_MEMORY.values()] == [True]
+    lm_eval._BASELINE_MEMORY.clear()
+    monkeypatch.setattr(lm_eval, "resumes_exactly", lambda *args: False)
+    whole = lm_eval.ce_loss_metrics(context, noisy)
+    assert first == whole and second == whole
+
+
 def test_top_examples_are_marked_contexts_from_the_corpus(make_source):
     source = make_source()
     splits = source.load()

@@ -127,7 +127,9 @@ def logits_with_replacement(
         return bridge.run_with_hooks(tokens, fwd_hooks=[(hook.name, splice)], return_type="logits")
     with _blocks_passed_through(bridge, hook.layer):
         return bridge.run_with_hooks(
-            resume_from,
+            # A copy: TransformerLens hands the tensor to the model as its input embeddings, and
+            # a model may scale those in place (CTRL does), which would change the kept input.
+            resume_from.clone(),
             start_at_layer=hook.layer,
             fwd_hooks=[(hook.name, splice)],
             return_type="logits",
@@ -213,14 +215,19 @@ def _blocks_passed_through(bridge: Any, below: int) -> Iterator[None]:
     """Blocks 0 .. ``below`` - 1 hand on their input unchanged while inside."""
     skipped = list(bridge.blocks)[:below]
     # An instance attribute, which nn.Module's call finds before the class's forward. Set past
-    # the bridge's own __setattr__, which would hand it on to the wrapped Hugging Face module.
+    # the bridge's own __setattr__, which would hand it on to the wrapped Hugging Face module;
+    # one set on the instance already (a user's patch, accelerate's) is put back after.
+    before = [block.__dict__.get("forward") for block in skipped]
     for block in skipped:
         object.__setattr__(block, "forward", _pass_through)
     try:
         yield
     finally:
-        for block in skipped:
-            object.__delattr__(block, "forward")
+        for block, forward in zip(skipped, before, strict=True):
+            if forward is None:
+                object.__delattr__(block, "forward")
+            else:
+                object.__setattr__(block, "forward", forward)
 
 
 def _pass_through(*args: Any, **kwargs: Any) -> Any:
