@@ -7,6 +7,8 @@ each."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from omegaconf import OmegaConf, open_dict
 from saeseeds import contract
 from saeseeds.analysis.discovery import discover
 from saeseeds.config import register_configs
-from saeseeds.training.lifecycle.sweep import SweepCallback
+from saeseeds.io import atomic_write_json
+from saeseeds.training.lifecycle.sweep import SweepCallback, launch_records, summarise
 from tests.helpers import CONF_DIR, run_app, store_folders
 
 SWEEP = ["-m", "seed=1,2", "sae.n_features=32,64"]
@@ -223,3 +226,25 @@ def test_a_sweep_with_bad_threads_or_no_launcher_stops_before_any_job(
         SweepCallback().on_multirun_start(cfg)
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_summary_counts_only_its_own_launch(tmp_path):
+    # A study runs two launches into one sweep folder a second apart: each summary must count
+    # its own jobs, not the other launch's last records (however recent their files are).
+    records = tmp_path / contract.JOB_RECORDS_DIR
+    records.mkdir()
+    now = time.time()
+    written = {
+        "mine": ("launch-b", now),
+        "mine_early": ("launch-b", now - 3600),  # this launch's, whatever its time
+        "previous_launch": ("launch-a", now),  # another launch, a moment ago
+        "no_launch_recent": (None, now),  # a launcher whose jobs lose the environment
+        "no_launch_old": (None, now - 3600),
+    }
+    for job, (launch, mtime) in written.items():
+        path = records / f"{job}.json"
+        atomic_write_json(path, {"job": job, "launch": launch, "outcome": "skipped"})
+        os.utime(path, (mtime, mtime))
+    counted = launch_records(tmp_path, "launch-b", since=now - 1.0)
+    assert sorted(record["job"] for record in counted) == ["mine", "mine_early", "no_launch_recent"]
+    assert summarise(counted)[0] == "3 jobs: 3 skipped, 0 resumed, 0 started, 0 failed"

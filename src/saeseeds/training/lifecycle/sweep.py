@@ -114,8 +114,10 @@ def check_launcher(config: DictConfig) -> None:
 
 
 def launch_records(sweep_dir: Path, launch: str | None, since: float) -> list[dict[str, Any]]:
-    """The job records written by this launch (by its id, or by time for launchers whose jobs
-    do not inherit the environment)."""
+    """The job records written by this launch: by its id, or, for a record without one (a
+    launcher whose jobs do not inherit the environment), by time. A record of another launch is
+    never counted, however recent: two launches into one sweep folder a second apart (a study's
+    two passes) would otherwise each count the other's last jobs."""
     records = []
     for path in sorted((sweep_dir / contract.JOB_RECORDS_DIR).glob("*.json")):
         try:
@@ -123,7 +125,9 @@ def launch_records(sweep_dir: Path, launch: str | None, since: float) -> list[di
             recent = path.stat().st_mtime >= since
         except (OSError, ValueError):
             continue
-        if isinstance(record, dict) and (record.get("launch") == launch or recent):
+        if not isinstance(record, dict):
+            continue
+        if record.get("launch") == launch or (record.get("launch") is None and recent):
             records.append(record)
     return records
 
