@@ -5,6 +5,7 @@ safely by racing processes; inspected and verified from the command line."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -194,6 +195,32 @@ def test_a_shard_is_hashed_when_first_read_and_again_once_its_file_changes(make_
         splits.train.read_into(2, rows)
 
 
+def test_a_later_job_of_the_process_reads_a_verified_shard_without_hashing_it(
+    make_source, monkeypatch
+):
+    # A sweep's jobs each open the store afresh; a shard whose file is unchanged since this
+    # process checked its sha256 is not hashed again, and a replaced file is.
+    real_sha256, hashed = hashlib.sha256, []
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
+    first, later = (make_source(n_tokens=1300).load().train for _ in range(2))
+    assert first.shards is not later.shards
+    rows = torch.empty(first.used_rows[1], 64, dtype=first.dtype)
+    counted = len(hashed)
+    first.read_into(1, rows)
+    assert len(hashed) == counted + 1
+    again = torch.empty_like(rows)
+    later.read_into(1, again)
+    assert len(hashed) == counted + 1 and torch.equal(again, rows)
+    shard = shard_path(later.shards.folder, 1)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    replaced = shard.with_name("replaced")
+    replaced.write_bytes(bytes(data))
+    replaced.replace(shard)  # another file (inode) in its place
+    with pytest.raises(DataError, match=r"shard-000001.safetensors is corrupt \(sha256 mismatch\)"):
+        later.read_into(1, again)
+
+
 def test_a_truncated_shard_is_rebuilt_when_a_job_starts(make_source, tmp_path, caplog):
     original = training_rows(make_source().load())
     (folder,) = store_folders(tmp_path / "cache")
@@ -230,9 +257,13 @@ def test_inspect_and_verify_from_the_command_line(make_source, tmp_path, capsys)
     assert main(["verify", str(folder)]) == 0 and capsys.readouterr().out.endswith(": OK\n")
     stats = stats_path(folder, 3)
     shard = shard_path(folder, 3)
+    before = shard.stat()
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
+    # The same file, size and modification time as when this process last hashed it: verify
+    # still reads every byte.
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert main(["verify", str(folder)]) == 1
     assert "shard-000003.safetensors is corrupt" in capsys.readouterr().out
     assert shard.exists() and stats.exists()  # verify without --repair only reports

@@ -175,8 +175,6 @@ class ActivationStore(ShardSequence):
         self._records: dict[int, dict[str, Any]] = {
             int(index): record for index, record in self.manifest.get("shards", {}).items()
         }
-        # (device, inode, size, mtime) of each shard file when its bytes last matched its sha256
-        self._verified: dict[int, tuple[int, ...]] = {}
         # Shards found missing or of the wrong size, and how: opening the store stops at the
         # first, and forgets its record, so verify reports them from here.
         self.damaged: dict[int, str] = {}
@@ -224,8 +222,14 @@ class ActivationStore(ShardSequence):
         return count
 
     def forget(self, index: int) -> None:
+        self.recheck(index)
         self._records.pop(index, None)
-        self._verified.pop(index, None)
+
+    def recheck(self, index: int) -> None:
+        """Hash the shard at its next read even if this process found it unchanged before."""
+        record = self._records.get(index)
+        if record is not None:
+            VERIFIED.pop(verified_key(shard_path(self.folder, index), record["sha256"]), None)
 
     def set_aside(self, index: int) -> None:
         """Move a damaged shard (and its stats) into ``corrupt/`` so it is rebuilt alone."""
@@ -258,15 +262,16 @@ class ActivationStore(ShardSequence):
 
     def read_into(self, index: int, out: Tensor) -> None:
         """The shard's first ``len(out)`` rows, read from its file straight into ``out``. The
-        whole file's sha256 is checked the first time this store reads it, and again whenever the
-        file has changed since; a mismatch is a one-line error naming the shard."""
+        whole file's sha256 is checked the first time this process reads it, and again whenever
+        the file has changed since; a mismatch is a one-line error naming the shard."""
         record = self.record(index)
         path = shard_path(self.folder, index)
         if record is None:
             raise DataError(f"Activation store {self.folder} has no shard {index} ({path.name}).")
-        identity, problem = read_checked(path, out, record["sha256"], self._verified.get(index))
+        key = verified_key(path, record["sha256"])
+        identity, problem = read_checked(path, out, record["sha256"], VERIFIED.get(key))
         if problem is None:
-            self._verified[index] = identity
+            VERIFIED[key] = identity
             return
         self.set_aside(index)
         fix = (
@@ -330,6 +335,16 @@ class ActivationStore(ShardSequence):
 
     def provenance(self) -> dict[str, Any]:
         return dict(self.manifest.get("provenance", {}))
+
+
+# (device, inode, size, mtime) of each shard file when its bytes last matched its sha256, by
+# (path, sha256): kept for the process, so a sweep's later jobs on the same store (each opens it
+# afresh) do not hash its shards again; a changed file (another identity) is hashed again.
+VERIFIED: dict[tuple[str, str], tuple[int, ...]] = {}
+
+
+def verified_key(path: Path, sha256: str) -> tuple[str, str]:
+    return str(Path(path).absolute()), sha256
 
 
 def read_checked(
@@ -399,6 +414,7 @@ def verify(folder: Path, repair: bool) -> list[str]:
     for index in tqdm(indices, desc="verify", unit="shard"):
         try:
             if index not in store.damaged and store.present(index):
+                store.recheck(index)  # every byte, whatever this process read before
                 store.read(index)
         except DataError as error:
             problems.append(str(error))
