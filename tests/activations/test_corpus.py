@@ -46,12 +46,13 @@ class CountingCorpus(corpora.Corpus):
 
     computed = 0
 
-    def __init__(self, files: list[Path]):
-        self.files = files
+    def __init__(self, files: list[Path], doubled: bool = False):
+        self.files, self.doubled = files, doubled
 
     def identity(self) -> dict:
         CountingCorpus.computed += 1
-        return {"kind": "counting", "text": [path.read_text() for path in self.files]}
+        texts = [path.read_text() for path in self.files]
+        return {"kind": "counting", "text": [text * 2 if self.doubled else text for text in texts]}
 
     def installed_files(self) -> tuple[Path, ...]:
         return tuple(self.files)
@@ -60,6 +61,64 @@ class CountingCorpus(corpora.Corpus):
 def _remember(corpus: corpora.Corpus, record_dir: Path) -> dict:
     corpora._REMEMBERED.clear()  # as a new process would
     return corpora.remembered_identity(corpus, record_dir)
+
+
+def _rewrite_same_size(path: Path, text: str) -> None:
+    """New content of the same size, with the old modification time put back (as ``cp -p`` or
+    an installer unpacking an archive's timestamps would): only the inode or change time moves."""
+    before = path.stat()
+    assert len(text) == before.st_size
+    replacement = path.with_name(path.name + ".new")
+    replacement.write_text(text)
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    replacement.replace(path)
+
+
+class KeptCorpus(corpora.Corpus):
+    """A corpus whose identity is kept for the process while its files are unchanged, as the
+    embedded corpora's is (their text takes a second to extract)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def identity(self) -> dict:
+        files = tuple(self.files)
+        return corpora.kept_while_unchanged(("kept", files), files, self._read)
+
+    def _read(self) -> dict:
+        return {"kind": "kept", "text": [path.read_text() for path in self.files]}
+
+    def installed_files(self) -> tuple[Path, ...]:
+        return tuple(self.files)
+
+
+def test_files_changed_while_a_process_runs_are_remembered_with_their_new_identity(tmp_path):
+    # A long sweep keeps a corpus's identity in memory; a package upgraded meanwhile must not
+    # leave a record of the old identity under its new files, for every later process to trust.
+    files = [tmp_path / "module.py"]
+    files[0].write_text("old text")
+    records = tmp_path / "model_cache"
+    corpus = KeptCorpus(files)
+    assert _remember(corpus, records)["text"] == ["old text"]
+    _rewrite_same_size(files[0], "new text")
+    assert corpus.identity()["text"] == ["new text"]  # not the value kept in memory
+    assert _remember(corpus, records)["text"] == ["new text"]
+    corpora._KEPT.clear()  # a later process reads the record
+    assert _remember(corpus, records)["text"] == ["new text"]
+
+
+def test_no_record_is_kept_when_a_file_changes_while_the_identity_is_computed(tmp_path):
+    files = [tmp_path / "module.py"]
+    files[0].write_text("text")
+
+    class ChangingCorpus(CountingCorpus):
+        def identity(self) -> dict:
+            identity = super().identity()
+            files[0].write_text("text changed by an install running beside us")
+            return identity
+
+    assert _remember(ChangingCorpus(files), tmp_path)["text"] == ["text"]
+    assert not (tmp_path / corpora.IDENTITY_FOLDER).exists()
 
 
 def test_an_installed_corpus_identity_is_computed_once_per_version_of_its_files(tmp_path, caplog):
@@ -78,17 +137,34 @@ def test_an_installed_corpus_identity_is_computed_once_per_version_of_its_files(
     assert _remember(corpus, records)["text"][1] == "new text of b.py"
     assert corpus.computed == 2
     assert _remember(CountingCorpus([files[0]]), records)["text"] == ["text of a.py"]  # files
+    CountingCorpus.computed = 0
+    _rewrite_same_size(files[1], "NEW TEXT OF B.PY")
+    assert _remember(corpus, records)["text"][1] == "NEW TEXT OF B.PY"
+    other_options = CountingCorpus(files, doubled=True)  # the same files, other options
+    assert _remember(other_options, records)["text"][1] == "NEW TEXT OF B.PY" * 2
+    assert CountingCorpus.computed == 2
 
-    for damaged in ("not json", json.dumps({"facts_sha256": "x", "identity": {}}), "[]"):
-        for path in (records / corpora.IDENTITY_FOLDER).iterdir():
-            path.write_text(damaged)
+    (record,) = [  # this version of the files' record
+        path
+        for path in (records / corpora.IDENTITY_FOLDER).iterdir()
+        if json.loads(path.read_text())["identity"]["text"] == ["text of a.py", "NEW TEXT OF B.PY"]
+    ]
+    digest = json.loads(record.read_text())["facts_sha256"]
+    damaged_records = [
+        "not json",
+        json.dumps({"facts_sha256": "x", "identity": {"kind": "counting"}}),
+        json.dumps({"facts_sha256": digest, "identity": {}}),  # the right key, no identity
+        "[]",
+    ]
+    for damaged in damaged_records:
+        record.write_text(damaged)
         CountingCorpus.computed = 0
-        assert _remember(corpus, records)["text"][1] == "new text of b.py"
+        assert _remember(corpus, records)["text"][1] == "NEW TEXT OF B.PY"
         assert corpus.computed == 1
 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the record folder would be")
-    assert _remember(corpus, blocked)["text"][1] == "new text of b.py"
+    assert _remember(corpus, blocked)["text"][1] == "NEW TEXT OF B.PY"
     assert "Could not remember the corpus identity" in caplog.text
 
 

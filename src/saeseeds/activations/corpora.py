@@ -18,7 +18,7 @@ import platform
 import sys
 import sysconfig
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +55,32 @@ class Corpus:
 # ---- the embedded corpus ----
 
 
-@functools.cache
 def python_docs_texts(docstrings: bool) -> tuple[str, ...]:
     """The pydoc topics (the language reference), then standard-library docstrings.
 
     Docstrings are read from the source files with ``ast``; nothing is imported, so no module's
     import side effects run. Files are taken in name order, so the text is the same on every run of
-    the same Python.
+    the same Python. Kept for the process while those files are unchanged.
     """
+    files = _python_docs_files(docstrings)
+    return kept_while_unchanged(("python_docs", docstrings), files, lambda: _docs_texts(files))
+
+
+def _python_docs_files(docstrings: bool) -> tuple[Path, ...]:
+    """The topics module, then (with ``docstrings``) the standard library's modules by name."""
+    from pydoc_data import topics
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    modules = tuple(sorted(stdlib.glob("*.py"))) if docstrings else ()
+    return (Path(topics.__file__), *modules)
+
+
+def _docs_texts(files: tuple[Path, ...]) -> tuple[str, ...]:
     from pydoc_data import topics
 
     texts = [text for _, text in sorted(topics.topics.items())]
-    if docstrings:
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
-        for source in sorted(stdlib.glob("*.py")):
-            texts.extend(_module_docstrings(source))
+    for source in files[1:]:
+        texts.extend(_module_docstrings(source))
     return tuple(texts)
 
 
@@ -116,11 +127,7 @@ class PythonDocsCorpus(Corpus):
         }
 
     def installed_files(self) -> tuple[Path, ...]:
-        from pydoc_data import topics
-
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
-        modules = tuple(sorted(stdlib.glob("*.py"))) if self.docstrings else ()
-        return (Path(topics.__file__), *modules)
+        return _python_docs_files(self.docstrings)
 
     def documents(self) -> Iterator[str]:
         return iter(python_docs_texts(self.docstrings))
@@ -149,10 +156,15 @@ def _source_text(path: Path) -> str | None:
         return None
 
 
-@functools.cache
 def _python_source_identity(site_packages: bool) -> dict[str, Any]:
+    files = python_source_files(site_packages)
+    key = ("python_source", site_packages)
+    return kept_while_unchanged(key, files, lambda: _source_identity(files, site_packages))
+
+
+def _source_identity(files: tuple[Path, ...], site_packages: bool) -> dict[str, Any]:
     digest, n_documents, n_characters = hashlib.sha256(), 0, 0
-    for path in python_source_files(site_packages):
+    for path in files:
         text = _source_text(path)
         if text is None:
             continue
@@ -194,25 +206,51 @@ class PythonSourceCorpus(Corpus):
 # ---- remembered identities ----
 
 _REMEMBERED: dict[str, dict[str, Any]] = {}  # by record path, for this process
+_KEPT: dict[Any, tuple[str, Any]] = {}  # by key: (the files' facts, the value computed from them)
+
+
+def kept_while_unchanged(key: Any, files: tuple[Path, ...], compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept for this process under ``key`` while ``files`` are unchanged (each
+    one's path, size, inode, modification and change times: :func:`file_facts`); computed again
+    once any of them changes, so a package upgraded during a long sweep is read anew."""
+    facts = json.dumps([(str(path), file_facts(path)) for path in files])
+    held = _KEPT.get(key)
+    if held is not None and held[0] == facts:
+        return held[1]
+    value = compute()
+    _KEPT[key] = (facts, value)
+    return value
+
+
+def file_facts(path: Path) -> tuple[int, ...] | None:
+    """(size, inode, modification time, change time) of a file, in nanoseconds; None if it is
+    gone. The change time moves with any write or rename and cannot be set back by a tool."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
 
 
 def remembered_identity(corpus: Corpus, record_dir: str | Path) -> dict[str, Any]:
     """``corpus.identity()``, read from a record under ``record_dir/corpus_identity/`` where the
     corpus is made from installed files (:meth:`Corpus.installed_files`) and none of them, nor
-    this module, nor the interpreter, has changed since the record was written.
+    the corpus's class and options, nor the code that defines it, nor the interpreter, has
+    changed since the record was written.
 
     The embedded corpora's identity is a hash of their whole text: the Python documentation's
     took 0.9 s to extract on a 2-core CPU, in every process that trains on it, even with its
-    activation store built. A file's size and modification time stand for its content, as
-    ``make`` has them; a missing, unreadable or stale record is computed again and rewritten
-    (atomically), and an unwritable folder only costs that computation next time.
+    activation store built. A file's size, inode, modification and change times stand for its
+    content (:func:`file_facts`). A missing, unreadable or stale record is computed again and
+    rewritten (atomically), unless a file changed while it was computed; an unwritable folder
+    only costs that computation next time.
     """
     files = corpus.installed_files()
     if files is None:
         return corpus.identity()
     try:
         facts = _installed_facts(corpus, files)
-    except OSError:  # a file went away while listed: the identity will say what is there
+    except OSError:  # the code of the corpus's class cannot be read: nothing to key a record by
         return corpus.identity()
     digest = hashlib.sha256(facts.encode("utf-8")).hexdigest()
     path = Path(record_dir).expanduser() / IDENTITY_FOLDER / f"{digest[:32]}.json"
@@ -221,12 +259,14 @@ def remembered_identity(corpus: Corpus, record_dir: str | Path) -> dict[str, Any
         return remembered
     try:
         record = read_json(path)
-        if record.get("facts_sha256") == digest and isinstance(record.get("identity"), dict):
+        if record.get("facts_sha256") == digest and _is_identity(record.get("identity")):
             _REMEMBERED[str(path)] = record["identity"]
             return record["identity"]
     except (OSError, ValueError, AttributeError):
         pass
     identity = corpus.identity()
+    if _installed_facts(corpus, files) != facts:  # a file changed meanwhile: keep no record
+        return identity
     try:
         atomic_write_json(path, {"facts_sha256": digest, "identity": identity})
     except OSError as error:
@@ -235,19 +275,29 @@ def remembered_identity(corpus: Corpus, record_dir: str | Path) -> dict[str, Any
     return identity
 
 
+def _is_identity(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("kind"), str)
+
+
 def _installed_facts(corpus: Corpus, files: tuple[Path, ...]) -> str:
-    """What the identity of ``corpus`` is computed from: its class and options, the interpreter,
-    this module's code, and each file's path, size and modification time."""
-    stats = [(str(path), *_size_and_time(path)) for path in files]
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    return json.dumps(
-        [type(corpus).__name__, vars(corpus), sys.version, code, stats], sort_keys=True, default=str
-    )
+    """What the identity of ``corpus`` is computed from: its class (module and name) and
+    options, the interpreter, the code of every class it inherits from, and each file's facts
+    (None for a file gone since it was listed)."""
+    kind = type(corpus)
+    code = sorted({_code_sha256(cls) for cls in kind.__mro__ if cls is not object})
+    stats = [(str(path), file_facts(path)) for path in files]
+    identity = [f"{kind.__module__}.{kind.__qualname__}", vars(corpus), sys.version, code, stats]
+    return json.dumps(identity, sort_keys=True, default=str)
 
 
-def _size_and_time(path: Path) -> tuple[int, int]:
-    status = os.stat(path)
-    return status.st_size, status.st_mtime_ns
+@functools.cache
+def _code_sha256(cls: type) -> str:
+    """sha256 of the file that defines ``cls`` (this module for the embedded corpora)."""
+    module = sys.modules.get(cls.__module__)
+    source = getattr(module, "__file__", None)
+    if source is None:
+        return f"{cls.__module__}:no source file"
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
 # ---- local files ----
