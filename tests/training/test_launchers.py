@@ -19,7 +19,12 @@ from saeseeds import contract
 from saeseeds.analysis.discovery import discover
 from saeseeds.config import register_configs
 from saeseeds.io import atomic_write_json
-from saeseeds.training.lifecycle.sweep import SweepCallback, launch_records, summarise
+from saeseeds.training.lifecycle.sweep import (
+    LAUNCH_ENV,
+    SweepCallback,
+    launch_records,
+    summarise,
+)
 from tests.helpers import CONF_DIR, run_app, store_folders
 
 SWEEP = ["-m", "seed=1,2", "sae.n_features=32,64"]
@@ -248,3 +253,29 @@ def test_a_sweep_summary_counts_only_its_own_launch(tmp_path):
     counted = launch_records(tmp_path, "launch-b", since=now - 1.0)
     assert sorted(record["job"] for record in counted) == ["mine", "mine_early", "no_launch_recent"]
     assert summarise(counted)[0] == "3 jobs: 3 skipped, 0 resumed, 0 started, 0 failed"
+
+
+def _job_start_in_worker(callback: SweepCallback) -> str | None:
+    """What a job started in this (joblib worker) process puts in its record as its launch."""
+    callback.on_job_start(OmegaConf.create({"threads": None}))
+    return os.environ.get(LAUNCH_ENV)
+
+
+def test_a_worker_kept_from_an_earlier_launch_records_the_new_launch(tmp_path, monkeypatch):
+    # joblib keeps its worker processes between launches of one Python process (a notebook, a
+    # driver script), with the environment they started with; Hydra sends the callback to them
+    # with each job. Two launches through the same real workers: each job records its own.
+    from joblib import Parallel, delayed
+
+    monkeypatch.setenv(LAUNCH_ENV, "not-a-launch")  # put back after the test
+    cfg = OmegaConf.create({"threads": None, "hydra": {"sweep": {"dir": str(tmp_path / "s")}}})
+    launches = []
+    for _ in range(2):
+        callback = SweepCallback()
+        callback.on_multirun_start(cfg)
+        seen = Parallel(n_jobs=2, backend="loky")(
+            delayed(_job_start_in_worker)(callback) for _ in range(4)
+        )
+        assert seen == [callback.launch] * 4
+        launches.append(callback.launch)
+    assert launches[0] != launches[1]

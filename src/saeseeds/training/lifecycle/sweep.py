@@ -36,7 +36,8 @@ from saeseeds.io import read_json, writable_folder_problem
 
 log = logging.getLogger("saeseeds")
 
-# Set in the launching process; the jobs it launches inherit it and put it in their records.
+# Set in the launching process and again as each job starts (a launcher's worker that outlives
+# one launch, as joblib's do, keeps the environment of the first); jobs put it in their records.
 LAUNCH_ENV = "SAESEEDS_LAUNCH_ID"
 OUTCOMES = ("skipped", "resumed", "started", "failed")
 
@@ -170,6 +171,11 @@ class SweepCallback(Callback):
         os.environ[LAUNCH_ENV] = self.launch
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # This callback travels to the launcher's workers with the job: a worker kept from an
+        # earlier launch in this process (joblib's are, for a while) still has that launch's id
+        # in its environment, and its jobs would be left out of this launch's summary.
+        if self.launch is not None:
+            os.environ[LAUNCH_ENV] = self.launch
         # Checked before the first job; a sweeper that invents values raises ConfigError here.
         apply_threads(config.get("threads"))
 
