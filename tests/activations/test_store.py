@@ -212,13 +212,41 @@ def test_a_later_job_of_the_process_reads_a_verified_shard_without_hashing_it(
     later.read_into(1, again)
     assert len(hashed) == counted + 1 and torch.equal(again, rows)
     shard = shard_path(later.shards.folder, 1)
+    status = shard.stat()
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     replaced = shard.with_name("replaced")
     replaced.write_bytes(bytes(data))
+    os.utime(replaced, ns=(status.st_atime_ns, status.st_mtime_ns))  # only the inode tells
     replaced.replace(shard)  # another file (inode) in its place
     with pytest.raises(DataError, match=r"shard-000001.safetensors is corrupt \(sha256 mismatch\)"):
         later.read_into(1, again)
+
+
+def test_a_shard_rewritten_in_place_with_its_mtime_set_back_is_hashed_again(make_source):
+    # Same inode, same size, same mtime: only the change time, which no one can set back,
+    # shows that the verified bytes are not the ones on disk now.
+    train = make_source(n_tokens=1300).load().train
+    rows = torch.empty(train.used_rows[1], 64, dtype=train.dtype)
+    train.read_into(1, rows)  # verified, and remembered for the process
+    shard = shard_path(train.shards.folder, 1)
+    status = shard.stat()
+    time.sleep(0.05)  # past the file system's clock tick, so the change time moves
+    with open(shard, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    after = shard.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+    )
+    later = make_source(n_tokens=1300).load().train
+    with pytest.raises(DataError, match=r"shard-000001.safetensors is corrupt \(sha256 mismatch\)"):
+        later.read_into(1, rows)
 
 
 def test_a_truncated_shard_is_rebuilt_when_a_job_starts(make_source, tmp_path, caplog):
