@@ -369,6 +369,30 @@ def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
         SequenceStream._pieces = real_pieces
 
 
+class KeptDocuments(KeptCorpus):
+    """A KeptCorpus whose documents are the text its identity was last computed from, as the
+    Python documentation corpus's are."""
+
+    def documents(self):
+        return iter(self.identity()["text"])
+
+
+def test_text_read_after_the_corpus_changed_is_never_kept(tmp_path, tokenizer):
+    # The stream is keyed by the identity the corpus had when it was made; if its files change
+    # before (or while) the text is tokenised, the new text must not be kept under the old key.
+    files = [tmp_path / "module.py"]
+    files[0].write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    cache = tmp_path / "cache"
+    sequences = stream(tokenizer, KeptDocuments(files), n_heldout=2, cache_dir=cache)
+    _rewrite_same_size(files[0], "A lazy dog sleeps under the quick brown fox. " * 40)
+    with pytest.raises(DataError, match="The kept corpus changed while it was read"):
+        sequences.heldout()
+    assert not list(cache.rglob("*.safetensors"))
+    # Made anew, the stream keys the new text by its own identity.
+    fresh = stream(tokenizer, KeptDocuments(files), n_heldout=2, cache_dir=cache)
+    assert fresh.key != sequences.key and fresh.heldout().shape == (2, 16)
+
+
 def test_too_small_corpus_says_how_many_tokens_it_has(tmp_path, tokenizer):
     path = tmp_path / "short.txt"
     path.write_text("Only a few words here.")

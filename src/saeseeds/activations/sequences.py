@@ -134,11 +134,27 @@ class SequenceStream:
             log.info("Tokenising the %s corpus, blocks %d to %d", kind, first, index)
             result: tuple[Tensor | None, Checkpoint | None] = (None, None)
             for number, chunks, following in self._tokenised_blocks(first, start):
+                self._check_unchanged()
                 self._keep(number, chunks, following)
                 if number == index:
                     result = (chunks, following)
                     break
             return result
+
+    def _check_unchanged(self) -> None:
+        """Refuse text read after the corpus changed: the blocks are keyed by the identity the
+        corpus had when this stream was made, and a corpus read from installed files (an
+        upgrade during a sweep) can change in between, or while it is tokenised."""
+        now = self.corpus.identity()
+        if now != self.corpus_identity:
+            kind = self.corpus_identity.get("kind", "?")
+            raise DataError(
+                f"The {kind} corpus changed while it was read: its identity is now "
+                f"{json.dumps(now, sort_keys=True)[:300]}, not the "
+                f"{json.dumps(self.corpus_identity, sort_keys=True)[:300]} its tokens were to be "
+                "kept under (were its files modified, for example by a package install?). "
+                "Nothing was kept from the changed text; run the command again."
+            )
 
     def _keep(self, index: int, chunks: Tensor, following: Checkpoint | None) -> None:
         path = self._path(index)
