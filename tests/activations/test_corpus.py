@@ -369,6 +369,27 @@ def test_token_blocks_are_kept_and_tokenising_resumes_where_it_stopped(
         SequenceStream._pieces = real_pieces
 
 
+def test_the_embedded_corpora_follow_their_files_within_a_process(tmp_path, monkeypatch):
+    # Both embedded corpora keep their text and hash only while their files are unchanged: put
+    # a module of our own in the place of the installed files, and rewrite it in place.
+    from pydoc_data import topics
+
+    module = tmp_path / "module.py"
+    docstring = "x" * 300
+    module.write_text(f'"""{docstring}"""\n')
+    monkeypatch.setattr(corpora, "_python_docs_files", lambda _: (Path(topics.__file__), module))
+    monkeypatch.setattr(corpora, "python_source_files", lambda _: (module,))
+    docs, source = PythonDocsCorpus(), PythonSourceCorpus()
+    before = docs.identity(), source.identity()
+    assert list(docs.documents())[-1] == docstring
+    _rewrite_same_size(module, f'"""{"y" * 300}"""\n')
+    after = docs.identity(), source.identity()
+    assert after[0]["sha256"] != before[0]["sha256"]
+    assert after[1]["sha256"] != before[1]["sha256"]
+    assert list(docs.documents())[-1] == "y" * 300
+    assert list(source.documents()) == [module.read_text()]
+
+
 class KeptDocuments(KeptCorpus):
     """A KeptCorpus whose documents are the text its identity was last computed from, as the
     Python documentation corpus's are."""

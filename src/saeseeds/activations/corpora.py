@@ -292,7 +292,11 @@ def _installed_facts(corpus: Corpus, files: tuple[Path, ...]) -> str:
 
 @functools.cache
 def _code_sha256(cls: type) -> str:
-    """sha256 of the file that defines ``cls`` (this module for the embedded corpora)."""
+    """sha256 of the file that defines ``cls``: for the embedded corpora, this module's as it
+    was imported (the code that runs, even if the file is edited later); for a class defined
+    elsewhere, its file's when first asked."""
+    if cls.__module__ == __name__:
+        return _OWN_SHA256
     module = sys.modules.get(cls.__module__)
     source = getattr(module, "__file__", None)
     if source is None:
@@ -462,3 +466,7 @@ def _texts_sha256(texts: tuple[str, ...] | list[str]) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+# The code of the embedded corpora, read as this module is imported.
+_OWN_SHA256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
