@@ -169,6 +169,19 @@ def remove_folder_if_only(folder: str | Path, names: set[str]) -> bool:
     return not folder.exists()
 
 
+def file_identity(status: os.stat_result) -> tuple[int, ...]:
+    """(device, inode, size, modification time, change time) of a stat result, in nanoseconds:
+    what tells that a file's bytes may have changed since it was last read. The change time
+    moves with any write or rename and, unlike the modification time, cannot be set back."""
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

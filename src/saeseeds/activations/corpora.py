@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from saeseeds.errors import DataError
-from saeseeds.io import atomic_write_json, read_json
+from saeseeds.io import atomic_write_json, file_identity, read_json
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ _KEPT: dict[Any, tuple[str, Any]] = {}  # by key: (the files' facts, the value c
 
 def kept_while_unchanged(key: Any, files: tuple[Path, ...], compute: Callable[[], Any]) -> Any:
     """``compute()``, kept for this process under ``key`` while ``files`` are unchanged (each
-    one's path, size, inode, modification and change times: :func:`file_facts`); computed again
+    one's path, device, inode, size, modification and change times: :func:`file_facts`); computed again
     once any of them changes, so a package upgraded during a long sweep is read anew."""
     facts = json.dumps([(str(path), file_facts(path)) for path in files])
     held = _KEPT.get(key)
@@ -223,13 +223,11 @@ def kept_while_unchanged(key: Any, files: tuple[Path, ...], compute: Callable[[]
 
 
 def file_facts(path: Path) -> tuple[int, ...] | None:
-    """(size, inode, modification time, change time) of a file, in nanoseconds; None if it is
-    gone. The change time moves with any write or rename and cannot be set back by a tool."""
+    """The file's :func:`saeseeds.io.file_identity`; None if it is gone."""
     try:
-        status = os.stat(path)
+        return file_identity(os.stat(path))
     except OSError:
         return None
-    return status.st_size, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
 
 
 def remembered_identity(corpus: Corpus, record_dir: str | Path) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from torch import Tensor
 from saeseeds.activations.matrix_file import READ_BLOCK, read_into
 from saeseeds.activations.shards import RowStats, ShardSequence, dtype_name, storage_dtype
 from saeseeds.errors import DataError
-from saeseeds.io import atomic_write_bytes, atomic_write_json, build_lock
+from saeseeds.io import atomic_write_bytes, atomic_write_json, build_lock, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +337,9 @@ class ActivationStore(ShardSequence):
         return dict(self.manifest.get("provenance", {}))
 
 
-# (device, inode, size, mtime, ctime) of each shard file when its bytes last matched its sha256,
-# by (path, sha256): kept for the process, so a sweep's later jobs on the same store (each opens
-# it afresh) do not hash its shards again; a changed file (another identity) is hashed again. The
-# change time is there because a file written in place can have its mtime set back, not its ctime.
+# The identity (saeseeds.io.file_identity) of each shard file when its bytes last matched its
+# sha256, by (path, sha256): kept for the process, so a sweep's later jobs on the same store (each
+# opens it afresh) do not hash its shards again; a changed file (another identity) is hashed again.
 VERIFIED: dict[tuple[str, str], tuple[int, ...]] = {}
 
 
@@ -353,18 +352,11 @@ def read_checked(
 ) -> tuple[tuple[int, ...] | None, str | None]:
     """Fill ``out`` with the first rows of the one-tensor safetensors shard ``path`` and check
     the whole file's sha256 against ``sha256``, unless the open file is still the one whose
-    identity (device, inode, size, mtime, ctime) is ``verified``. Returns (the file's identity, the
+    identity (:func:`saeseeds.io.file_identity`) is ``verified``. Returns (the file's identity, the
     problem found: None, "truncated" or "sha256 mismatch")."""
     try:
         with open(path, "rb", buffering=0) as handle:
-            status = os.fstat(handle.fileno())
-            identity = (
-                status.st_dev,
-                status.st_ino,
-                status.st_size,
-                status.st_mtime_ns,
-                status.st_ctime_ns,
-            )
+            identity = file_identity(os.fstat(handle.fileno()))
             digest = None if identity == verified else hashlib.sha256()
             prefix = handle.read(8)
             header = handle.read(int.from_bytes(prefix, "little")) if len(prefix) == 8 else b""
