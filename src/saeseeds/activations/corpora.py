@@ -211,8 +211,9 @@ _KEPT: dict[Any, tuple[str, Any]] = {}  # by key: (the files' facts, the value c
 
 def kept_while_unchanged(key: Any, files: tuple[Path, ...], compute: Callable[[], Any]) -> Any:
     """``compute()``, kept for this process under ``key`` while ``files`` are unchanged (each
-    one's path, device, inode, size, modification and change times: :func:`file_facts`); computed again
-    once any of them changes, so a package upgraded during a long sweep is read anew."""
+    one's path, device, inode, size, modification and change times: :func:`file_facts`);
+    computed again once any of them changes, so a package upgraded during a long sweep is read
+    anew."""
     facts = json.dumps([(str(path), file_facts(path)) for path in files])
     held = _KEPT.get(key)
     if held is not None and held[0] == facts:
